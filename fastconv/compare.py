@@ -1,0 +1,56 @@
+"""``fastconv compare``: one conv layer, forward and backward, on every available path."""
+import time
+
+import numpy as np
+
+from . import functional as F
+from .backends import available_backends
+
+
+def _best_ms(fn, repeat):
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3, result
+
+
+def compare(N=100, C=1, H=28, W=28, K=30, FH=5, FW=5, stride=1, pad=0, dtype="float32",
+            repeat=3, paths=None, seed=0):
+    """Time one convolution on each path; returns a list of row dicts.
+
+    Each row: path, first-call seconds (includes JIT compilation or loading the
+    cache), best forward and backward ms over ``repeat`` runs, and the largest
+    absolute difference to the naive path over out, dx, dW and db.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = (0.1 * rng.standard_normal((K, C, FH, FW))).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    out_ref, saved_ref = F.conv_forward(x, w, b, stride, pad, backend="naive")
+    dout = rng.standard_normal(out_ref.shape).astype(dtype)
+    grads_ref = F.conv_backward(dout, saved_ref)
+    rows = []
+    for path in paths or available_backends():
+        t0 = time.perf_counter()
+        out, saved = F.conv_forward(x, w, b, stride, pad, backend=path)
+        F.conv_backward(dout, saved)
+        first_s = time.perf_counter() - t0
+        fwd_ms, (out, saved) = _best_ms(lambda: F.conv_forward(x, w, b, stride, pad, backend=path), repeat)
+        bwd_ms, grads = _best_ms(lambda: F.conv_backward(dout, saved), repeat)
+        diff = max(float(np.max(np.abs(np.asarray(a) - r)))
+                   for a, r in zip((out, *grads), (out_ref, *grads_ref)))
+        rows.append(dict(path=path, first_s=first_s, forward_ms=fwd_ms, backward_ms=bwd_ms,
+                         max_abs_diff=diff))
+    return rows
+
+
+def format_table(rows, title):
+    lines = [title,
+             f"{'path':<8} {'first call s':>12} {'forward ms':>11} {'backward ms':>12} "
+             f"{'max |diff| vs naive':>20}"]
+    for r in rows:
+        lines.append(f"{r['path']:<8} {r['first_s']:>12.3f} {r['forward_ms']:>11.2f} "
+                     f"{r['backward_ms']:>12.2f} {r['max_abs_diff']:>20.2e}")
+    return "\n".join(lines)

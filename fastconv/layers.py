@@ -1,0 +1,247 @@
+"""Layers: thin stateful wrappers with ``forward(x)`` and ``backward(dout)``.
+
+Layers with parameters keep them as ``W`` and ``b`` (the very arrays passed
+in, so a network's ``params`` dict and its layers stay one set of arrays) and,
+after ``backward``, their gradients as ``dW`` and ``db``. Convolution and
+Pooling know nothing of how a path computes; they go through
+``fastconv.functional``, which validates and dispatches.
+"""
+import numpy as np
+
+from . import functional as F
+from .backends import check_backend
+from .geometry import _as_int, as_pair, check_rounding
+
+
+class Layer:
+    """Base class: forward(x) -> out, backward(dout) -> dx."""
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def _saved_or_raise(self, saved):
+        if saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return saved
+
+
+class Convolution(Layer):
+    """Convolution (cross-correlation) layer.
+
+    W: (FN, C, FH, FW), b: (FN,) or None (zeros). forward: x (N, C, H, W) ->
+    (N, FN, OH, OW); backward returns dx and sets ``dW`` and ``db``.
+    stride and pad are ints or (h, w) pairs; ``backend`` picks the compute path
+    ("auto", "naive", "im2col", "direct", "cuda"); ``path`` tells which one ran.
+    """
+
+    def __init__(self, W, b=None, stride=1, pad=0, backend="auto", rounding="floor"):
+        F.check_array(W, "W", 4, "(FN, C, FH, FW)")
+        if b is None:
+            b = np.zeros(W.shape[0], dtype=W.dtype)
+        F.check_array(b, "b", 1, "(FN,)")
+        if tuple(b.shape) != (W.shape[0],):
+            raise ValueError(f"b must have shape ({W.shape[0]},) to match W.shape={tuple(W.shape)}, "
+                             f"got {tuple(b.shape)}")
+        F.check_dtypes(W=W, b=b)
+        self.W, self.b = W, b
+        self.stride, self.pad = as_pair(stride, "stride"), as_pair(pad, "pad")
+        self.backend = check_backend(backend)
+        self.rounding = check_rounding(rounding)
+        self.dW = self.db = None
+        self.path = None
+        self._saved = None
+
+    def forward(self, x):
+        out, self._saved = F.conv_forward(x, self.W, self.b, self.stride, self.pad,
+                                          self.rounding, self.backend)
+        self.path = self._saved.path
+        return out
+
+    def backward(self, dout):
+        dx, self.dW, self.db = F.conv_backward(dout, self._saved_or_raise(self._saved))
+        return dx
+
+
+class Pooling(Layer):
+    """Max or average pooling, x: (N, C, H, W) -> (N, C, OH, OW); no parameters.
+
+    mode "max" pads with -inf and sends each gradient to the window's first
+    maximum; mode "avg" pads with zeros and spreads the gradient evenly over
+    the pool_h*pool_w cells.
+    """
+
+    def __init__(self, pool_h, pool_w, stride=1, pad=0, mode="max", backend="auto",
+                 rounding="floor"):
+        self.pool_h, self.pool_w = _as_int(pool_h, "pool_h"), _as_int(pool_w, "pool_w")
+        self.stride, self.pad = as_pair(stride, "stride"), as_pair(pad, "pad")
+        if mode not in F.MODES:
+            raise ValueError(f"mode must be one of {F.MODES}, got {mode!r}")
+        self.mode = mode
+        self.backend = check_backend(backend)
+        self.rounding = check_rounding(rounding)
+        self.path = None
+        self._saved = None
+
+    def forward(self, x):
+        out, self._saved = F.pool_forward(x, self.pool_h, self.pool_w, self.stride, self.pad,
+                                          self.mode, self.rounding, self.backend)
+        self.path = self._saved.path
+        return out
+
+    def backward(self, dout):
+        return F.pool_backward(dout, self._saved_or_raise(self._saved))
+
+
+class Relu(Layer):
+    """max(x, 0), any shape; the gradient passes where x > 0."""
+
+    def __init__(self):
+        self.mask = None
+
+    def forward(self, x):
+        self.mask = x <= 0
+        return np.where(self.mask, np.zeros((), x.dtype), x)
+
+    def backward(self, dout):
+        if self.mask is None:
+            raise RuntimeError("Relu.backward called before forward")
+        return np.where(self.mask, np.zeros((), dout.dtype), dout)
+
+
+class Sigmoid(Layer):
+    """1 / (1 + exp(-x)), any shape."""
+
+    def __init__(self):
+        self.out = None
+
+    def forward(self, x):
+        self.out = 1 / (1 + np.exp(-x))
+        return self.out
+
+    def backward(self, dout):
+        if self.out is None:
+            raise RuntimeError("Sigmoid.backward called before forward")
+        return dout * (1 - self.out) * self.out
+
+
+class Affine(Layer):
+    """Fully connected: x (N, D) or (N, C, H, W) with C*H*W = D -> (N, M).
+
+    W: (D, M), b: (M,). 4-D input is flattened; backward restores its shape.
+    """
+
+    def __init__(self, W, b):
+        F.check_array(W, "W", 2, "(D, M)")
+        F.check_array(b, "b", 1, "(M,)")
+        if tuple(b.shape) != (W.shape[1],):
+            raise ValueError(f"b must have shape ({W.shape[1]},) to match W.shape={tuple(W.shape)}, "
+                             f"got {tuple(b.shape)}")
+        F.check_dtypes(W=W, b=b)
+        self.W, self.b = W, b
+        self.dW = self.db = None
+        self.x = None
+        self.original_x_shape = None
+
+    def forward(self, x):
+        if not isinstance(x, np.ndarray) or x.ndim < 2:
+            raise ValueError(f"x must be an array of shape (N, D) or (N, C, H, W), got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        F.check_dtypes(x=x, W=self.W)
+        flat = x.reshape(x.shape[0], -1)
+        if flat.shape[1] != self.W.shape[0]:
+            raise ValueError(f"x of shape {x.shape} flattens to D={flat.shape[1]} features but "
+                             f"W.shape={self.W.shape} expects D={self.W.shape[0]}")
+        self.original_x_shape = x.shape
+        self.x = flat
+        return flat @ self.W + self.b
+
+    def backward(self, dout):
+        if self.x is None:
+            raise RuntimeError("Affine.backward called before forward")
+        expected = (self.x.shape[0], self.W.shape[1])
+        if tuple(dout.shape) != expected:
+            raise ValueError(f"dout must have shape {expected}, got {tuple(dout.shape)}")
+        self.dW = self.x.T @ dout
+        self.db = dout.sum(axis=0)
+        return (dout @ self.W.T).reshape(self.original_x_shape)
+
+
+def softmax(x):
+    """Row-wise softmax of x: (N, K), shifted by the row max for stability."""
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def cross_entropy_error(y, t):
+    """Mean cross-entropy of probabilities y: (N, K) against labels t: (N,) ints."""
+    n = y.shape[0]
+    return -np.log(y[np.arange(n), t] + 1e-7).sum() / n
+
+
+class SoftmaxWithLoss(Layer):
+    """Softmax then cross-entropy. forward(x, t): x (N, K) scores, t (N,) labels or
+    (N, K) one-hot -> scalar loss; backward(dout=1) -> dx (N, K)."""
+
+    def __init__(self):
+        self.y = self.t = None
+        self.loss = None
+
+    def forward(self, x, t):
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise ValueError(f"x must be 2-D (N, K) scores, got {getattr(x, 'shape', type(x))}")
+        F.check_dtypes(x=x)
+        t = np.asarray(t)
+        if t.ndim == 2:
+            if t.shape != x.shape:
+                raise ValueError(f"one-hot t must have x's shape {x.shape}, got {t.shape}")
+            t = t.argmax(axis=1)
+        elif t.shape != (x.shape[0],):
+            raise ValueError(f"t must be labels (N,)=({x.shape[0]},) or one-hot {x.shape}, "
+                             f"got {t.shape}")
+        if not np.issubdtype(t.dtype, np.integer):
+            raise TypeError(f"labels t must be integers, got dtype {t.dtype}")
+        if t.min() < 0 or t.max() >= x.shape[1]:
+            raise ValueError(f"labels t must lie in [0, {x.shape[1]}), got range "
+                             f"[{t.min()}, {t.max()}]")
+        self.t = t
+        self.y = softmax(x)
+        self.loss = x.dtype.type(cross_entropy_error(self.y, t))
+        return self.loss
+
+    def backward(self, dout=1):
+        if self.y is None:
+            raise RuntimeError("SoftmaxWithLoss.backward called before forward")
+        n = self.y.shape[0]
+        dx = self.y.copy()
+        dx[np.arange(n), self.t] -= 1
+        return (dx * (dout / n)).astype(self.y.dtype, copy=False)
+
+
+class Dropout(Layer):
+    """Inverted-free dropout as in the seeds: in training, zero each unit with
+    probability ``ratio``; in evaluation, scale by (1 - ratio).
+
+    forward(x, train=True). ``seed`` makes the masks reproducible.
+    """
+
+    def __init__(self, ratio=0.5, seed=None):
+        if not 0 <= ratio < 1:
+            raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+        self.ratio = ratio
+        self.rng = np.random.default_rng(seed)
+        self.mask = None
+
+    def forward(self, x, train=True):
+        if train:
+            self.mask = self.rng.random(x.shape) >= self.ratio
+            return x * self.mask
+        return x * x.dtype.type(1.0 - self.ratio)
+
+    def backward(self, dout):
+        if self.mask is None:
+            raise RuntimeError("Dropout.backward called before a training forward")
+        return dout * self.mask
