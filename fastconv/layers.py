@@ -176,12 +176,6 @@ def softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def cross_entropy_error(y, t):
-    """Mean cross-entropy of probabilities y: (N, K) against labels t: (N,) ints."""
-    n = y.shape[0]
-    return -np.log(y[np.arange(n), t] + 1e-7).sum() / n
-
-
 class SoftmaxWithLoss(Layer):
     """Softmax then cross-entropy. forward(x, t): x (N, K) scores, t (N,) labels or
     (N, K) one-hot -> scalar loss; backward(dout=1) -> dx (N, K)."""
@@ -208,8 +202,12 @@ class SoftmaxWithLoss(Layer):
             raise ValueError(f"labels t must lie in [0, {x.shape[1]}), got range "
                              f"[{t.min()}, {t.max()}]")
         self.t = t
-        self.y = softmax(x)
-        self.loss = x.dtype.type(cross_entropy_error(self.y, t))
+        # log-softmax through log-sum-exp: exact (no epsilon inside the log) and
+        # finite even when a probability underflows to zero
+        z = x - x.max(axis=1, keepdims=True)
+        log_y = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        self.y = np.exp(log_y)
+        self.loss = x.dtype.type(-log_y[np.arange(x.shape[0]), t].mean())
         return self.loss
 
     def backward(self, dout=1):

@@ -1,0 +1,50 @@
+"""Contracts every path keeps: dtypes preserved, inputs never modified."""
+import numpy as np
+import pytest
+
+from fastconv import Convolution, Pooling
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_convolution_keeps_dtype_and_leaves_inputs_alone(path, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    W = rng.standard_normal((4, 3, 3, 2)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    x0, W0, b0 = x.copy(), W.copy(), b.copy()
+    layer = Convolution(W, b, stride=(2, 1), pad=(1, 0), backend=path)
+    out = layer.forward(x)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dout0 = dout.copy()
+    dx = layer.backward(dout)
+    for name, a in [("out", out), ("dx", dx), ("dW", layer.dW), ("db", layer.db)]:
+        assert a.dtype == dtype, name
+    assert dx.shape == x.shape and layer.dW.shape == W.shape and layer.db.shape == b.shape
+    for a, a0 in [(x, x0), (W, W0), (b, b0), (dout, dout0)]:
+        np.testing.assert_array_equal(a, a0)
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pooling_keeps_dtype_and_leaves_inputs_alone(path, mode, dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    x0 = x.copy()
+    layer = Pooling(3, 2, stride=2, pad=1, mode=mode, backend=path)
+    out = layer.forward(x)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dout0 = dout.copy()
+    dx = layer.backward(dout)
+    assert out.dtype == dtype and dx.dtype == dtype and dx.shape == x.shape
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(dout, dout0)
+
+
+def test_non_contiguous_input_is_accepted(path):
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal((2, 6, 8, 8))
+    x = base[:, ::2]                               # a strided view
+    W = rng.standard_normal((2, 3, 3, 3))
+    ref = Convolution(W, np.zeros(2), backend="naive").forward(np.ascontiguousarray(x))
+    np.testing.assert_allclose(Convolution(W, np.zeros(2), backend=path).forward(x), ref,
+                               rtol=1e-10, atol=1e-12)

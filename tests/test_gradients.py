@@ -1,0 +1,91 @@
+"""Backward passes against central finite differences, float64, output-weighted:
+L = sum(forward(...) * G) for a random G, so backward(G) must equal dL/d(input)."""
+import numpy as np
+import pytest
+
+from fastconv import Affine, Convolution, Pooling, Relu, SoftmaxWithLoss
+from gradcheck import numerical_gradient, rel_error
+
+MAX_REL_ERROR = 1e-6
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, pad", [
+    ((2, 3, 7, 6), (4, 3, 3, 3), 1, 0),
+    ((2, 2, 7, 8), (3, 2, 3, 3), (2, 1), 1),
+    ((1, 2, 6, 7), (2, 2, 3, 2), 1, (1, 2)),      # non-square kernel, per-axis pad
+    ((2, 2, 8, 7), (3, 2, 2, 4), (2, 1), (1, 2)),
+    ((2, 4, 5, 5), (3, 4, 1, 1), 1, 0),           # 1x1 mixes channels only
+    ((1, 2, 9, 9), (2, 2, 3, 3), 2, 0),           # stride 2, floor leaves nothing out
+    ((1, 1, 8, 8), (2, 1, 3, 3), 3, 0),           # floor drops the last row/column
+])
+def test_convolution_gradients(path, x_shape, w_shape, stride, pad):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape)
+    layer = Convolution(rng.standard_normal(w_shape), rng.standard_normal(w_shape[0]),
+                        stride=stride, pad=pad, backend=path)
+    G = rng.standard_normal(layer.forward(x).shape)
+    dx = layer.backward(G)
+
+    def loss():
+        return float(np.sum(layer.forward(x) * G))
+
+    assert rel_error(dx, numerical_gradient(loss, x)) < MAX_REL_ERROR
+    assert rel_error(layer.dW, numerical_gradient(loss, layer.W)) < MAX_REL_ERROR
+    assert rel_error(layer.db, numerical_gradient(loss, layer.b)) < MAX_REL_ERROR
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("pool, stride, pad", [
+    ((2, 2), 2, 0), ((3, 3), 2, 1), ((2, 3), (1, 2), (1, 0)), ((2, 2), 1, 0),
+])
+def test_pooling_gradients(path, mode, pool, stride, pad):
+    rng = np.random.default_rng(1)
+    # distinct values 1e-2 apart: a 1e-5 nudge never changes which cell is the max
+    x = rng.permutation(2 * 3 * 6 * 7).reshape(2, 3, 6, 7) * 1e-2
+    layer = Pooling(*pool, stride=stride, pad=pad, mode=mode, backend=path)
+    G = rng.standard_normal(layer.forward(x).shape)
+    dx = layer.backward(G)
+    numeric = numerical_gradient(lambda: float(np.sum(layer.forward(x) * G)), x)
+    assert rel_error(dx, numeric) < MAX_REL_ERROR
+
+
+def test_affine_gradients_with_4d_input():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 2, 3, 4))
+    layer = Affine(rng.standard_normal((24, 5)), rng.standard_normal(5))
+    G = rng.standard_normal((3, 5))
+    layer.forward(x)
+    dx = layer.backward(G)
+    assert dx.shape == x.shape
+
+    def loss():
+        return float(np.sum(layer.forward(x) * G))
+
+    assert rel_error(dx, numerical_gradient(loss, x)) < MAX_REL_ERROR
+    assert rel_error(layer.dW, numerical_gradient(loss, layer.W)) < MAX_REL_ERROR
+    assert rel_error(layer.db, numerical_gradient(loss, layer.b)) < MAX_REL_ERROR
+
+
+def test_relu_gradient():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 6))
+    x[np.abs(x) < 1e-3] = 0.5                      # keep clear of the kink at 0
+    layer = Relu()
+    G = rng.standard_normal(x.shape)
+    layer.forward(x)
+    dx = layer.backward(G)
+    numeric = numerical_gradient(lambda: float(np.sum(layer.forward(x) * G)), x)
+    assert rel_error(dx, numeric) < MAX_REL_ERROR
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_softmax_with_loss_gradient(one_hot):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 4))
+    labels = rng.integers(0, 4, size=5)
+    t = np.eye(4)[labels] if one_hot else labels
+    layer = SoftmaxWithLoss()
+    layer.forward(x, t)
+    dx = layer.backward()
+    numeric = numerical_gradient(lambda: float(layer.forward(x, t)), x)
+    assert rel_error(dx, numeric) < MAX_REL_ERROR
