@@ -39,8 +39,10 @@ Pooling: "auto" can only time a pooling when it is told the window and mode
 (``pool_hw=``, ``mode=`` in the shape information); without them it uses the
 static rule.
 """
+import dataclasses
 import datetime
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -65,16 +67,18 @@ ENV_AUTOTUNE = "FASTCONV_AUTOTUNE"
 _OFF_VALUES = ("0", "off", "false", "no")
 FILE_FORMAT = 1
 
-# Static rule, for FASTCONV_AUTOTUNE=0 and for poolings "auto" cannot time: a
-# convolution whose receptive field C*FH*FW is at most this many values goes to
-# the direct loops (an unrolled matrix with so few columns is mostly copying
-# and feeds GEMM badly), anything larger goes to im2col + GEMM.
+# Static rule, for FASTCONV_AUTOTUNE=0 and for poolings "auto" cannot time
+# (see static_choice): a convolution whose receptive field C*FH*FW holds at
+# most this many values goes to the direct loops, larger ones to im2col + GEMM.
 DIRECT_MAX_FIELD = 64
 
 # Timing protocol for one measurement: warm-up, then up to REPEAT interleaved
-# rounds, stopping early once a path has used BUDGET_S seconds of timed runs.
+# rounds; a path leaves after MIN_RUNS timed runs once they add up to BUDGET_S
+# seconds. Two runs at least, because on a busy machine one run can be
+# several times too slow (measured here: 14 ms and 400 ms for the same call).
 REPEAT = 3
-BUDGET_S = 0.5
+MIN_RUNS = 2
+BUDGET_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -132,13 +136,35 @@ def cpu_model():
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
+@lru_cache(maxsize=None)
+def _cpu_details():
+    """What LLVM compiles for on this host (e.g. 'znver5' and its feature flags):
+    two CPUs with one marketing name (common on cloud VMs) can still differ here."""
+    try:
+        import llvmlite.binding as ll
+
+        return f"{ll.get_host_cpu_name()}|{ll.get_host_cpu_features().flatten()}"
+    except Exception:  # an llvmlite without these calls: the model name must do
+        return ""
+
+
 def namespace():
-    """The directory name that keeps choices apart per CPU model and compiled-code versions."""
-    model = cpu_model()
+    """The directory name that keeps choices apart per CPU and compiled-code versions.
+
+    It reads ``<cpu model>-<digest>_numba-<v>_numpy-<v>_fastconv-<v>``; the
+    digest covers the model name, the machine type and the CPU name and
+    features LLVM targets.
+    """
+    return _namespace(cpu_model(), _fastconv_version())
+
+
+@lru_cache(maxsize=None)
+def _namespace(model, fastconv_version):
+    # Cached: "auto" asks for it on every call.
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", model).strip("-")[:48] or "cpu"
-    digest = hashlib.sha1(f"{model}|{platform.machine()}".encode()).hexdigest()[:8]
+    digest = hashlib.sha1(f"{model}|{platform.machine()}|{_cpu_details()}".encode()).hexdigest()[:8]
     return (f"{slug}-{digest}_numba-{numba.__version__}_numpy-{np.__version__}"
-            f"_fastconv-{_fastconv_version()}")
+            f"_fastconv-{fastconv_version}")
 
 
 def _fastconv_version():
@@ -153,12 +179,24 @@ def cache_dir():
 
 # ----------------------------------------------------------------------- keys
 
+def current_threads():
+    """``numba.get_num_threads()``, after fastconv's kernels have set up Numba's threads.
+
+    Asking Numba for its thread count starts its thread pool; fastconv's
+    kernel options (``fastconv.kernels._jit``) must get to start it first, with
+    their thread-waiting arrangement, so that is imported before asking.
+    """
+    importlib.import_module("fastconv.kernels._jit")
+    return numba.get_num_threads()
+
+
+
 def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None):
     """The cache key as a dict of plain JSON values.
 
     op: "conv" or "pool". x_shape: (N, C, H, W). w_shape: (FN, C, FH, FW) for
     a convolution, the window (PH, PW) for a pooling. mode: "max"/"avg" for a
-    pooling, None for a convolution. threads defaults to numba.get_num_threads().
+    pooling, None for a convolution. threads defaults to current_threads().
     """
     return {
         "op": op,
@@ -167,7 +205,7 @@ def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None):
         "stride": list(as_pair(stride, "stride")),
         "pad": list(as_pair(pad, "pad")),
         "dtype": np.dtype(dtype).name,
-        "threads": int(numba.get_num_threads() if threads is None else threads),
+        "threads": int(current_threads() if threads is None else threads),
         "mode": mode,
     }
 
@@ -192,25 +230,28 @@ def candidates(op="conv"):
     return fast or ["naive"]
 
 
-def static_choice(op, x_shape, w_shape, available=None):
+def static_choice(op, x_shape, w_shape, available=None, stride=1, pad=0):
     """The rule "auto" follows without measuring -> (path, reason).
 
     Convolution: ``direct`` when the receptive field C*FH*FW is at most
-    DIRECT_MAX_FIELD values (small-channel first layers), else ``im2col``; a
-    1x1 filter always goes to ``im2col``, where it is a plain matrix product.
-    Pooling: ``direct`` (no unrolled copy needed), then ``im2col``. Missing
-    paths fall back to the next one in ``backends._AUTO_PREFERENCE``.
+    DIRECT_MAX_FIELD values, else ``im2col``. With so short a reduction the
+    unrolled matrix is mostly copying (each input value written ~FH*FW times
+    for 2*FN FLOPs on it), and the direct loops, which read the input in
+    place, win; with a long one the matrix product runs near the BLAS rate
+    and the copy is a small part. Measured on the layer suite (2-core AMD
+    EPYC, quiet machine, 2026-11, two runs): direct won on dlfs_conv1 (25)
+    and cifar_3to32 (27), im2col on every other layer (363 to 4608, 1x1
+    included); resnet_128 and strided_3x3 were within 10%.
+    Pooling: ``direct``. A missing path falls back along
+    ``backends._AUTO_PREFERENCE``. stride and pad do not enter the rule today.
     """
     available = candidates(op) if available is None else list(available)
     if op == "conv":
-        _, C, FH, FW = w_shape
-        field = C * FH * FW
-        if FH == FW == 1:
-            want, why = "im2col", "1x1 filter: a plain matrix product, no unroll"
-        elif field <= DIRECT_MAX_FIELD:
-            want, why = "direct", f"receptive field C*FH*FW={field} <= {DIRECT_MAX_FIELD}"
+        reduction = w_shape[1] * w_shape[2] * w_shape[3]
+        if reduction <= DIRECT_MAX_FIELD:
+            want, why = "direct", f"receptive field C*FH*FW={reduction} <= {DIRECT_MAX_FIELD}"
         else:
-            want, why = "im2col", f"receptive field C*FH*FW={field} > {DIRECT_MAX_FIELD}"
+            want, why = "im2col", f"receptive field C*FH*FW={reduction} > {DIRECT_MAX_FIELD}"
     else:
         want, why = "direct", "pooling needs no unrolled copy"
     if want in available:
@@ -260,8 +301,9 @@ def time_paths(op, x_shape, w_shape, stride, pad, dtype, paths, mode=None,
     the first forward + backward call in seconds (it includes JIT compilation
     or loading compiled code from Numba's cache if this process has not run
     the path for this dtype yet); "forward"/"backward" are the best of up to
-    ``repeat`` timed runs after it, rounds interleaved across paths, stopping
-    once a path's timed runs exceed ``budget_s`` seconds (at least one run).
+    ``repeat`` timed runs after it, rounds interleaved across paths; a path
+    stops early once its timed runs exceed ``budget_s`` seconds, after at
+    least ``min(repeat, MIN_RUNS)`` runs.
     """
     stride, pad = as_pair(stride, "stride"), as_pair(pad, "pad")
     args, out_hw, dout = make_inputs(op, x_shape, w_shape, stride, pad, dtype, mode, seed)
@@ -286,8 +328,8 @@ def time_paths(op, x_shape, w_shape, stride, pad, dtype, paths, mode=None,
         result[p] = {"first": time.perf_counter() - t0, "forward": float("inf"),
                      "backward": float("inf")}
     spent = dict.fromkeys(paths, 0.0)
-    for _ in range(max(1, repeat)):
-        busy = [p for p in paths if spent[p] < budget_s or result[p]["forward"] == float("inf")]
+    for done in range(max(1, repeat)):
+        busy = [p for p in paths if spent[p] < budget_s or done < MIN_RUNS]
         if not busy:
             break
         for p in busy:
@@ -326,10 +368,8 @@ def _read(path, key, cands):
              and data.get("path") in cands and isinstance(data.get("times_ms"), dict))
     if not valid:
         return None
-    return Decision(path=data["path"], reason=f"cached: measured {data.get('measured_at', '?')}: "
-                    f"{_format_times(data['times_ms'])} (forward + backward)",
-                    source="cache", key=key, times_ms=data["times_ms"],
-                    measured_at=data.get("measured_at", ""))
+    return _as_cached(Decision(path=data["path"], reason="", source="cache", key=key,
+                               times_ms=data["times_ms"], measured_at=data.get("measured_at", "?")))
 
 
 def _write(directory, key, cands, decision):
@@ -361,16 +401,43 @@ def _write(directory, key, cands, decision):
                           f"{ENV_CACHE_DIR} to a writable directory.", RuntimeWarning, stacklevel=3)
 
 
-def _measure(key, cands):
-    x_shape, w_shape = key["x_shape"], key["w_shape"]
-    times = time_paths(key["op"], x_shape, w_shape, key["stride"], key["pad"], key["dtype"],
-                       cands, mode=key["mode"])
-    times_ms = {p: {"forward": t["forward"], "backward": t["backward"]} for p, t in times.items()}
+def _decision_from_times(key, cands, times):
+    times_ms = {p: {"forward": float(times[p]["forward"]), "backward": float(times[p]["backward"])}
+                for p in cands}
     best = min(cands, key=lambda p: times_ms[p]["forward"] + times_ms[p]["backward"])
-    stats["measured"] += 1
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return Decision(path=best, reason=f"measured now: {_format_times(times_ms)} (forward + backward)",
                     source="measured", key=key, times_ms=times_ms, measured_at=now)
+
+
+def _as_cached(decision):
+    return dataclasses.replace(
+        decision, source="cache",
+        reason=f"cached: measured {decision.measured_at}: {_format_times(decision.times_ms)} "
+               f"(forward + backward)")
+
+
+def _store(key, cands, decision):
+    directory = cache_dir()
+    with _lock:
+        _write(directory, key, cands, decision)
+        # later calls in this process get it as what it then is: a cached choice
+        _memory[(str(directory), tuple(cands), _key_tuple(key))] = _as_cached(decision)
+
+
+def remember(op, x_shape, w_shape, stride, pad, dtype, times, mode=None):
+    """Store a choice from timings measured elsewhere (``fastconv.explain``) -> Decision.
+
+    times: {path: {"forward": ms, "backward": ms, ...}} covering every candidate.
+    """
+    cands = candidates(op)
+    missing = [p for p in cands if p not in times]
+    if missing:
+        raise ValueError(f"times must cover every candidate path {cands}; missing {missing}")
+    key = make_key(op, x_shape, w_shape, stride, pad, dtype, mode=mode)
+    decision = _decision_from_times(key, cands, times)
+    _store(key, cands, decision)
+    return decision
 
 
 def decide(op, x_shape, w_shape, stride=1, pad=0, dtype="float32", mode=None,
@@ -391,7 +458,7 @@ def decide(op, x_shape, w_shape, stride=1, pad=0, dtype="float32", mode=None,
     if len(cands) == 1:
         return Decision(cands[0], "the only candidate path available", "only", key)
     if not ignore_env and not autotune_enabled():
-        path, why = static_choice(op, x_shape, w_shape, cands)
+        path, why = static_choice(op, x_shape, w_shape, cands, stride, pad)
         return Decision(path, f"{why} ({ENV_AUTOTUNE}=0)", "static", key)
     directory = cache_dir()
     mem_key = (str(directory), tuple(cands), _key_tuple(key))
@@ -407,11 +474,13 @@ def decide(op, x_shape, w_shape, stride=1, pad=0, dtype="float32", mode=None,
                 _memory[mem_key] = hit
                 return hit
         if not measure:
-            path, why = static_choice(op, x_shape, w_shape, cands)
+            path, why = static_choice(op, x_shape, w_shape, cands, stride, pad)
             return Decision(path, f"{why} (not measured yet)", "static", key)
-        decision = _measure(key, cands)
-        _write(directory, key, cands, decision)
-        _memory[mem_key] = decision
+        times = time_paths(op, key["x_shape"], key["w_shape"], key["stride"], key["pad"],
+                           key["dtype"], cands, mode=mode)
+        stats["measured"] += 1
+        decision = _decision_from_times(key, cands, times)
+        _store(key, cands, decision)
         return decision
 
 
@@ -492,10 +561,43 @@ def clear_cache():
                 if d.is_dir():
                     for leftover in d.glob(".tmp-*"):
                         # Only stale ones: a young one may be a concurrent write.
-                        if time.time() - leftover.stat().st_mtime > 60:
-                            leftover.unlink(missing_ok=True)
+                        try:
+                            if time.time() - leftover.stat().st_mtime > 60:
+                                leftover.unlink()
+                        except FileNotFoundError:
+                            pass
                     try:
                         d.rmdir()
                     except OSError:
                         pass  # a concurrent writer just put a file there
     return removed
+
+
+# ------------------------------------------------------------ command line
+
+def _cmd_autotune(args):
+    if args.clear:
+        print(f"removed {clear_cache()} stored choice(s) under {cache_root() / 'autotune'}")
+        return 0
+    decisions = autotune(args.layers, dtype=args.dtype, force=args.force)
+    print(f"auto choices ({current_threads()} threads, {args.dtype}), stored in {cache_dir()}")
+    for d in decisions:
+        k = d.key
+        shape = f"{k['op']} x={tuple(k['x_shape'])} w={tuple(k['w_shape'])} s={tuple(k['stride'])} " \
+                f"p={tuple(k['pad'])}" + (f" {k['mode']}" if k["mode"] else "")
+        print(f"  {shape:<62} -> {d.path:<7} ({d.source}) {_format_times(d.times_ms)}")
+    return 0
+
+
+def add_cli(sub):
+    """Add ``fastconv autotune`` to the argparse subparsers ``sub``."""
+    p = sub.add_parser("autotune", help="measure and store backend='auto' choices for a layer suite",
+                       description="Times the candidate paths on every layer (and pooling) of a "
+                                   "suite JSON shaped like bench/layers.json and stores the winners "
+                                   "in the auto-tuning cache.")
+    p.add_argument("layers", nargs="?", default="bench/layers.json",
+                   help="suite JSON (default: bench/layers.json)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--force", action="store_true", help="measure again even known layers")
+    p.add_argument("--clear", action="store_true", help="forget every stored choice and exit")
+    p.set_defaults(func=_cmd_autotune)

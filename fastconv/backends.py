@@ -9,10 +9,14 @@ import importlib
 # path name -> module implementing the kernel API described in fastconv.kernels
 PATHS = {
     "naive": "fastconv.kernels.naive",
+    "im2col": "fastconv.kernels.im2col",
+    "direct": "fastconv.kernels.direct",
+    "cuda": "fastconv.kernels.cuda",
 }
 
-# The order in which "auto" prefers paths when it has no better information.
-_AUTO_PREFERENCE = ("naive",)
+# The order in which "auto" falls back when the path its static rule wants is
+# missing (see fastconv.autotune.static_choice).
+_AUTO_PREFERENCE = ("im2col", "direct", "naive")
 
 
 def _cuda_present():
@@ -55,12 +59,15 @@ def resolve(backend, op, **shape_info):
 
 
 def choose_auto(op, **shape_info):
-    """The rule behind backend="auto": the first available path in _AUTO_PREFERENCE."""
-    available = available_backends()
-    for name in _AUTO_PREFERENCE:
-        if name in available:
-            return name
-    return "naive"
+    """The path backend="auto" runs for host arrays: measured once per shape, then remembered.
+
+    See fastconv.autotune: the first call with a new (op, shapes, stride, pad,
+    dtype, threads) key times the candidate paths and stores the fastest on
+    disk; FASTCONV_AUTOTUNE=0 switches to a static rule instead.
+    """
+    # By module name: fastconv.autotune (the attribute) is the autotune() function,
+    # and the module is imported late because it imports this one.
+    return importlib.import_module("fastconv.autotune").choose(op, **shape_info)
 
 
 def get_path(name):

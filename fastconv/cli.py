@@ -3,6 +3,11 @@ import argparse
 
 import numba
 
+from .train_cli import add_parser as add_train_parser
+from .autotune import add_cli as add_autotune_parser
+from .explain import add_cli as add_explain_parser
+from .benchplot import add_cli as add_plot_bench_parser
+
 
 def _cmd_compare(args):
     from .compare import compare, format_table
@@ -35,6 +40,10 @@ def build_parser():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--paths", nargs="+", default=None, help="paths to time (default: all available)")
     p.set_defaults(func=_cmd_compare)
+    add_train_parser(sub)
+    add_explain_parser(sub)
+    add_autotune_parser(sub)
+    add_plot_bench_parser(sub)
     return parser
 
 

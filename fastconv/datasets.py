@@ -114,6 +114,12 @@ def _safe_dtype(*args):
     return dtype
 
 
+def _latin1_bytes(text, encoding):
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
 def _reconstruct():
     try:
         from numpy._core.multiarray import _reconstruct as fn    # NumPy >= 2
@@ -133,6 +139,8 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
             return np.ndarray
         if (module, name) == ("numpy", "dtype"):
             return _safe_dtype
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes     # how Python 3 writes bytes in protocol 0-2 pickles
         raise pickle.UnpicklingError(f"refusing to unpickle global {module}.{name}: "
                                      f"only NumPy arrays are allowed")
 

@@ -21,8 +21,14 @@ Saved = namedtuple("Saved", "path cache out_shape dtype")
 
 
 def is_device_array(a):
-    """True for a CUDA device array (Numba's, or anything with the CUDA array interface)."""
-    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+    """True for a CUDA device array (Numba's, or anything with the CUDA array interface).
+
+    The simulator's device arrays have no CUDA array interface; like Numba's
+    real ones they set ``__cuda_ndarray__``.
+    """
+    if isinstance(a, np.ndarray):
+        return False
+    return hasattr(a, "__cuda_array_interface__") or bool(getattr(a, "__cuda_ndarray__", False))
 
 
 def check_array(a, name, ndim, layout):
@@ -173,7 +179,7 @@ def pool_forward(x, pool_h, pool_w, stride=1, pad=0, mode="max", rounding="floor
     """Validated pooling forward -> (out, saved); ``saved`` feeds pool_backward."""
     x, pool_hw, stride, pad, out_hw = check_pool(x, pool_h, pool_w, stride, pad, mode, rounding)
     path = _resolve(backend, "pool", {"x": x}, x_shape=tuple(x.shape), w_shape=None,
-                    stride=stride, pad=pad, dtype=np.dtype(x.dtype))
+                    stride=stride, pad=pad, dtype=np.dtype(x.dtype), pool_hw=pool_hw, mode=mode)
     out, cache = backends.get_path(path).pool_forward(x, pool_hw, stride, pad, out_hw, mode)
     return out, Saved(path, cache, tuple(out.shape), np.dtype(x.dtype))
 

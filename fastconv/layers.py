@@ -118,7 +118,8 @@ class Sigmoid(Layer):
         self.out = None
 
     def forward(self, x):
-        self.out = 1 / (1 + np.exp(-x))
+        # exp(-log(1 + exp(-x))): never overflows, and keeps tiny outputs accurate
+        self.out = np.exp(-np.logaddexp(0, -x))
         return self.out
 
     def backward(self, dout):

@@ -1,4 +1,7 @@
 """The one place where Numba compile options for the CPU paths are chosen."""
+import os
+import threading
+
 import numba
 
 # cache=True: compiled machine code is written next to the module, so a fresh
@@ -21,3 +24,50 @@ def jit(fn=None, *, parallel=False):
         return numba.njit(parallel=parallel, **JIT_OPTIONS)(f)
 
     return wrap(fn) if fn is not None else wrap
+
+
+# ------------------------------------------------------------------ threads
+#
+# The im2col path alternates Numba parallel loops (unroll, col2im) with BLAS
+# matrix products, and the two thread pools fight: a pool that has just
+# finished keeps its threads spinning, and on a machine with as many threads
+# as cores the spinners steal the cores the other pool needs.
+#
+# The arrangement: Numba's 'workqueue' layer, whose threads sleep as soon as a
+# parallel loop ends, unless the user chose a layer (NUMBA_THREADING_LAYER).
+# Measured here (2 cores, numpy's OpenBLAS, ResNet-18 stage 1 forward as a
+# fraction of the sgemm rate of the same shape, fresh processes, best of 8-10;
+# the machine was shared, so single runs scatter widely): Numba's default
+# OpenMP layer 16-18% in every run, OpenMP with OMP_WAIT_POLICY=PASSIVE mostly
+# 20-40%, workqueue mostly 70-100%. Workqueue is also fork-safe, which GNU
+# OpenMP is not.
+#
+# Its one restriction: two Python threads must never launch parallel kernels
+# at the same time (workqueue aborts the process). fastconv's kernels hold
+# ``launch_lock`` around their launches; user code that calls its own
+# parallel Numba functions from several threads should choose
+# NUMBA_THREADING_LAYER=omp (or tbb) itself, which fastconv then keeps.
+#
+# The other direction, OpenBLAS spinning (~0.1 s) after a product, can only be
+# shortened before numpy loads OpenBLAS (export OPENBLAS_THREAD_TIMEOUT=1) or
+# with a new dependency (threadpoolctl); neither is done here.
+
+launch_lock = threading.RLock()
+
+
+def _threads_started():
+    try:
+        numba.threading_layer()
+    except ValueError:                  # "Threading layer is not initialized."
+        return False
+    return True
+
+
+def arrange_threads():
+    """Choose the workqueue layer unless the user chose one or Numba's threads already run."""
+    if "NUMBA_THREADING_LAYER" in os.environ or _threads_started():
+        return
+    numba.config.THREADING_LAYER = "workqueue"
+
+
+arrange_threads()

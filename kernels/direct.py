@@ -1,0 +1,681 @@
+"""The direct path: convolution and pooling as blocked loops, no unrolled matrix.
+
+Everything here rests on one data layout, the *phase planes* of a padded image.
+With stride (sh, sw), padded pixel (r, s) lives in plane (r % sh, s % sw) at row
+r // sh, column s // sw. An output pixel (i, j) then reads filter tap (fy, fx)
+from plane (fy % sh, fx % sw) at (i + fy // sh, j + fx // sw): for every stride,
+a tap is a plain shift. Each plane is stored flat with row pitch Wq, and outputs
+are computed on a *wide* grid of the same pitch (Wq >= OW columns, the extra
+columns are thrown away), so a tap is one shift of one long contiguous run:
+``acc[m] += w * plane[m + offset]`` for all output rows at once. That loop is
+what LLVM vectorises; it is blocked over four output channels and up to three
+taps per pass (one load of the input feeds four multiply-adds, one store of the
+accumulator carries twelve).
+
+- forward: out(n, k) = sum over (c, fy, fx) of W[k, c, fy, fx] * shifted x planes.
+- dx: the same correlation run backwards. Per phase (a, b) of dx, the taps with
+  fy = a (mod sh), fx = b (mod sw) shift a zero-bordered copy of dout (same pitch
+  Wq); each task owns a block of dx channels of one image: gather, no races.
+- dW: for each (k, c, fy, fx), one long dot product of the zero-bordered dout
+  plane with the shifted x plane (eight per pass: four filters, two taps); each
+  task owns a block of four filters of one channel and adds images in order.
+- db: summed while dout is copied into its bordered planes.
+- pooling: the same planes (padded with -inf for max), every (n, c) plane one
+  task; max backward scatters into its own plane only, so windows may overlap.
+
+Every parallel task writes only its own output elements and sums in a fixed
+order, so results are bit-identical from run to run for any thread count. The
+public functions hold ``launch_lock`` of ``fastconv.kernels._jit``, so several
+Python threads may call them at once.
+Conventions (cross-correlation, padding values, PH*PW divisor, first maximum
+wins) are those of ``fastconv.kernels.naive``.
+
+dW multiplies the wide grid's spare columns (zero dout cells) by x cells that
+windows do read; with an inf in x, such a product is nan, and dW then holds nan
+where the naive path may hold inf. Cells that no window reads (dropped by floor
+rounding) never touch a result.
+"""
+import functools
+import threading
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit, launch_lock
+
+# Output channels per block: four accumulator rows stay in L1 next to the input.
+KB = 4
+# Bytes of accumulator per block (4 rows): sets how many wide output rows one
+# task covers, so its working set stays in the first two cache levels.
+ACC_BYTES = 32 * 1024
+# Cells of the wide grid per dW pass: KB dout rows of this length stay in L1.
+DW_CHUNK = 1024
+
+_workspace = threading.local()
+
+
+def _scratch(shape, dtype):
+    """A per-thread reused buffer for temporaries that never leave this module.
+
+    Touching fresh memory costs page faults (about 3x a reused buffer here), so
+    the largest buffer asked for so far is kept, one per thread and dtype.
+    """
+    size = int(np.prod(shape))
+    bufs = _workspace.__dict__.setdefault("bufs", {})
+    buf = bufs.get(dtype)
+    if buf is None or buf.size < size:
+        buf = bufs[dtype] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
+
+
+def release_workspace():
+    """Free this thread's scratch buffers (they are reallocated when next needed)."""
+    _workspace.__dict__.pop("bufs", None)
+
+
+def _one_launch_at_a_time(fn):
+    """Hold ``launch_lock`` (see fastconv.kernels._jit): the workqueue threading
+    layer aborts when two Python threads launch parallel kernels at once."""
+    @functools.wraps(fn)
+    def locked(*args):
+        with launch_lock:
+            return fn(*args)
+    return locked
+
+
+def _rows_per_block(pitch, itemsize):
+    return max(1, ACC_BYTES // (KB * itemsize * pitch))
+
+
+# ---------------------------------------------------------------- phase planes
+
+@jit(parallel=True)
+def _to_planes(x, sh, sw, ph, pw, Hq, Wq, r_end, s_end, fill):
+    """x: (N, C, H, W) -> (N, C*sh*sw, Hq*Wq): padded x split into stride phases.
+
+    Plane c*sh*sw + a*sw + b, row u, column v holds padded pixel
+    (u*sh + a, v*sw + b). Cells outside x, and cells at padded row >= r_end or
+    column >= s_end (which no window reads: floor rounding dropped them), hold
+    ``fill``, so what the wide grid's spare columns read is always harmless.
+    """
+    N, C, H, W = x.shape
+    P = sh * sw
+    h_end = min(H, r_end - ph)
+    w_end = min(W, s_end - pw)
+    xq = np.empty((N, C * P, Hq * Wq), dtype=x.dtype)
+    for task in prange(N * C):
+        n = task // C
+        c = task % C
+        for a in range(sh):
+            for bq in range(sw):
+                plane = xq[n, c * P + a * sw + bq]
+                for u in range(Hq):
+                    h = u * sh + a - ph
+                    row = plane[u * Wq:(u + 1) * Wq]
+                    if h < 0 or h >= h_end:
+                        row[:] = fill
+                        continue
+                    for v in range(Wq):
+                        w = v * sw + bq - pw
+                        row[v] = x[n, c, h, w] if 0 <= w < w_end else fill
+    return xq
+
+
+# ------------------------------------------------------- the shared inner loop
+
+@jit
+def _accumulate(acc, nb, src, ops, o_start, o_end, wt, base):
+    """acc[r, m] += sum over taps t of wt[t, r] * src[plane, base + offset_t + m].
+
+    acc: (KB, M), rows < nb in use; src: (planes, L) of one image; ops:
+    (n_ops, 6) rows (plane, offset, count, t0, t1, t2): ``count`` taps sitting
+    at offset, offset+1, offset+2 of one plane, done in one pass so each
+    store of the accumulator carries up to 3*nb multiply-adds; wt: (n_taps, KB).
+    """
+    M = acc.shape[1]
+    a0 = acc[0]
+    a1 = acc[1]
+    a2 = acc[2]
+    a3 = acc[3]
+    for o in range(o_start, o_end):
+        plane = ops[o, 0]
+        start = base + ops[o, 1]
+        count = ops[o, 2]
+        t0 = ops[o, 3]
+        t1 = ops[o, 4]
+        t2 = ops[o, 5]
+        s0 = src[plane, start:start + M]
+        s1 = src[plane, start + 1:start + 1 + M] if count > 1 else s0
+        s2 = src[plane, start + 2:start + 2 + M] if count > 2 else s0
+        if nb == KB and count == 3:
+            u0, u1, u2, u3 = wt[t0, 0], wt[t0, 1], wt[t0, 2], wt[t0, 3]
+            v0, v1, v2, v3 = wt[t1, 0], wt[t1, 1], wt[t1, 2], wt[t1, 3]
+            w0, w1, w2, w3 = wt[t2, 0], wt[t2, 1], wt[t2, 2], wt[t2, 3]
+            for m in range(M):
+                p = s0[m]
+                q = s1[m]
+                r = s2[m]
+                a0[m] += u0 * p + v0 * q + w0 * r
+                a1[m] += u1 * p + v1 * q + w1 * r
+                a2[m] += u2 * p + v2 * q + w2 * r
+                a3[m] += u3 * p + v3 * q + w3 * r
+        elif nb == KB and count == 2:
+            u0, u1, u2, u3 = wt[t0, 0], wt[t0, 1], wt[t0, 2], wt[t0, 3]
+            v0, v1, v2, v3 = wt[t1, 0], wt[t1, 1], wt[t1, 2], wt[t1, 3]
+            for m in range(M):
+                p = s0[m]
+                q = s1[m]
+                a0[m] += u0 * p + v0 * q
+                a1[m] += u1 * p + v1 * q
+                a2[m] += u2 * p + v2 * q
+                a3[m] += u3 * p + v3 * q
+        elif nb == KB:
+            u0, u1, u2, u3 = wt[t0, 0], wt[t0, 1], wt[t0, 2], wt[t0, 3]
+            for m in range(M):
+                p = s0[m]
+                a0[m] += u0 * p
+                a1[m] += u1 * p
+                a2[m] += u2 * p
+                a3[m] += u3 * p
+        else:
+            # a partial block: one row at a time, the taps still fused
+            for row in range(nb):
+                ar = acc[row]
+                u = wt[t0, row]
+                if count == 3:
+                    v = wt[t1, row]
+                    w = wt[t2, row]
+                    for m in range(M):
+                        ar[m] += u * s0[m] + v * s1[m] + w * s2[m]
+                elif count == 2:
+                    v = wt[t1, row]
+                    for m in range(M):
+                        ar[m] += u * s0[m] + v * s1[m]
+                else:
+                    for m in range(M):
+                        ar[m] += u * s0[m]
+
+
+@jit
+def _weight_blocks(Wm):
+    """Wm: (rows, taps) -> (ceil(rows/KB), taps, KB), rows past the end zero."""
+    R, T = Wm.shape
+    nb = (R + KB - 1) // KB
+    wt = np.zeros((nb, T, KB), dtype=Wm.dtype)
+    for r in range(R):
+        for t in range(T):
+            wt[r // KB, t, r % KB] = Wm[r, t]
+    return wt
+
+
+# ------------------------------------------------------------- forward conv
+
+# Taps per pass of the inner loop (see _accumulate): three measured best
+# (1.3-1.7x two on 3x3 and 11x11 filters); more runs out of registers.
+GROUP = 3
+
+
+@jit
+def _forward_ops(C, FH, FW, sh, sw, Wq):
+    """Tap table of the forward pass, ordered by channel; see _accumulate.
+
+    Tap (c, fy, fx) is weight index (c*FH + fy)*FW + fx; it reads plane
+    (c, fy % sh, fx % sw) at offset (fy // sh)*Wq + fx // sw. Taps fx, fx+sw,
+    fx+2*sw of one phase sit one cell apart: one group.
+    """
+    ops = np.full((C * FH * FW, 6), -1, dtype=np.int64)
+    n = 0
+    for c in range(C):
+        for fy in range(FH):
+            for b in range(min(sw, FW)):
+                fx = b
+                while fx < FW:
+                    ops[n, 0] = c * sh * sw + (fy % sh) * sw + b
+                    ops[n, 1] = (fy // sh) * Wq + fx // sw
+                    count = 0
+                    while count < GROUP and fx < FW:
+                        ops[n, 3 + count] = (c * FH + fy) * FW + fx
+                        fx += sw
+                        count += 1
+                    ops[n, 2] = count
+                    n += 1
+    return ops[:n].copy()
+
+
+@jit(parallel=True)
+def _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, RB):
+    """xq: planes of x, wt: (FN/KB, C*FH*FW, KB) -> out: (N, FN, OH, OW)."""
+    N = xq.shape[0]
+    nkb = wt.shape[0]
+    nrb = (OH + RB - 1) // RB
+    out = np.empty((N, FN, OH, OW), dtype=xq.dtype)
+    for task in prange(N * nkb * nrb):
+        n = task // (nkb * nrb)
+        kb = (task // nrb) % nkb
+        i0 = (task % nrb) * RB
+        i1 = min(OH, i0 + RB)
+        k0 = kb * KB
+        nb = min(KB, FN - k0)
+        acc = np.zeros((KB, (i1 - i0) * Wq), dtype=xq.dtype)
+        _accumulate(acc, nb, xq[n], ops, 0, ops.shape[0], wt[kb], i0 * Wq)
+        for r in range(nb):
+            bias = b[k0 + r]
+            for i in range(i0, i1):
+                row = acc[r, (i - i0) * Wq:(i - i0) * Wq + OW]
+                for j in range(OW):
+                    out[n, k0 + r, i, j] = row[j] + bias
+    return out
+
+
+@_one_launch_at_a_time
+def conv_forward(x, W, b, stride, pad, out_hw):
+    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW)."""
+    N, C, H, Wd = x.shape
+    FN, _, FH, FW = W.shape
+    (sh, sw), (ph, pw), (OH, OW) = stride, pad, out_hw
+    Wq = -(-(Wd + 2 * pw) // sw)
+    # one spare row: the wide grid's last row reads up to a row past OH
+    Hq = OH + (FH - 1) // sh + 1
+    xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, (OH - 1) * sh + FH, (OW - 1) * sw + FW,
+                    x.dtype.type(0))
+    wt = _weight_blocks(W.reshape(FN, C * FH * FW))
+    ops = _forward_ops(C, FH, FW, sh, sw, Wq)
+    out = _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, _rows_per_block(Wq, x.itemsize))
+    return out, (xq, W, tuple(x.shape), stride, pad, out_hw, Hq, Wq)
+
+
+# ------------------------------------------------------------ backward conv
+
+@jit
+def _dout_image(dout_n, Ty, Tx, Wq, dp_n, sums):
+    """dout_n: (K, OH, OW) -> dp_n: (K, Hd*Wq), dout at row Ty-1, column Tx-1, zeros around.
+
+    Every cell of dp_n is written, so it may be a reused (dirty) buffer; each
+    map's sum is added to sums: (K,), so db costs no second pass over dout.
+    """
+    K, OH, OW = dout_n.shape
+    Hd = dp_n.shape[1] // Wq
+    for k in range(K):
+        total = dout_n.dtype.type(0)
+        for r in range(Hd):
+            row = dp_n[k, r * Wq:(r + 1) * Wq]
+            i = r - (Ty - 1)
+            if i < 0 or i >= OH:
+                row[:] = 0
+            else:
+                src = dout_n[k, i]
+                row[:Tx - 1] = 0
+                row[Tx - 1:Tx - 1 + OW] = src
+                row[Tx - 1 + OW:] = 0
+                for j in range(OW):
+                    total += src[j]
+        sums[k] += total
+
+
+@jit(parallel=True)
+def _dout_planes(dout, Ty, Tx, Wq, dp):
+    """dout: (N, K, OH, OW) -> dp: (N, K, Hd*Wq) and per-map sums (N, K)."""
+    N, K = dout.shape[:2]
+    sums = np.zeros((N, K), dtype=dout.dtype)
+    for n in prange(N):
+        _dout_image(dout[n], Ty, Tx, Wq, dp[n], sums[n])
+    return dp, sums
+
+
+@jit
+def _backward_ops(K, FH, FW, sh, sw, Wq, Ty, Tx):
+    """Tap tables of dx, one per phase (a, b) of dx: rows ops[starts[p]:starts[p+1]].
+
+    dx phase (a, b) at (u, v) gathers dout(u - ty, v - tx) * W[k, c, a + ty*sh,
+    b + tx*sw]; in the zero-bordered dout planes that is offset
+    (Ty-1-ty)*Wq + (Tx-1-tx). Taps tx, tx-1, tx-2 sit one cell apart: one group.
+    """
+    P = sh * sw
+    ops = np.full((K * FH * FW, 6), -1, dtype=np.int64)
+    starts = np.zeros(P + 1, dtype=np.int64)
+    n = 0
+    for a in range(sh):
+        for b in range(sw):
+            for k in range(K):
+                for fy in range(a, FH, sh):
+                    ty = (fy - a) // sh
+                    tx = (FW - 1 - b) // sw if b < FW else -1
+                    while tx >= 0:
+                        ops[n, 0] = k
+                        ops[n, 1] = (Ty - 1 - ty) * Wq + Tx - 1 - tx
+                        count = 0
+                        while count < GROUP and tx >= 0:
+                            ops[n, 3 + count] = (k * FH + fy) * FW + b + tx * sw
+                            tx -= 1
+                            count += 1
+                        ops[n, 2] = count
+                        n += 1
+            starts[a * sw + b + 1] = n
+    return ops[:n].copy(), starts
+
+
+@jit
+def _dx_block(dx_n, dp_n, wt_cb, ops, starts, phase, rb, c0, sh, sw, ph, pw, Wq, RB):
+    """dx of one image, channels c0.. (one block), one phase, one block of rows.
+
+    dx_n: (C, H, W) written; dp_n: (K, Hd*Wq) dout planes of that image.
+    """
+    C, H, W = dx_n.shape
+    a = phase // sw
+    bq = phase % sw
+    u_lo = (ph - a + sh - 1) // sh if ph > a else 0
+    u_hi = (ph + H - 1 - a) // sh + 1 if ph + H - 1 >= a else 0
+    u0 = u_lo + rb * RB
+    u1 = min(u_hi, u0 + RB)
+    if u0 >= u1:
+        return
+    # a phase that no tap reaches (stride > filter) still writes its zeros
+    v_lo = (pw - bq + sw - 1) // sw if pw > bq else 0
+    v_hi = min(Wq, (pw + W - 1 - bq) // sw + 1) if pw + W - 1 >= bq else 0
+    nb = min(KB, C - c0)
+    acc = np.zeros((KB, (u1 - u0) * Wq), dtype=dp_n.dtype)
+    _accumulate(acc, nb, dp_n, ops, starts[phase], starts[phase + 1], wt_cb, u0 * Wq)
+    for r in range(nb):
+        for u in range(u0, u1):
+            h = u * sh + a - ph
+            row = acc[r, (u - u0) * Wq:(u - u0 + 1) * Wq]
+            for v in range(v_lo, v_hi):
+                dx_n[c0 + r, h, v * sw + bq - pw] = row[v]
+
+
+def _dx_row_blocks(H, sh, RB):
+    # dx rows of phase a are u*sh + a - ph for u in [u_lo, u_hi): at most ceil(H/sh)
+    return ((H + sh - 1) // sh + RB - 1) // RB
+
+
+@jit(parallel=True)
+def _conv_dx(dp, wt, ops, starts, C, H, W, sh, sw, ph, pw, Wq, RB, nrb):
+    """dp: dout planes (N, K, Hd*Wq), wt: (C/KB, K*FH*FW, KB) -> dx: (N, C, H, W)."""
+    N = dp.shape[0]
+    ncb = wt.shape[0]
+    P = sh * sw
+    # every dx cell lies in exactly one task's (phase, row block): no zero fill
+    dx = np.empty((N, C, H, W), dtype=dp.dtype)
+    for task in prange(N * ncb * P * nrb):
+        n = task // (ncb * P * nrb)
+        cb = (task // (P * nrb)) % ncb
+        _dx_block(dx[n], dp[n], wt[cb], ops, starts, (task // nrb) % P, task % nrb,
+                  cb * KB, sh, sw, ph, pw, Wq, RB)
+    return dx
+
+
+@jit
+def _dw_image(acc, xq_n, dp_n, ops, C, c, k0, nb, M, base):
+    """acc[r, t] += dW[k0 + r, c] contribution of one image: (KB, FH*FW).
+
+    xq_n: x planes of the image, dp_n: its dout planes, ops: the forward tap
+    table (same number of rows per channel). The grid is walked in chunks so
+    the KB dout rows of a chunk stay in L1 across all taps.
+    """
+    T = acc.shape[1]
+    per_c = ops.shape[0] // C
+    zero = acc.dtype.type(0)
+    for m0 in range(0, M, DW_CHUNK):
+        L = min(DW_CHUNK, M - m0)
+        lo = base + m0
+        d0 = dp_n[k0, lo:lo + L]
+        d1 = dp_n[k0 + min(1, nb - 1), lo:lo + L]
+        d2 = dp_n[k0 + min(2, nb - 1), lo:lo + L]
+        d3 = dp_n[k0 + min(3, nb - 1), lo:lo + L]
+        for o in range(c * per_c, (c + 1) * per_c):
+            plane = xq_n[ops[o, 0]]
+            start = ops[o, 1] + m0
+            count = ops[o, 2]
+            g = 0
+            while g < count:
+                ta = ops[o, 3 + g] - c * T
+                xs = plane[start + g:start + g + L]
+                if nb < KB:
+                    for r in range(nb):
+                        d = dp_n[k0 + r, lo:lo + L]
+                        s0 = zero
+                        for m in range(L):
+                            s0 += d[m] * xs[m]
+                        acc[r, ta] += s0
+                    g += 1
+                elif g + 1 < count:
+                    # four dout rows against two shifted x rows: 8 sums, one pass
+                    tb = ops[o, 4 + g] - c * T
+                    ys = plane[start + g + 1:start + g + 1 + L]
+                    s0 = s1 = s2 = s3 = r0 = r1 = r2 = r3 = zero
+                    for m in range(L):
+                        p = xs[m]
+                        q = ys[m]
+                        s0 += d0[m] * p
+                        s1 += d1[m] * p
+                        s2 += d2[m] * p
+                        s3 += d3[m] * p
+                        r0 += d0[m] * q
+                        r1 += d1[m] * q
+                        r2 += d2[m] * q
+                        r3 += d3[m] * q
+                    acc[0, ta] += s0
+                    acc[1, ta] += s1
+                    acc[2, ta] += s2
+                    acc[3, ta] += s3
+                    acc[0, tb] += r0
+                    acc[1, tb] += r1
+                    acc[2, tb] += r2
+                    acc[3, tb] += r3
+                    g += 2
+                else:
+                    s0 = s1 = s2 = s3 = zero
+                    for m in range(L):
+                        p = xs[m]
+                        s0 += d0[m] * p
+                        s1 += d1[m] * p
+                        s2 += d2[m] * p
+                        s3 += d3[m] * p
+                    acc[0, ta] += s0
+                    acc[1, ta] += s1
+                    acc[2, ta] += s2
+                    acc[3, ta] += s3
+                    g += 1
+
+
+@jit(parallel=True)
+def _conv_dw(xq, dp, ops, C, FN, FH, FW, OH, Wq, base):
+    """dW[k, c, fy, fx] = sum over n and the wide grid of dout * shifted x planes.
+
+    xq: (N, C*sh*sw, Hq*Wq), dp: (N, FN, Hd*Wq), ops: the forward tap table
+    -> dW: (FN, C, FH, FW). One task per (block of KB filters, channel c): it
+    alone writes those dW entries, adding images in order.
+    """
+    N = xq.shape[0]
+    T = FH * FW
+    nkb = (FN + KB - 1) // KB
+    dW = np.empty((FN, C, FH, FW), dtype=xq.dtype)
+    for task in prange(nkb * C):
+        kb = task // C
+        c = task % C
+        k0 = kb * KB
+        nb = min(KB, FN - k0)
+        acc = np.zeros((KB, T), dtype=xq.dtype)
+        for n in range(N):
+            _dw_image(acc, xq[n], dp[n], ops, C, c, k0, nb, OH * Wq, base)
+        for r in range(nb):
+            for t in range(T):
+                dW[k0 + r, c, t // FW, t % FW] = acc[r, t]
+    return dW
+
+
+@jit
+def _conv_db(sums):
+    """sums: (N, K) per-map sums of dout -> db: (K,), added image by image."""
+    db = sums[0].copy()
+    for n in range(1, sums.shape[0]):
+        db += sums[n]
+    return db
+
+
+@_one_launch_at_a_time
+def conv_backward(dout, cache):
+    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,)."""
+    xq, W, x_shape, (sh, sw), (ph, pw), (OH, OW), Hq, Wq = cache
+    N, C, H, Wd = x_shape
+    FN, _, FH, FW = W.shape
+    Ty = (FH - 1) // sh + 1
+    Tx = (FW - 1) // sw + 1
+    # rows: dout shifted down by Ty-1, plus what the last dx row of any phase reads
+    Hd = max(OH, (ph + H - 1) // sh + 1) + Ty
+    RB = _rows_per_block(Wq, dout.itemsize)
+    nrb = _dx_row_blocks(H, sh, RB)
+    wt = _weight_blocks(np.ascontiguousarray(W.transpose(1, 0, 2, 3)).reshape(C, FN * FH * FW))
+    ops, starts = _backward_ops(FN, FH, FW, sh, sw, Wq, Ty, Tx)
+    fops = _forward_ops(C, FH, FW, sh, sw, Wq)
+    dp, sums = _dout_planes(dout, Ty, Tx, Wq, _scratch((N, FN, Hd * Wq), dout.dtype))
+    dx = _conv_dx(dp, wt, ops, starts, C, H, Wd, sh, sw, ph, pw, Wq, RB, nrb)
+    dW = _conv_dw(xq, dp, fops, C, FN, FH, FW, OH, Wq, (Ty - 1) * Wq + Tx - 1)
+    return dx, dW, _conv_db(sums)
+
+
+# --------------------------------------------------------------------- pooling
+
+@jit(parallel=True)
+def _max_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
+    """xq: -inf padded planes -> out, argmax: (N, C, OH, OW); argmax = py*PW + px."""
+    N = xq.shape[0]
+    P = sh * sw
+    M = OH * Wq
+    out = np.empty((N, C, OH, OW), dtype=xq.dtype)
+    arg = np.empty((N, C, OH, OW), dtype=np.int32)
+    for task in prange(N * C):
+        n = task // C
+        c = task % C
+        best = np.empty(M, dtype=xq.dtype)
+        where = np.zeros(M, dtype=np.int32)
+        best[:] = xq[n, c * P, :M]
+        for py in range(PH):
+            for px in range(PW):
+                if py == 0 and px == 0:
+                    continue
+                k = np.int32(py * PW + px)
+                off = (py // sh) * Wq + px // sw
+                src = xq[n, c * P + (py % sh) * sw + px % sw, off:off + M]
+                for m in range(M):
+                    v = src[m]
+                    # strictly greater keeps the first maximum; nan wins as in np.argmax
+                    if v > best[m] or (v != v and best[m] == best[m]):
+                        best[m] = v
+                        where[m] = k
+        for i in range(OH):
+            for j in range(OW):
+                out[n, c, i, j] = best[i * Wq + j]
+                arg[n, c, i, j] = where[i * Wq + j]
+    return out, arg
+
+
+@jit(parallel=True)
+def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
+    """xq: zero padded planes -> out: (N, C, OH, OW), window sums over PH*PW."""
+    N = xq.shape[0]
+    P = sh * sw
+    M = OH * Wq
+    area = xq.dtype.type(PH * PW)  # a float of x's dtype: float32 stays float32
+    out = np.empty((N, C, OH, OW), dtype=xq.dtype)
+    for task in prange(N * C):
+        n = task // C
+        c = task % C
+        acc = np.zeros(M, dtype=xq.dtype)
+        for py in range(PH):
+            for px in range(PW):
+                off = (py // sh) * Wq + px // sw
+                src = xq[n, c * P + (py % sh) * sw + px % sw, off:off + M]
+                for m in range(M):
+                    acc[m] += src[m]
+        for i in range(OH):
+            for j in range(OW):
+                out[n, c, i, j] = acc[i * Wq + j] / area
+    return out
+
+
+@_one_launch_at_a_time
+def pool_forward(x, pool_hw, stride, pad, out_hw, mode):
+    """x: (N, C, H, W) -> out: (N, C, OH, OW); every channel pooled on its own."""
+    N, C, H, Wd = x.shape
+    (PH, PW), (sh, sw), (ph, pw), (OH, OW) = pool_hw, stride, pad, out_hw
+    Wq = -(-(Wd + 2 * pw) // sw)
+    Hq = OH + (PH - 1) // sh + 1
+    fill = x.dtype.type(-np.inf if mode == "max" else 0)
+    xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, (OH - 1) * sh + PH, (OW - 1) * sw + PW, fill)
+    if mode == "max":
+        out, arg = _max_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq)
+    else:
+        out, arg = _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq), None
+    return out, (tuple(x.shape), pool_hw, stride, pad, mode, arg)
+
+
+@jit(parallel=True)
+def _max_pool_backward(dout, arg, H, W, PW, sh, sw, ph, pw):
+    """Each output's gradient goes to its window's first maximum; one (n, c) plane per task."""
+    N, C, OH, OW = dout.shape
+    dx = np.empty((N, C, H, W), dtype=dout.dtype)
+    for task in prange(N * C):
+        n = task // C
+        c = task % C
+        dx[n, c] = 0
+        for i in range(OH):
+            for j in range(OW):
+                k = arg[n, c, i, j]
+                h = i * sh + k // PW - ph
+                w = j * sw + k % PW - pw
+                # a padded cell can only win when its whole window is -inf: drop it
+                if 0 <= h < H and 0 <= w < W:
+                    dx[n, c, h, w] += dout[n, c, i, j]
+    return dx
+
+
+@jit(parallel=True)
+def _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw):
+    """Each output's gradient / (PH*PW) to every cell of its window; one plane per task."""
+    N, C, OH, OW = dout.shape
+    P = sh * sw
+    Wq = -(-(W + 2 * pw) // sw)
+    Hq = OH + (PH - 1) // sh + 1
+    area = dout.dtype.type(PH * PW)
+    dx = np.empty((N, C, H, W), dtype=dout.dtype)
+    for task in prange(N * C):
+        n = task // C
+        c = task % C
+        share = dout[n, c] / area
+        # phase planes of the padded dx: each window tap is a contiguous row shift
+        buf = np.zeros((P, Hq * Wq), dtype=dout.dtype)
+        for py in range(PH):
+            for px in range(PW):
+                plane = buf[(py % sh) * sw + px % sw]
+                for i in range(OH):
+                    start = (i + py // sh) * Wq + px // sw
+                    row = plane[start:start + OW]
+                    g = share[i]
+                    for j in range(OW):
+                        row[j] += g[j]
+        for a in range(sh):
+            for b in range(sw):
+                plane = buf[a * sw + b]
+                for u in range(Hq):
+                    h = u * sh + a - ph
+                    if h < 0 or h >= H:
+                        continue
+                    for v in range(Wq):
+                        w = v * sw + b - pw
+                        if 0 <= w < W:
+                            dx[n, c, h, w] = plane[u * Wq + v]
+        # rows below the last window get no gradient
+        for h in range(min(H, Hq * sh - ph), H):
+            dx[n, c, h, :] = 0
+    return dx
+
+
+@_one_launch_at_a_time
+def pool_backward(dout, cache):
+    """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
+    x_shape, (PH, PW), (sh, sw), (ph, pw), mode, arg = cache
+    H, W = x_shape[2], x_shape[3]
+    if mode == "max":
+        return _max_pool_backward(dout, arg, H, W, PW, sh, sw, ph, pw)
+    return _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw)

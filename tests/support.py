@@ -1,0 +1,46 @@
+"""What the tests share: which paths run, and the one table of tolerances per dtype.
+
+(A plain module, not conftest.py, so that a sub-folder may have a conftest of its own.)
+"""
+import os
+
+import numpy as np
+
+import fastconv
+
+# How closely a path must match the naive oracle (or SciPy), per dtype. float32
+# sums of up to a few hundred products drift by a few ulps per term.
+TOLERANCES = {
+    np.dtype(np.float32): dict(rtol=1e-4, atol=1e-5),
+    np.dtype(np.float64): dict(rtol=1e-10, atol=1e-12),
+}
+
+
+def tol(dtype):
+    return TOLERANCES[np.dtype(dtype)]
+
+
+def assert_close(actual, expected, name=""):
+    """Compare against an oracle with its dtype's tolerance; dtypes must agree too."""
+    actual = np.asarray(actual)
+    dtype = np.dtype(expected.dtype)
+    assert actual.dtype == dtype, f"{name}: dtype {actual.dtype} != {dtype}"
+    # A sum's rounding error scales with the size of its terms, not of its result:
+    # an element that cancels to near zero carries the error of its large neighbours.
+    t = tol(dtype)
+    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+    np.testing.assert_allclose(actual, expected, rtol=t["rtol"], atol=t["atol"] * scale,
+                               err_msg=name)
+
+
+def _test_paths():
+    """FASTCONV_TEST_PATHS=cuda (say) limits the run; by default every available path
+    but cuda, whose tests run in their own process on the simulator."""
+    chosen = os.environ.get("FASTCONV_TEST_PATHS")
+    if chosen:
+        return [p.strip() for p in chosen.split(",") if p.strip()]
+    return [p for p in fastconv.available_backends() if p != "cuda"]
+
+
+PATHS = _test_paths()
+FAST_PATHS = [p for p in PATHS if p != "naive"]

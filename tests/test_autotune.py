@@ -1,0 +1,431 @@
+"""backend="auto": measured once per key, stored on disk, reused, never changing results."""
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numba
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import backends
+from fastconv import functional as F
+
+# The module, not the function of the same name that fastconv exports.
+at = importlib.import_module("fastconv.autotune")
+
+SMALL_X, SMALL_W = (2, 3, 8, 8), (4, 3, 3, 3)
+
+# Until two compiled paths exist, "auto" has a single candidate and measures
+# nothing; these stand-ins (the naive kernels under other names) give it two,
+# so the measuring and caching machinery is tested either way.
+TWIN_SETUP = """
+from fastconv import backends
+from fastconv.autotune import candidates
+for _name in ("twin_a", "twin_b"):
+    if len(candidates()) >= 2:
+        break
+    backends.PATHS[_name] = "fastconv.kernels.naive"
+"""
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    """Each test gets its own empty cache directory, empty memory and zeroed counters."""
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("FASTCONV_AUTOTUNE", raising=False)
+    monkeypatch.setattr(at, "_memory", {})
+    monkeypatch.setattr(at, "stats", {"measured": 0, "disk": 0, "memory": 0})
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def two_candidates(monkeypatch):
+    for name in ("twin_a", "twin_b"):
+        if len(at.candidates()) >= 2:
+            break
+        monkeypatch.setitem(backends.PATHS, name, "fastconv.kernels.naive")
+    return at.candidates()
+
+
+def stored_files(root):
+    return sorted(root.glob("autotune/*/*.json"))
+
+
+def small_arrays(dtype=np.float32, seed=1):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(SMALL_X).astype(dtype),
+            rng.standard_normal(SMALL_W).astype(dtype),
+            rng.standard_normal(SMALL_W[0]).astype(dtype))
+
+
+# ------------------------------------------------------------ where and what
+
+def test_cache_dir_follows_env_then_xdg_then_home(tmp_path, monkeypatch):
+    assert at.cache_root() == tmp_path / "cache"
+    if sys.platform in ("win32", "darwin"):
+        return
+    monkeypatch.delenv("FASTCONV_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert at.cache_root() == tmp_path / "xdg" / "fastconv"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert at.cache_root() == tmp_path / "home" / ".cache" / "fastconv"
+
+
+def test_namespace_names_cpu_and_versions(monkeypatch):
+    ns = at.namespace()
+    assert f"numba-{numba.__version__}" in ns and f"numpy-{np.__version__}" in ns
+    assert f"fastconv-{fastconv.__version__}" in ns
+    assert at.cache_dir().name == ns
+    monkeypatch.setattr(at, "cpu_model", lambda: "Some Other CPU @ 3.0GHz")
+    assert at.namespace() != ns and "Some-Other-CPU" in at.namespace()
+
+
+def test_key_holds_every_field():
+    key = at.make_key("conv", SMALL_X, SMALL_W, 2, (1, 0), np.float64)
+    assert key == {"op": "conv", "x_shape": list(SMALL_X), "w_shape": list(SMALL_W),
+                   "stride": [2, 2], "pad": [1, 0], "dtype": "float64",
+                   "threads": numba.get_num_threads(), "mode": None}
+
+
+# --------------------------------------------------------------- candidates
+
+@pytest.mark.parametrize("available, expected", [
+    (["naive", "im2col", "direct", "cuda"], ["im2col", "direct"]),
+    (["naive", "im2col"], ["im2col"]),
+    (["naive", "cuda"], ["naive"]),
+    (["naive"], ["naive"]),
+])
+def test_candidates_leave_out_naive_and_cuda(monkeypatch, available, expected):
+    monkeypatch.setattr(backends, "available_backends", lambda: available)
+    assert at.candidates() == expected
+
+
+def test_single_candidate_is_chosen_without_measuring(monkeypatch, fresh_cache):
+    monkeypatch.setattr(backends, "available_backends", lambda: ["naive"])
+    d = at.decide("conv", SMALL_X, SMALL_W)
+    assert (d.path, d.source) == ("naive", "only")
+    assert at.stats["measured"] == 0 and stored_files(fresh_cache) == []
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, pad, want", [
+    ((100, 1, 28, 28), (30, 1, 5, 5), 1, 0, "direct"),       # C*FH*FW = 25
+    ((64, 3, 32, 32), (32, 3, 3, 3), 1, 1, "direct"),        # 27
+    ((8, 7, 32, 32), (8, 7, 3, 3), 2, 1, "direct"),          # 63
+    ((8, 64, 56, 56), (128, 64, 3, 3), 2, 1, "im2col"),      # 576
+    ((8, 3, 224, 224), (96, 3, 11, 11), 4, 2, "im2col"),     # 363
+    ((8, 256, 56, 56), (64, 256, 1, 1), 1, 0, "im2col"),     # 256
+])
+def test_static_rule(x_shape, w_shape, stride, pad, want):
+    path, reason = at.static_choice("conv", x_shape, w_shape, ["im2col", "direct"], stride, pad)
+    assert path == want and reason.startswith("static rule")
+    # a missing path falls back to the other one
+    other = {"im2col": "direct", "direct": "im2col"}[want]
+    assert at.static_choice("conv", x_shape, w_shape, [other], stride, pad)[0] == other
+    assert at.static_choice("pool", (8, 3, 32, 32), (2, 2), ["im2col", "direct"])[0] == "direct"
+
+
+def test_autotune_off_follows_static_rule_and_stores_nothing(monkeypatch, fresh_cache,
+                                                            two_candidates):
+    monkeypatch.setenv("FASTCONV_AUTOTUNE", "0")
+    d = at.decide("conv", SMALL_X, SMALL_W)
+    assert d.source == "static" and d.path in two_candidates
+    assert d.path == at.static_choice("conv", SMALL_X, SMALL_W, two_candidates)[0]
+    if {"im2col", "direct"} <= set(two_candidates):
+        assert at.decide("conv", (1, 4, 9, 9), (2, 4, 3, 3)).path == "direct"     # 36
+        assert at.decide("conv", (1, 8, 9, 9), (2, 8, 3, 3)).path == "im2col"     # 72
+    x, w, b = small_arrays()
+    np.testing.assert_array_equal(fastconv.conv2d(x, w, b), fastconv.conv2d(x, w, b, backend=d.path))
+    assert at.stats["measured"] == 0 and stored_files(fresh_cache) == []
+
+
+# ------------------------------------------------------ measuring and caching
+
+def test_first_call_measures_then_memory_then_disk(monkeypatch, fresh_cache, two_candidates):
+    d1 = at.decide("conv", SMALL_X, SMALL_W, 1, 1, "float32")
+    assert d1.source == "measured" and d1.path in two_candidates
+    assert set(d1.times_ms) == set(two_candidates)
+    assert all(t["forward"] > 0 and t["backward"] > 0 for t in d1.times_ms.values())
+    best = min(d1.times_ms, key=lambda p: d1.times_ms[p]["forward"] + d1.times_ms[p]["backward"])
+    assert d1.path == best
+    (stored,) = stored_files(fresh_cache)
+    data = json.loads(stored.read_text())
+    assert data["path"] == d1.path and data["key"] == d1.key
+    assert data["candidates"] == two_candidates and data["numba"] == numba.__version__
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("a known key must not be measured again")
+
+    monkeypatch.setattr(at, "time_paths", no_measuring)
+    d_mem = at.decide("conv", SMALL_X, SMALL_W, 1, 1, "float32")
+    assert (d_mem.path, d_mem.source, d_mem.times_ms) == (d1.path, "cache", d1.times_ms)
+    assert at.stats["memory"] == 1
+    at._memory.clear()
+    d2 = at.decide("conv", SMALL_X, SMALL_W, 1, 1, "float32")
+    assert (d2.path, d2.source, d2.times_ms) == (d1.path, "cache", d1.times_ms)
+    assert at.stats == {"measured": 1, "disk": 1, "memory": 1}
+
+
+def test_every_candidate_is_timed_on_identical_inputs(monkeypatch, two_candidates):
+    naive = backends.get_path("naive")
+    seen = {}
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def conv_forward(self, x, W, b, stride, pad, out_hw):
+            seen.setdefault(self.name, []).append((x.copy(), W.copy(), b.copy()))
+            return naive.conv_forward(x, W, b, stride, pad, out_hw)
+
+        def conv_backward(self, dout, cache):
+            seen.setdefault(self.name + "/dout", []).append(dout.copy())
+            return naive.conv_backward(dout, cache)
+
+    monkeypatch.setattr(backends, "get_path", lambda name: Recorder(name))
+    at.decide("conv", SMALL_X, SMALL_W)
+    first, second = two_candidates[:2]
+    for a, b in zip(seen[first] + seen[first + "/dout"], seen[second] + seen[second + "/dout"]):
+        for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            np.testing.assert_array_equal(u, v)
+    assert len(seen[first]) >= 2          # warm-up plus at least one timed run
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_auto_gives_the_chosen_paths_result_bit_for_bit(dtype, two_candidates):
+    x, w, b = small_arrays(dtype)
+    copies = [a.copy() for a in (x, w, b)]
+    layer = fastconv.Convolution(w, b, stride=1, pad=1)          # backend="auto"
+    out = layer.forward(x)
+    assert at.stats["measured"] == 1 and layer.path in two_candidates
+    dout = np.random.default_rng(2).standard_normal(out.shape).astype(dtype)
+    dx = layer.backward(dout)
+    ref = fastconv.Convolution(w, b, stride=1, pad=1, backend=layer.path)
+    np.testing.assert_array_equal(out, ref.forward(x))
+    np.testing.assert_array_equal(dx, ref.backward(dout))
+    np.testing.assert_array_equal(layer.dW, ref.dW)
+    np.testing.assert_array_equal(layer.db, ref.db)
+    assert out.dtype == dtype and dx.dtype == dtype
+    for a, c in zip((x, w, b), copies):
+        np.testing.assert_array_equal(a, c)                       # inputs untouched
+
+
+def test_pooling_is_measured_when_told_the_window(two_candidates, fresh_cache):
+    d = at.decide("pool", (2, 3, 8, 8), (2, 2), 2, 0, "float32", mode="max")
+    assert d.source == "measured" and d.key["mode"] == "max" and d.key["w_shape"] == [2, 2]
+    assert at.choose("pool", x_shape=(2, 3, 8, 8), pool_hw=(2, 2), stride=(2, 2), pad=(0, 0),
+                     dtype=np.dtype("float32"), mode="max") == d.path
+    # without the window "auto" cannot time a pooling: static rule, nothing measured
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    fastconv.pool2d(x, 2, 2, stride=2)
+    assert at.stats["measured"] == 1 and len(stored_files(fresh_cache)) == 1
+
+
+def test_key_includes_thread_count(fresh_cache, two_candidates):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs at least 2 Numba threads")
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        d1 = at.decide("conv", SMALL_X, SMALL_W)
+        numba.set_num_threads(2)
+        d2 = at.decide("conv", SMALL_X, SMALL_W)
+    finally:
+        numba.set_num_threads(before)
+    assert (d1.key["threads"], d2.key["threads"]) == (1, 2)
+    assert at.stats["measured"] == 2 and len(stored_files(fresh_cache)) == 2
+
+
+def test_stale_namespace_is_not_reused(monkeypatch, fresh_cache, two_candidates):
+    at.decide("conv", SMALL_X, SMALL_W)
+    at._memory.clear()
+    monkeypatch.setattr(at, "namespace", lambda: "another-cpu_numba-0.0.1")
+    assert at.decide("conv", SMALL_X, SMALL_W).source == "measured"
+    assert at.stats["measured"] == 2 and len(stored_files(fresh_cache)) == 2
+
+
+def test_choice_measured_among_other_candidates_is_not_reused(monkeypatch, fresh_cache,
+                                                              two_candidates):
+    at.decide("conv", SMALL_X, SMALL_W)
+    at._memory.clear()
+    # a new path became available: the old comparison did not include it
+    monkeypatch.setitem(backends.PATHS, "twin_c", "fastconv.kernels.naive")
+    d = at.decide("conv", SMALL_X, SMALL_W)
+    assert d.source == "measured" and "twin_c" in d.times_ms
+
+
+@pytest.mark.parametrize("content", ["", "{not json", '{"format": 1}', "[1, 2]"])
+def test_damaged_file_is_measured_again_and_replaced(fresh_cache, two_candidates, content):
+    d = at.decide("conv", SMALL_X, SMALL_W)
+    (stored,) = stored_files(fresh_cache)
+    stored.write_text(content)
+    at._memory.clear()
+    assert at.decide("conv", SMALL_X, SMALL_W).source == "measured"
+    assert json.loads(stored.read_text())["key"] == d.key
+
+
+def test_unwritable_cache_warns_and_keeps_the_choice_in_memory(monkeypatch, tmp_path,
+                                                              two_candidates):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(blocker))
+    monkeypatch.setattr(at, "_warned_unwritable", False)
+    with pytest.warns(RuntimeWarning, match="could not store"):
+        d = at.decide("conv", SMALL_X, SMALL_W)
+    assert at.decide("conv", SMALL_X, SMALL_W).path == d.path
+    assert at.stats["measured"] == 1
+
+
+def test_writes_are_atomic_for_concurrent_readers(fresh_cache, two_candidates):
+    """A reader racing many writers of one key only ever sees a whole file."""
+    d = at.decide("conv", SMALL_X, SMALL_W)
+    (stored,) = stored_files(fresh_cache)
+    directory, cands = stored.parent, at.candidates()
+    stop, bad = threading.Event(), []
+
+    def read_loop():
+        while not stop.is_set():
+            try:
+                json.loads(stored.read_text())
+            except ValueError as err:      # a torn or empty file
+                bad.append(err)
+
+    def write_loop():
+        for _ in range(150):
+            at._write(directory, d.key, cands, d)
+
+    reader = threading.Thread(target=read_loop)
+    reader.start()
+    writers = [threading.Thread(target=write_loop) for _ in range(3)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    reader.join()
+    assert bad == []
+    assert [p.name for p in directory.iterdir()] == [stored.name]   # no temporary files left
+
+
+def _run_child(cache, script, *args):
+    env = dict(os.environ, FASTCONV_CACHE_DIR=str(cache))
+    env.pop("FASTCONV_AUTOTUNE", None)
+    return subprocess.Popen([sys.executable, "-c", script, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_concurrent_processes_then_a_fresh_process_reuses_the_choice(tmp_path, fresh_cache):
+    go = tmp_path / "go"
+    script = TWIN_SETUP + textwrap.dedent(f"""
+        import json, os, sys, time
+        import numpy as np
+        import fastconv
+        from fastconv.autotune import decide, stats
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+        w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+        writer = sys.argv[1] == "writer"
+        if writer:
+            # start together, then measure and write the same key over and over
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.01)
+            for _ in range(10):
+                decide("conv", x.shape, w.shape, (2, 2), (1, 1), x.dtype, force=True)
+        layer = fastconv.Convolution(w, stride=2, pad=1)
+        layer.forward(x)
+        print(json.dumps({{"path": layer.path, **stats}}))
+    """)
+    writers = [_run_child(fresh_cache, script, "writer") for _ in range(2)]
+    go.touch()
+    for p in writers:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert json.loads(out.strip().splitlines()[-1])["measured"] >= 10
+    (stored,) = stored_files(fresh_cache)
+    assert [f.name for f in stored.parent.iterdir()] == [stored.name]   # no temporary files
+    stored_path = json.loads(stored.read_text())["path"]
+    # a fresh process reuses the stored choice without measuring
+    p = _run_child(fresh_cache, script, "reader")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    again = json.loads(out.strip().splitlines()[-1])
+    assert again == {"path": stored_path, "measured": 0, "disk": 1, "memory": 0}
+
+
+# ------------------------------------------------------ autotune, clear_cache
+
+def test_autotune_specs_then_clear_cache(tmp_path, fresh_cache, two_candidates):
+    specs = [
+        {"id": "small", "N": 2, "C": 1, "H": 10, "W": 10, "K": 3, "FH": 3, "FW": 3,
+         "stride": 1, "pad": 0},
+        ((1, 2, 6, 7), (2, 2, 2, 3), (1, 2), 1),
+        {"x_shape": [1, 2, 6, 6], "w_shape": [3, 2, 1, 1], "dtype": "float64"},
+        {"id": "pool", "N": 2, "C": 2, "H": 8, "W": 8, "FH": 2, "FW": 2, "stride": 2, "pad": 0,
+         "mode": "avg"},
+    ]
+    decisions = fastconv.autotune(specs)
+    assert [d.source for d in decisions] == ["measured"] * 4
+    assert [d.key["op"] for d in decisions] == ["conv", "conv", "conv", "pool"]
+    assert decisions[1].key["stride"] == [1, 2] and decisions[2].key["dtype"] == "float64"
+    assert len(stored_files(fresh_cache)) == 4
+    # tuned ahead: the layer's first forward does not measure
+    x = np.random.default_rng(0).standard_normal((2, 1, 10, 10)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((3, 1, 3, 3)).astype(np.float32)
+    fastconv.conv2d(x, w)
+    assert at.stats["measured"] == 4
+    assert [d.source for d in fastconv.autotune(specs)] == ["cache"] * 4
+    assert [d.source for d in fastconv.autotune(specs[:1], force=True)] == ["measured"]
+
+    assert fastconv.clear_cache() == 4
+    assert stored_files(fresh_cache) == []
+    assert at.decide("conv", (2, 1, 10, 10), (3, 1, 3, 3)).source == "measured"
+
+
+def test_autotune_reads_a_layer_suite_file(tmp_path, two_candidates, monkeypatch):
+    suite = {"layers": [{"id": "a", "N": 1, "C": 2, "H": 6, "W": 6, "K": 2, "FH": 3, "FW": 3,
+                         "stride": 1, "pad": 1}],
+             "pooling": [{"id": "p", "N": 1, "C": 2, "H": 6, "W": 6, "FH": 3, "FW": 3,
+                          "stride": 2, "pad": 1, "mode": "max"}]}
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps(suite))
+    monkeypatch.setenv("FASTCONV_AUTOTUNE", "0")    # an explicit call measures anyway
+    decisions = fastconv.autotune(path)
+    assert [(d.key["op"], d.source) for d in decisions] == [("conv", "measured"), ("pool", "measured")]
+
+
+def test_autotune_rejects_a_bad_spec():
+    with pytest.raises(TypeError, match="layer spec"):
+        fastconv.autotune([42])
+
+
+def test_repo_layer_suite_parses():
+    """bench/layers.json's entries are understood (shapes only; nothing is timed)."""
+    suite_path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "layers.json")
+    with open(suite_path) as f:
+        suite = json.load(f)
+    for spec in suite["layers"]:
+        op, x_shape, w_shape, *_ = at._spec_to_args(spec, "float32")
+        assert op == "conv" and x_shape[1] == w_shape[1]
+        F.check_conv(np.empty(x_shape, np.float32), np.empty(w_shape, np.float32), None,
+                     spec["stride"], spec["pad"], "floor")
+    assert {at._spec_to_args(s, "float32")[0] for s in suite["pooling"]} == {"pool"}
+
+
+def test_command_line(tmp_path, capsys, fresh_cache, two_candidates):
+    from fastconv.cli import main
+
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"layers": [{"id": "a", "N": 1, "C": 2, "H": 6, "W": 6, "K": 2,
+                                             "FH": 3, "FW": 3, "stride": 1, "pad": 1}]}))
+    assert main(["autotune", str(suite)]) == 0
+    out = capsys.readouterr().out
+    assert "conv x=(1, 2, 6, 6) w=(2, 2, 3, 3)" in out and "(measured)" in out
+    assert len(stored_files(fresh_cache)) == 1
+    assert main(["autotune", "--clear"]) == 0
+    assert "removed 1 stored choice" in capsys.readouterr().out
+    assert stored_files(fresh_cache) == []

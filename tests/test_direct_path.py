@@ -1,0 +1,259 @@
+"""What is particular to the direct path: its phase-plane layout, its tap tables,
+its blocking (partial channel blocks, row blocks, empty stride phases), the
+wide grid's spare columns, and its thread-count independence.
+
+Expected values come from the naive path, run in float64 so that the oracle's
+own float32 rounding does not count against the path under test.
+"""
+import numba
+import numpy as np
+import pytest
+
+from fastconv.geometry import output_hw
+from fastconv.kernels import direct, naive
+
+# float32 results against a float64 oracle: sums of up to ~2000 products
+TOL = {np.float32: dict(rtol=2e-4, atol=2e-4), np.float64: dict(rtol=1e-10, atol=1e-10)}
+
+
+def _conv_both(x, W, b, stride, pad, dout_seed=0):
+    """(out, dx, dW, db) from the direct path and from naive in float64."""
+    out_hw = output_hw(x.shape[2:], W.shape[2:], stride, pad, "floor")
+    out, cache = direct.conv_forward(x, W, b, stride, pad, out_hw)
+    dout = np.random.default_rng(dout_seed).standard_normal(out.shape).astype(x.dtype)
+    got = (out, *direct.conv_backward(dout, cache))
+    f64 = [a.astype(np.float64) for a in (x, W, b, dout)]
+    ref_out, ref_cache = naive.conv_forward(*f64[:3], stride, pad, out_hw)
+    want = (ref_out, *naive.conv_backward(f64[3], ref_cache))
+    return got, want
+
+
+def _assert_conv_matches(x, W, b, stride, pad):
+    got, want = _conv_both(x, W, b, stride, pad)
+    for name, g, w in zip(("out", "dx", "dW", "db"), got, want):
+        assert g.dtype == x.dtype, name
+        np.testing.assert_allclose(g, w, err_msg=name, **TOL[x.dtype.type])
+
+
+def _random_conv(rng, N, C, H, W, FN, FH, FW, dtype):
+    return (rng.standard_normal((N, C, H, W)).astype(dtype),
+            rng.standard_normal((FN, C, FH, FW)).astype(dtype),
+            rng.standard_normal(FN).astype(dtype))
+
+
+# ------------------------------------------------------------------ layout
+
+@pytest.mark.parametrize("stride, pad", [((1, 1), (0, 0)), ((2, 3), (1, 2)), ((3, 1), (2, 0))])
+def test_phase_planes_hold_the_padded_image(stride, pad):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 7, 8))
+    (sh, sw), (ph, pw) = stride, pad
+    Hq, Wq, fill = 6, -(-(8 + 2 * pw) // sw), -5.0
+    xq = direct._to_planes(x, sh, sw, ph, pw, Hq, Wq, 10**6, 10**6, fill)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, Hq * sh), (pw, Wq * sw)), constant_values=fill)
+    for c in range(3):
+        for a in range(sh):
+            for b in range(sw):
+                plane = xq[:, c * sh * sw + a * sw + b].reshape(2, Hq, Wq)
+                np.testing.assert_array_equal(plane, xp[:, c, a::sh, b::sw][:, :Hq, :Wq])
+
+
+def test_phase_planes_blank_the_cells_no_window_reads():
+    x = np.arange(1.0, 1 + 5 * 6).reshape(1, 1, 5, 6)
+    xq = direct._to_planes(x, 1, 1, 0, 0, 6, 6, 3, 4, 0.0).reshape(6, 6)
+    np.testing.assert_array_equal(xq[:3, :4], x[0, 0, :3, :4])
+    assert not xq[3:].any() and not xq[:, 4:].any()
+
+
+def _taps_of(row):
+    """(tap index, shift from the row's offset) for one tap-table row."""
+    count = row[2]
+    assert 1 <= count <= direct.GROUP
+    assert all(t >= 0 for t in row[3:3 + count]) and all(t == -1 for t in row[3 + count:])
+    return [(row[3 + g], g) for g in range(count)]
+
+
+@pytest.mark.parametrize("C, FH, FW, sh, sw", [(2, 3, 5, 1, 1), (3, 4, 7, 2, 3), (1, 2, 2, 3, 3)])
+def test_forward_tap_table_covers_every_tap_once(C, FH, FW, sh, sw):
+    Wq = 9
+    ops = direct._forward_ops(C, FH, FW, sh, sw, Wq)
+    seen = []
+    for row in ops:
+        for t, shift in _taps_of(row):
+            c, fy, fx = t // (FH * FW), t // FW % FH, t % FW
+            assert row[0] == c * sh * sw + (fy % sh) * sw + fx % sw
+            assert row[1] + shift == (fy // sh) * Wq + fx // sw
+            seen.append(t)
+    assert sorted(seen) == list(range(C * FH * FW))
+
+
+@pytest.mark.parametrize("K, FH, FW, sh, sw", [(2, 3, 5, 1, 1), (3, 4, 7, 2, 3), (2, 2, 1, 3, 3)])
+def test_backward_tap_table_covers_every_tap_once_in_its_phase(K, FH, FW, sh, sw):
+    Wq = 11
+    Ty, Tx = (FH - 1) // sh + 1, (FW - 1) // sw + 1
+    ops, starts = direct._backward_ops(K, FH, FW, sh, sw, Wq, Ty, Tx)
+    seen = []
+    for phase in range(sh * sw):
+        for row in ops[starts[phase]:starts[phase + 1]]:
+            for t, shift in _taps_of(row):
+                k, fy, fx = t // (FH * FW), t // FW % FH, t % FW
+                assert row[0] == k and phase == (fy % sh) * sw + fx % sw
+                assert row[1] + shift == (Ty - 1 - fy // sh) * Wq + Tx - 1 - fx // sw
+                seen.append(t)
+    assert sorted(seen) == list(range(K * FH * FW))
+
+
+# ---------------------------------------------------------------- blocking
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("FN, C", [(1, 1), (3, 2), (4, 4), (5, 7), (9, 3)])
+def test_partial_channel_blocks(FN, C, dtype):
+    # KB=4 filters per block forward, 4 channels per block for dx and dW
+    rng = np.random.default_rng(FN * 10 + C)
+    _assert_conv_matches(*_random_conv(rng, 2, C, 9, 8, FN, 3, 2, dtype), (1, 2), (1, 0))
+
+
+@pytest.mark.parametrize("stride, filt", [((3, 3), (2, 2)), ((4, 2), (1, 1)), ((2, 3), (1, 5))])
+def test_strides_larger_than_the_filter_leave_phases_empty(stride, filt):
+    # some dx phases receive no tap at all: those dx cells must be exactly zero
+    rng = np.random.default_rng(3)
+    x, W, b = _random_conv(rng, 2, 3, 11, 13, 5, *filt, np.float64)
+    _assert_conv_matches(x, W, b, stride, (1, 2))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_images_span_row_blocks_and_dw_chunks(dtype):
+    # a 70x75 output: several forward/dx row blocks, several dW chunks per image
+    rng = np.random.default_rng(4)
+    x, W, b = _random_conv(rng, 2, 2, 72, 77, 6, 3, 3, dtype)
+    W *= 0.1
+    _assert_conv_matches(x, W, b, (1, 1), (0, 0))
+
+
+def test_row_block_size_does_not_change_a_bit(monkeypatch):
+    rng = np.random.default_rng(5)
+    x, W, b = _random_conv(rng, 2, 3, 30, 21, 6, 3, 4, np.float32)
+    out_hw = output_hw(x.shape[2:], W.shape[2:], (2, 1), (1, 2), "floor")
+    out, cache = direct.conv_forward(x, W, b, (2, 1), (1, 2), out_hw)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    dx = direct.conv_backward(dout, cache)[0]
+    # one wide row per block instead of dozens: every cell still sums the same
+    # taps in the same order
+    monkeypatch.setattr(direct, "ACC_BYTES", 1)
+    out1, cache1 = direct.conv_forward(x, W, b, (2, 1), (1, 2), out_hw)
+    np.testing.assert_array_equal(out1, out)
+    np.testing.assert_array_equal(direct.conv_backward(dout, cache1)[0], dx)
+
+
+def test_cells_no_window_reads_never_touch_a_result():
+    # floor rounding drops the last rows and columns; nan there must not leak
+    # through the wide grid's spare columns
+    rng = np.random.default_rng(6)
+    x, W, b = _random_conv(rng, 2, 2, 10, 11, 3, 3, 3, np.float64)
+    x[:, :, -1, :] = np.nan
+    x[:, :, :, -2:] = np.nan
+    got, want = _conv_both(x, W, b, (3, 3), (0, 0))
+    for name, g, w in zip(("out", "dx", "dW", "db"), got, want):
+        assert np.isfinite(g).all(), name
+        np.testing.assert_allclose(g, w, err_msg=name, **TOL[np.float64])
+
+
+def test_scratch_buffer_never_reaches_the_caller():
+    rng = np.random.default_rng(7)
+    first = _random_conv(rng, 2, 2, 9, 9, 3, 3, 3, np.float64)
+    out, cache = direct.conv_forward(*first, (1, 1), (1, 1), (9, 9))
+    dx, dW, db = direct.conv_backward(np.ones_like(out), cache)
+    kept = dx.copy(), dW.copy(), db.copy()
+    second = _random_conv(rng, 3, 2, 12, 12, 3, 3, 3, np.float64)
+    out2, cache2 = direct.conv_forward(*second, (1, 1), (1, 1), (12, 12))
+    direct.conv_backward(np.full_like(out2, 7.0), cache2)
+    for a, k in zip((dx, dW, db), kept):
+        np.testing.assert_array_equal(a, k)
+
+
+# ------------------------------------------------------------------- threads
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 threads")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_do_not_depend_on_the_thread_count(dtype):
+    rng = np.random.default_rng(8)
+    x, W, b = _random_conv(rng, 3, 5, 13, 12, 6, 3, 3, dtype)
+    out_hw = output_hw(x.shape[2:], W.shape[2:], (1, 1), (1, 1), "floor")
+    dout = rng.standard_normal((3, 6, *out_hw)).astype(dtype)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            out, cache = direct.conv_forward(x, W, b, (1, 1), (1, 1), out_hw)
+            pooled, pcache = direct.pool_forward(x, (3, 3), (2, 2), (1, 1), (6, 6), "max")
+            results.append((out, *direct.conv_backward(dout, cache), pooled,
+                            direct.pool_backward(pooled, pcache)))
+    finally:
+        numba.set_num_threads(before)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
+def test_float32_compiles_natively():
+    # the kernels are compiled for float32 itself: no float64 copy on the way in
+    rng = np.random.default_rng(9)
+    x, W, b = _random_conv(rng, 1, 2, 6, 6, 3, 3, 3, np.float32)
+    out, cache = direct.conv_forward(x, W, b, (1, 1), (0, 0), (4, 4))
+    direct.conv_backward(out, cache)
+    for kernel in (direct._conv_forward, direct._conv_dx, direct._conv_dw):
+        float_args = [{a.dtype for a in sig if isinstance(a, numba.types.Array)
+                       and a.dtype in (numba.float32, numba.float64)} for sig in kernel.signatures]
+        assert {numba.float32} in float_args, kernel
+        assert all(len(kinds) == 1 for kinds in float_args), kernel
+
+
+# ------------------------------------------------------------------- pooling
+
+def _pool_both(x, pool_hw, stride, pad, mode, dout_seed=0):
+    out_hw = output_hw(x.shape[2:], pool_hw, stride, pad, "floor")
+    out, cache = direct.pool_forward(x, pool_hw, stride, pad, out_hw, mode)
+    dout = np.random.default_rng(dout_seed).standard_normal(out.shape).astype(x.dtype)
+    ref, ref_cache = naive.pool_forward(x, pool_hw, stride, pad, out_hw, mode)
+    return (out, direct.pool_backward(dout, cache)), (ref, naive.pool_backward(dout, ref_cache))
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("pool_hw, stride, pad", [((3, 3), (1, 1), (1, 1)), ((4, 2), (2, 1), (2, 1)),
+                                                  ((2, 5), (3, 2), (0, 4))])
+def test_overlapping_windows_match_naive(mode, pool_hw, stride, pad):
+    # stride < window: one input cell feeds several outputs (race-free gather)
+    x = np.round(np.random.default_rng(10).standard_normal((2, 3, 9, 11)) * 2)  # many ties
+    (out, dx), (ref, ref_dx) = _pool_both(x, pool_hw, stride, pad, mode)
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-12, atol=1e-12)
+
+
+def test_max_pool_treats_nan_and_minus_inf_as_naive_does():
+    x = np.random.default_rng(11).standard_normal((1, 2, 6, 6))
+    x[0, 0, 1, 2] = np.nan                      # nan wins its windows, as in np.argmax
+    x[0, 1, :3, :3] = -np.inf                   # a window of -inf and -inf padding
+    (out, dx), (ref, ref_dx) = _pool_both(x, (3, 3), (2, 2), (1, 1), "max")
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(dx, ref_dx)
+
+
+def test_python_threads_may_call_at_once():
+    # the public functions serialise their launches (workqueue layer) and keep
+    # their scratch buffers per thread
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(12)
+    cases = [_random_conv(rng, 2, 3, 10 + i, 9, 4, 3, 3, np.float64) for i in range(4)]
+
+    def run(case):
+        x, W, b = case
+        out_hw = output_hw(x.shape[2:], W.shape[2:], (1, 1), (1, 1), "floor")
+        out, cache = direct.conv_forward(x, W, b, (1, 1), (1, 1), out_hw)
+        return (out, *direct.conv_backward(out, cache))
+
+    alone = [run(case) for case in cases]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, cases * 3))
+    for i, result in enumerate(together):
+        for a, e in zip(result, alone[i % len(cases)]):
+            np.testing.assert_array_equal(a, e)

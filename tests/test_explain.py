@@ -1,0 +1,178 @@
+"""fastconv.explain: counts from shapes (checked by hand and against the naive im2col), timings."""
+import importlib
+import math
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import backends
+
+at = importlib.import_module("fastconv.autotune")
+ex = importlib.import_module("fastconv.explain")
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("FASTCONV_AUTOTUNE", raising=False)
+    monkeypatch.setattr(at, "_memory", {})
+    monkeypatch.setattr(at, "stats", {"measured": 0, "disk": 0, "memory": 0})
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def two_candidates(monkeypatch):
+    """Stand-ins (naive under other names) when fewer than two compiled paths exist."""
+    for name in ("twin_a", "twin_b"):
+        if len(at.candidates()) >= 2:
+            break
+        monkeypatch.setitem(backends.PATHS, name, "fastconv.kernels.naive")
+    return at.candidates()
+
+
+def test_output_shape_follows_the_worked_geometry():
+    # seed notes: H=28, W=31, P=2, S=3, 5x5 -> 10x11
+    e = fastconv.explain((1, 1, 28, 31), (4, 1, 5, 5), stride=3, pad=2)
+    assert e.out_shape == (1, 4, 10, 11)
+    assert fastconv.explain((1, 3, 7, 7), (2, 3, 3, 3), stride=2).out_shape == (1, 2, 3, 3)
+    with pytest.raises(ValueError, match="not an integer"):
+        fastconv.explain((1, 3, 7, 7), (2, 3, 3, 3), stride=3, rounding="exact")
+
+
+def test_counts_worked_by_hand():
+    # x (2, 3, 7, 7), W (4, 3, 3, 3), stride 1, pad 0 -> out (2, 4, 5, 5)
+    e = fastconv.explain((2, 3, 7, 7), (4, 3, 3, 3))
+    assert e.out_shape == (2, 4, 5, 5)
+    assert e.flops_forward == 2 * 2 * 4 * 27 * 25 == 10800
+    assert e.flops_backward == 21600
+    assert (e.bytes_input, e.bytes_weights, e.bytes_output) == (1176, 448, 800)
+    assert e.intensity == pytest.approx(10800 / (1176 + 448 + 800))
+    assert e.im2col_shape == (50, 27) and e.im2col_bytes == 50 * 27 * 4
+    assert e.im2col_intensity == pytest.approx(10800 / (1176 + 2 * 5400 + 448 + 800))
+    e64 = fastconv.explain((2, 3, 7, 7), (4, 3, 3, 3), dtype="float64")
+    assert (e64.bytes_input, e64.im2col_bytes, e64.flops_forward) == (2352, 10800, 10800)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, pad", [
+    ((1, 3, 7, 7), (2, 3, 5, 5), 1, 0),         # seed example 4: (9, 75)
+    ((10, 3, 7, 7), (2, 3, 5, 5), 1, 0),        # batch of 10: (90, 75)
+    ((2, 2, 9, 8), (3, 2, 3, 2), (2, 1), (1, 2)),
+])
+def test_im2col_matrix_matches_the_naive_unroll(x_shape, w_shape, stride, pad):
+    x = np.zeros(x_shape, np.float32)
+    col = fastconv.im2col(x, w_shape[2], w_shape[3], stride, pad)
+    e = fastconv.explain(x_shape, w_shape, stride, pad)
+    assert e.im2col_shape == col.shape and e.im2col_bytes == col.nbytes
+
+
+def test_chunks_follow_the_budget(monkeypatch):
+    # N=10, C*FH*FW=27 (+1 row of ones for the bias), 5x5 outputs, float32:
+    # 28*25*4 = 2800 bytes per image.
+    shape = ((10, 3, 7, 7), (4, 3, 3, 3))
+    assert fastconv.explain(*shape).im2col_chunks == 1
+    monkeypatch.setattr(ex, "im2col_budget", lambda: 6000)       # 2 images per chunk
+    e = fastconv.explain(*shape)
+    assert (e.im2col_budget, e.images_per_chunk, e.im2col_chunks) == (6000, 2, 5)
+    # below one image: bands of output rows, 1000 // (28*5*4) = 1 row each -> 5 per image
+    monkeypatch.setattr(ex, "im2col_budget", lambda: 1000)
+    e = fastconv.explain(*shape)
+    assert (e.images_per_chunk, e.im2col_chunks) == (1, 50)
+    assert "output-row bands" in str(e)
+
+
+def test_chunks_agree_with_the_im2col_path():
+    try:
+        mod = importlib.import_module("fastconv.kernels.im2col")
+    except ImportError:
+        pytest.skip("the im2col path is not installed")
+    previous = mod.set_workspace_budget(6000)
+    try:
+        assert ex.im2col_budget() == 6000
+        e = fastconv.explain((10, 3, 7, 7), (4, 3, 3, 3))
+        assert e.im2col_chunks == len(list(mod._chunks(10, 28, 5, 5, 4))) == 5
+    finally:
+        mod.set_workspace_budget(previous)
+    assert ex.im2col_budget() == previous
+
+
+def test_pointwise_needs_no_unroll_on_the_im2col_path():
+    e = fastconv.explain((2, 8, 6, 6), (4, 8, 1, 1))
+    assert not e.im2col_unrolls and e.im2col_chunks == 0
+    assert "builds none" in str(e)
+    assert fastconv.explain((2, 8, 6, 6), (4, 8, 1, 1), pad=1).im2col_unrolls
+
+
+def test_without_measuring_nothing_is_timed_or_stored(fresh_cache, two_candidates):
+    e = fastconv.explain((2, 3, 8, 8), (4, 3, 3, 3))
+    assert e.timings == []
+    assert e.auto.source == "static" and e.auto.path in two_candidates
+    assert at.stats["measured"] == 0 and not list(fresh_cache.glob("**/*.json"))
+    assert "timings" not in str(e)
+
+
+def test_measure_times_every_path_and_records_autos_pick(fresh_cache, two_candidates):
+    e = fastconv.explain((2, 3, 8, 8), (4, 3, 3, 3), pad=1, measure=True, repeat=2)
+    measured = [t.path for t in e.timings]
+    assert measured == [p for p in fastconv.available_backends() if p != "cuda"]
+    for t in e.timings:
+        assert t.first_call_s > 0 and t.forward_ms > 0 and t.backward_ms > 0
+        assert t.forward_gflops == pytest.approx(e.flops_forward / (t.forward_ms * 1e6))
+        assert t.backward_gflops == pytest.approx(e.flops_backward / (t.backward_ms * 1e6))
+        assert math.isfinite(t.forward_gflops)
+    assert e.timing("naive").path == "naive"
+    with pytest.raises(KeyError):
+        e.timing("no-such-path")
+    assert e.auto.source == "measured" and e.auto.path in two_candidates
+    assert set(e.auto.times_ms) == set(two_candidates)
+    # explain's timings became auto's stored choice: auto does not measure again
+    d = at.decide("conv", (2, 3, 8, 8), (4, 3, 3, 3), 1, 1, "float32")
+    assert (d.source, d.path) == ("cache", e.auto.path) and at.stats["measured"] == 0
+    # and a second explain reports the cached pick
+    assert fastconv.explain((2, 3, 8, 8), (4, 3, 3, 3), pad=1).auto.source == "cache"
+
+
+def test_measure_with_a_chosen_list_of_paths():
+    e = fastconv.explain((1, 2, 6, 6), (2, 2, 3, 3), measure=True, paths=["naive"], repeat=1)
+    assert [t.path for t in e.timings] == ["naive"]
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fastconv.explain((1, 2, 6, 6), (2, 2, 3, 3), measure=True, paths=["fast-ish"])
+    if "cuda" not in fastconv.available_backends():
+        with pytest.raises(ValueError, match="not available on this machine"):
+            fastconv.explain((1, 2, 6, 6), (2, 2, 3, 3), measure=True, paths=["cuda"])
+
+
+def test_text_and_html():
+    e = fastconv.explain((2, 3, 8, 8), (4, 3, 3, 3), measure=True, paths=["naive"], repeat=1)
+    text = str(e)
+    for needle in ("x=(2, 3, 8, 8)", "out (2, 4, 6, 6)", "FLOPs", "im2col matrix", "intensity",
+                   "first call s", "naive", "auto picks"):
+        assert needle in text
+    page = e._repr_html_()
+    assert page.startswith("<div>") and page.count("<table>") == 2
+    assert "-&gt; out (2, 4, 6, 6)" in page and "auto picks <b>" in page
+    assert repr(e).startswith("<Explanation conv x=(2, 3, 8, 8)")
+
+
+@pytest.mark.parametrize("args, kwargs, error, match", [
+    (((2, 3, 8), (4, 3, 3, 3)), {}, ValueError, "x_shape must be a 4-tuple"),
+    (((2, 3, 8, 8), (4, 2, 3, 3)), {}, ValueError, "C=3 channels"),
+    (((2, 3, 8, 8), (4, 3, 9, 3)), {}, ValueError, "does not fit"),
+    (((2, 0, 8, 8), (4, 0, 3, 3)), {}, ValueError, ">= 1"),
+    (((2, 3, 8, 8), (4, 3, 3, 3)), {"dtype": "int32"}, TypeError, "float32 or float64"),
+    (((2, 3, 8, 8), (4, 3, 3, 3)), {"stride": 0}, ValueError, "stride must be >= 1"),
+    (((2, 3, 8, 8.0), (4, 3, 3, 3)), {}, TypeError, "must be an int"),
+])
+def test_bad_arguments_are_named(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fastconv.explain(*args, **kwargs)
+
+
+def test_command_line(capsys):
+    from fastconv.cli import main
+
+    assert main(["explain", "--batch", "2", "--size", "8", "--kernel", "3", "--filters", "4",
+                 "--measure", "--paths", "naive", "--repeat", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "x=(2, 1, 8, 8) W=(4, 1, 3, 3)" in text and "out (2, 4, 6, 6)" in text
+    assert "naive" in text and "auto picks" in text

@@ -1,0 +1,291 @@
+"""What only the im2col path has: its memory budget, chunking, layouts and workspace.
+
+The cross-path tests (test_paths.py) already hold every path to the naive
+oracle on random cases; these tests drive the im2col path through the code
+that those small cases do not reach: batches split into chunks, single images
+split into bands of output rows, the per-image layout used for large maps, and
+the no-unroll 1x1 case; and they check that the budget bounds the memory.
+"""
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from support import assert_close
+from fastconv import backends
+from fastconv.geometry import output_hw
+from fastconv.kernels import im2col, naive
+
+if "im2col" not in backends.available_backends():
+    pytest.skip("the im2col path is not registered", allow_module_level=True)
+
+DTYPES = [np.float32, np.float64]
+MiB = 2**20
+
+
+@pytest.fixture
+def budget():
+    """Set the workspace budget for one test; the previous one comes back afterwards."""
+    previous = im2col.get_workspace_budget()
+    yield im2col.set_workspace_budget
+    im2col.set_workspace_budget(previous)
+    im2col.release_workspace()
+
+
+@pytest.fixture(params=["side_by_side", "per_image"])
+def layout(request, monkeypatch):
+    """Run a test under each forward layout, whatever the size of its maps."""
+    threshold = 1 if request.param == "per_image" else 10**9
+    monkeypatch.setattr(im2col, "_MIN_COLUMNS_PER_IMAGE", threshold)
+    return request.param
+
+
+def _conv_case(dtype, N=3, C=2, H=9, W=8, FN=4, FH=3, FW=2, stride=(2, 1), pad=(1, 2), seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    Wt = rng.standard_normal((FN, C, FH, FW)).astype(dtype)
+    b = rng.standard_normal(FN).astype(dtype)
+    out_hw = output_hw((H, W), (FH, FW), stride, pad, "floor")
+    dout = rng.standard_normal((N, FN) + out_hw).astype(dtype)
+    return x, Wt, b, stride, pad, out_hw, dout
+
+
+def _conv_all(module, x, Wt, b, stride, pad, out_hw, dout):
+    out, cache = module.conv_forward(x, Wt, b, stride, pad, out_hw)
+    return (out, *module.conv_backward(dout, cache))
+
+
+# Budgets, in array entries, that split _conv_case's unrolled matrix (13 rows:
+# C*FH*FW + 1; 5x11 output positions per image) into: one chunk; two images per
+# chunk; one image per chunk; bands of two output rows; bands of one row (a
+# budget below one row still gets a row: the smallest piece).
+CHUNKINGS = {"one_chunk": 2**30, "two_images": 2 * 13 * 55, "one_image": 13 * 55,
+             "two_rows": 2 * 13 * 11, "one_row": 1}
+
+
+def _set_chunking(budget, chunking, dtype):
+    budget(CHUNKINGS[chunking] * np.dtype(dtype).itemsize)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunking", CHUNKINGS)
+def test_chunked_matches_naive_and_one_chunk(dtype, chunking, budget, layout):
+    case = _conv_case(dtype)
+    assert case[5] == (5, 11)
+    _set_chunking(budget, "one_chunk", dtype)
+    whole = _conv_all(im2col, *case)
+    _set_chunking(budget, chunking, dtype)
+    chunked = _conv_all(im2col, *case)
+    expected = _conv_all(naive, *case)
+    for name, c, w, e in zip(("out", "dx", "dW", "db"), chunked, whole, expected):
+        assert_close(c, e, f"{name}, {chunking}")
+        assert_close(c, w, f"{name}, {chunking} vs one chunk")
+
+
+def test_chunk_plan_covers_every_image_and_row_once(budget):
+    # N=5 images of 7 output rows; the unrolled matrix has 10 rows of width OW=4
+    sizes = {"whole": 10**9, "two_images": 2 * 10 * 28 * 4, "three_rows": 3 * 10 * 4 * 4, "row": 1}
+    for setting in sizes.values():
+        budget(setting)
+        covered = np.zeros((5, 7), dtype=int)
+        for n0, n_imgs, r0, r1 in im2col._chunks(5, 10, 7, 4, 4):
+            covered[n0:n0 + n_imgs, r0:r1] += 1
+            assert n_imgs * 10 * (r1 - r0) * 4 * 4 <= max(setting, 10 * 4 * 4)
+        assert (covered == 1).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_alexnet_first_layer_at_batch_64_stays_in_the_default_budget(dtype, budget):
+    # (64, 3, 224, 224) * 96 filters 11x11, stride 4, pad 2: the whole unrolled
+    # matrix would be 64 * 364 * 55*55 entries, 0.28 GB (float32) or 0.56 GB
+    budget(im2col.DEFAULT_WORKSPACE_BUDGET)
+    itemsize = np.dtype(dtype).itemsize
+    K1, OH, OW = 3 * 11 * 11 + 1, 55, 55
+    chunks = list(im2col._chunks(64, K1, OH, OW, itemsize))
+    assert sum(n for _, n, _, _ in chunks) == 64
+    assert len(chunks) >= 2
+    for _, n_imgs, r0, r1 in chunks:
+        assert n_imgs * K1 * (r1 - r0) * OW * itemsize <= 256 * MiB
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_budget_bounds_the_memory_actually_allocated(per_image, budget, monkeypatch):
+    # 32 images whose unrolled matrix is 4.6 MB in all; with a 0.25 MiB budget
+    # the peak of everything allocated must stay near inputs + outputs + budget
+    monkeypatch.setattr(im2col, "_MIN_COLUMNS_PER_IMAGE", 1 if per_image else 10**9)
+    case = _conv_case(np.float32, N=32, C=3, H=20, W=20, FN=4, FH=5, FW=5,
+                      stride=(1, 1), pad=(2, 2))
+    x, Wt, b, stride, pad, out_hw, dout = case
+    unrolled = 32 * (3 * 25 + 1) * 400 * 4
+    budget(MiB // 4)
+    im2col.release_workspace()
+    arrays = sum(a.nbytes for a in (x, Wt, b, dout))
+    tracemalloc.start()
+    try:
+        _conv_all(im2col, *case)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # outputs: out, dx, dW, db are about the size of the inputs; the product
+    # buffer of the side-by-side layout is FN/(K+1) of the unrolled matrix
+    assert peak <= 2 * arrays + 2 * (MiB // 4) + 64 * 1024
+    assert peak < unrolled / 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pointwise_needs_no_unroll_and_matches_naive(dtype, budget, monkeypatch):
+    # 1x1, stride 1, pad 0 with maps of >= _MIN_COLUMNS_PER_IMAGE positions
+    monkeypatch.setattr(im2col, "_MIN_COLUMNS_PER_IMAGE", 16)
+    case = _conv_case(dtype, N=3, C=5, H=4, W=6, FN=7, FH=1, FW=1, stride=(1, 1), pad=(0, 0))
+    calls = []
+    monkeypatch.setattr(im2col, "_unroll", lambda *a: calls.append(a))
+    actual = _conv_all(im2col, *case)
+    assert calls == []
+    for name, a, e in zip(("out", "dx", "dW", "db"), actual, _conv_all(naive, *case)):
+        assert_close(a, e, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_maps_take_the_per_image_layout(dtype):
+    # 34x34 output maps (>= _MIN_COLUMNS_PER_IMAGE positions): one product per image
+    case = _conv_case(dtype, N=2, C=2, H=34, W=34, FN=3, FH=3, FW=3, stride=(1, 1), pad=(1, 1))
+    assert case[5][0] * case[5][1] >= im2col._MIN_COLUMNS_PER_IMAGE
+    actual, expected = _conv_all(im2col, *case), _conv_all(naive, *case)
+    for name, a, e in zip(("out", "dx", "dW", "db"), actual, expected):
+        assert_close(a, e, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunking", ["one_chunk", "one_image", "two_rows"])
+def test_chunked_runs_are_bit_identical(dtype, chunking, budget, layout):
+    _set_chunking(budget, chunking, dtype)
+    case = _conv_case(dtype, seed=3)
+    first = _conv_all(im2col, *case)
+    for _ in range(2):
+        again = _conv_all(im2col, *case)
+        for a, b in zip(first, again):
+            assert np.array_equal(a, b)
+
+
+def test_results_never_alias_the_reused_workspace(budget, layout):
+    # a second call reuses the workspace: results of the first must not change
+    _set_chunking(budget, "one_image", np.float64)
+    case1 = _conv_case(np.float64, seed=1)
+    case2 = _conv_case(np.float64, seed=2)
+    first = _conv_all(im2col, *case1)
+    kept = [a.copy() for a in first]
+    inputs = [a.copy() for a in (case2[0], case2[1], case2[2], case2[6])]
+    _conv_all(im2col, *case2)
+    for a, k in zip(first, kept):
+        assert np.array_equal(a, k)
+    for a, k in zip((case2[0], case2[1], case2[2], case2[6]), inputs):
+        assert np.array_equal(a, k), "an input was modified"
+    workspace = list(im2col._local.__dict__.values())
+    assert workspace
+    for a in first:
+        assert not any(np.shares_memory(a, w) for w in workspace)
+
+
+def test_workspace_is_reused_between_calls(budget):
+    _set_chunking(budget, "one_chunk", np.float32)
+    im2col.release_workspace()
+    case = _conv_case(np.float32)
+    _conv_all(im2col, *case)
+    def addresses():
+        return {k: v.__array_interface__["data"][0] for k, v in im2col._local.__dict__.items()}
+    buffers = addresses()
+    _conv_all(im2col, *case)
+    assert buffers == addresses()
+
+
+def test_set_workspace_budget_checks_and_returns_the_previous_value(budget):
+    previous = im2col.get_workspace_budget()
+    assert im2col.set_workspace_budget(12345) == previous
+    assert im2col.get_workspace_budget() == 12345
+    with pytest.raises(ValueError, match="nbytes"):
+        im2col.set_workspace_budget(0)
+    with pytest.raises(TypeError, match="nbytes"):
+        im2col.set_workspace_budget(1.5)
+
+
+def test_budget_environment_variable(monkeypatch):
+    monkeypatch.setenv("FASTCONV_IM2COL_BUDGET", "1048576")
+    assert im2col._budget_from_env() == MiB
+    monkeypatch.setenv("FASTCONV_IM2COL_BUDGET", "")
+    assert im2col._budget_from_env() == im2col.DEFAULT_WORKSPACE_BUDGET
+    for bad in ("256MiB", "0"):
+        monkeypatch.setenv("FASTCONV_IM2COL_BUDGET", bad)
+        with pytest.raises(ValueError, match="FASTCONV_IM2COL_BUDGET"):
+            im2col._budget_from_env()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["max", "avg"])
+def test_pooling_with_padding_and_uneven_strides_matches_naive(dtype, mode):
+    # -inf / zero padding, overlapping windows, a trailing row the floor rule drops
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 10, 9)).astype(dtype)
+    x[0, 0] = -np.inf                       # a plane of -inf: padded cells tie with it
+    pool_hw, stride, pad = (3, 2), (2, 1), (1, 1)
+    out_hw = output_hw((10, 9), pool_hw, stride, pad, "floor")
+    out, cache = im2col.pool_forward(x, pool_hw, stride, pad, out_hw, mode)
+    out_ref, cache_ref = naive.pool_forward(x, pool_hw, stride, pad, out_hw, mode)
+    np.testing.assert_allclose(out, out_ref, **({"rtol": 1e-6} if dtype == np.float32 else {}))
+    assert out.dtype == dtype
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    assert_close(im2col.pool_backward(dout, cache), naive.pool_backward(dout, cache_ref), "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pooling_propagates_nan_like_argmax(dtype):
+    # np.argmax (the oracle) picks the first NaN of a window; so must the kernel
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 2, 7, 6)).astype(dtype)
+    x[0, 0, 1, 1] = x[1, 1, 4, 2] = x[1, 1, 4, 3] = np.nan
+    pool_hw, stride, pad = (3, 3), (2, 2), (1, 1)
+    out_hw = output_hw((7, 6), pool_hw, stride, pad, "floor")
+    out, cache = im2col.pool_forward(x, pool_hw, stride, pad, out_hw, "max")
+    out_ref, cache_ref = naive.pool_forward(x, pool_hw, stride, pad, out_hw, "max")
+    np.testing.assert_array_equal(out, out_ref)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    np.testing.assert_array_equal(im2col.pool_backward(dout, cache),
+                                  naive.pool_backward(dout, cache_ref))
+
+
+def test_threads_calling_at_once_get_correct_results():
+    # The workqueue threading layer aborts the process on concurrent parallel
+    # launches; the path serializes its own. Run in a child process, so that an
+    # abort fails this test instead of ending the test run.
+    code = textwrap.dedent("""
+        import threading
+        import numpy as np
+        from fastconv.kernels import im2col, naive
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((4, 3, 12, 12))
+        W = rng.standard_normal((5, 3, 3, 3))
+        b = rng.standard_normal(5)
+        expected, _ = naive.conv_forward(x, W, b, (1, 1), (1, 1), (12, 12))
+        results, errors = [], []
+        def work():
+            try:
+                for _ in range(30):
+                    out, cache = im2col.conv_forward(x, W, b, (1, 1), (1, 1), (12, 12))
+                    im2col.conv_backward(out, cache)
+                    results.append(np.allclose(out, expected, rtol=1e-10, atol=1e-10))
+            except Exception as err:
+                errors.append(repr(err))
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert len(results) == 120 and all(results)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")

