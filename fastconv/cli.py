@@ -1,4 +1,4 @@
-"""Command line: ``fastconv compare`` (and more subcommands as they land)."""
+"""Command line: ``fastconv compare | train | explain | autotune | plot-bench``."""
 import argparse
 
 import numba
@@ -23,12 +23,8 @@ def _cmd_compare(args):
     return 0
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="fastconv", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("compare", help="time one conv layer forward and backward on every path",
-                       description="Default: the seeds' SimpleConvNet first layer, "
-                                   "100 images 1x28x28, 30 filters 5x5.")
+def add_layer_arguments(p):
+    """The options that describe one conv layer (default: the SimpleConvNet's first)."""
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--size", type=int, default=28, help="input height and width")
@@ -38,6 +34,15 @@ def build_parser():
     p.add_argument("--pad", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--repeat", type=int, default=3)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="fastconv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compare", help="time one conv layer forward and backward on every path",
+                       description="Default: the seeds' SimpleConvNet first layer, "
+                                   "100 images 1x28x28, 30 filters 5x5.")
+    add_layer_arguments(p)
     p.add_argument("--paths", nargs="+", default=None, help="paths to time (default: all available)")
     p.set_defaults(func=_cmd_compare)
     add_train_parser(sub)

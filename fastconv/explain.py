@@ -313,16 +313,10 @@ def add_cli(sub):
                                        "and with --measure what each path takes and auto's pick",
                        description="Default: the seeds' SimpleConvNet first layer, "
                                    "100 images 1x28x28, 30 filters 5x5.")
-    p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--size", type=int, default=28, help="input height and width")
-    p.add_argument("--filters", type=int, default=30)
-    p.add_argument("--kernel", type=int, default=5, help="filter height and width")
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--pad", type=int, default=0)
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    from .cli import add_layer_arguments     # late: cli imports this module
+
+    add_layer_arguments(p)
     p.add_argument("--measure", action="store_true", help="time every path on this machine")
-    p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--paths", nargs="+", default=None,
                    help="paths to time (default: all available but cuda)")
     p.set_defaults(func=_cmd_explain)

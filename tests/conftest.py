@@ -1,4 +1,5 @@
 """Test fixtures: the ``path`` parameter, and a private cache directory for "auto"."""
+import importlib
 import os
 import tempfile
 
@@ -19,3 +20,27 @@ def pytest_configure(config):
     if "FASTCONV_CACHE_DIR" not in os.environ:
         os.environ["FASTCONV_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastconv-test-cache-")
     os.environ.setdefault("FASTCONV_AUTOTUNE", "0")
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty autotune cache directory, empty memory and zeroed counters, measuring on."""
+    at = importlib.import_module("fastconv.autotune")   # the module, not the function
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("FASTCONV_AUTOTUNE", raising=False)
+    monkeypatch.setattr(at, "_memory", {})
+    monkeypatch.setattr(at, "stats", {"measured": 0, "disk": 0, "memory": 0})
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def two_candidates(monkeypatch):
+    """Stand-ins (naive under other names) when fewer than two compiled paths exist."""
+    from fastconv import backends
+
+    at = importlib.import_module("fastconv.autotune")
+    for name in ("twin_a", "twin_b"):
+        if len(at.candidates()) >= 2:
+            break
+        monkeypatch.setitem(backends.PATHS, name, "fastconv.kernels.naive")
+    return at.candidates()

@@ -3,6 +3,7 @@
 (A plain module, not conftest.py, so that a sub-folder may have a conftest of its own.)
 """
 import os
+import sys
 
 import numpy as np
 
@@ -44,3 +45,9 @@ def _test_paths():
 
 PATHS = _test_paths()
 FAST_PATHS = [p for p in PATHS if p != "naive"]
+
+
+# A Python for subprocesses: -P keeps the current directory off sys.path, so a
+# child started in the repo root imports the installed fastconv (the source
+# folder fastconv/ alone lacks fastconv.kernels, which installs from kernels/).
+PYTHON = [sys.executable, "-P"]

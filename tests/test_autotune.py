@@ -14,6 +14,7 @@ import pytest
 import fastconv
 from fastconv import backends
 from fastconv import functional as F
+from support import PYTHON
 
 # The module, not the function of the same name that fastconv exports.
 at = importlib.import_module("fastconv.autotune")
@@ -32,24 +33,8 @@ for _name in ("twin_a", "twin_b"):
     backends.PATHS[_name] = "fastconv.kernels.naive"
 """
 
-
-@pytest.fixture(autouse=True)
-def fresh_cache(tmp_path, monkeypatch):
-    """Each test gets its own empty cache directory, empty memory and zeroed counters."""
-    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("FASTCONV_AUTOTUNE", raising=False)
-    monkeypatch.setattr(at, "_memory", {})
-    monkeypatch.setattr(at, "stats", {"measured": 0, "disk": 0, "memory": 0})
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def two_candidates(monkeypatch):
-    for name in ("twin_a", "twin_b"):
-        if len(at.candidates()) >= 2:
-            break
-        monkeypatch.setitem(backends.PATHS, name, "fastconv.kernels.naive")
-    return at.candidates()
+# every test starts from an empty cache with measuring on (fixture in conftest.py)
+pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 
 def stored_files(root):
@@ -315,7 +300,7 @@ def test_writes_are_atomic_for_concurrent_readers(fresh_cache, two_candidates):
 def _run_child(cache, script, *args):
     env = dict(os.environ, FASTCONV_CACHE_DIR=str(cache))
     env.pop("FASTCONV_AUTOTUNE", None)
-    return subprocess.Popen([sys.executable, "-c", script, *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([*PYTHON, "-c", script, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

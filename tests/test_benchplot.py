@@ -14,6 +14,7 @@ import pytest
 
 from fastconv import benchplot
 from fastconv.cli import main
+from support import PYTHON
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -250,7 +251,7 @@ def test_cli_plot_bench_rejects_untimed_json(tmp_path, capsys):
 def test_import_fastconv_does_not_import_matplotlib():
     code = ("import sys, fastconv, fastconv.cli, fastconv.benchplot; "
             "print('matplotlib' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    done = subprocess.run([*PYTHON, "-c", code], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "False"
 

@@ -6,29 +6,12 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import backends
 
 at = importlib.import_module("fastconv.autotune")
 ex = importlib.import_module("fastconv.explain")
 
-
-@pytest.fixture(autouse=True)
-def fresh_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("FASTCONV_AUTOTUNE", raising=False)
-    monkeypatch.setattr(at, "_memory", {})
-    monkeypatch.setattr(at, "stats", {"measured": 0, "disk": 0, "memory": 0})
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def two_candidates(monkeypatch):
-    """Stand-ins (naive under other names) when fewer than two compiled paths exist."""
-    for name in ("twin_a", "twin_b"):
-        if len(at.candidates()) >= 2:
-            break
-        monkeypatch.setitem(backends.PATHS, name, "fastconv.kernels.naive")
-    return at.candidates()
+# every test starts from an empty cache with measuring on (fixture in conftest.py)
+pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 
 def test_output_shape_follows_the_worked_geometry():

@@ -14,7 +14,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from support import assert_close
+from support import PYTHON, assert_close
 from fastconv import backends
 from fastconv.geometry import output_hw
 from fastconv.kernels import im2col, naive
@@ -286,6 +286,6 @@ def test_threads_calling_at_once_get_correct_results():
         assert len(results) == 120 and all(results)
         print("ok")
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*PYTHON, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")

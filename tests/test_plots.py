@@ -7,6 +7,7 @@ import pytest
 
 from fastconv import SimpleConvNet
 from fastconv.plots import plot_feature_maps, plot_filters, plot_history, tile_images
+from support import PYTHON
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -69,5 +70,5 @@ def test_feature_maps_and_curves(tmp_path):
 def test_import_fastconv_loads_neither_matplotlib_nor_tqdm():
     code = ("import sys, fastconv; "
             "print(sorted(m for m in ('matplotlib', 'tqdm', 'torch') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([*PYTHON, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
