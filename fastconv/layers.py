@@ -13,6 +13,16 @@ from .backends import check_backend
 from .geometry import _as_int, as_pair, check_rounding
 
 
+def _check_params(W, b, w_layout, b_name, n_out):
+    """W of layout w_layout and b of shape (n_out,), one float dtype."""
+    F.check_array(W, "W", len(w_layout.split(",")), w_layout)
+    F.check_array(b, "b", 1, f"({b_name},)")
+    if tuple(b.shape) != (n_out(W),):
+        raise ValueError(f"b must have shape ({n_out(W)},) to match W.shape={tuple(W.shape)}, "
+                         f"got {tuple(b.shape)}")
+    F.check_dtypes(W=W, b=b)
+
+
 class Layer:
     """Base class: forward(x) -> out, backward(dout) -> dx."""
 
@@ -41,11 +51,7 @@ class Convolution(Layer):
         F.check_array(W, "W", 4, "(FN, C, FH, FW)")
         if b is None:
             b = np.zeros(W.shape[0], dtype=W.dtype)
-        F.check_array(b, "b", 1, "(FN,)")
-        if tuple(b.shape) != (W.shape[0],):
-            raise ValueError(f"b must have shape ({W.shape[0]},) to match W.shape={tuple(W.shape)}, "
-                             f"got {tuple(b.shape)}")
-        F.check_dtypes(W=W, b=b)
+        _check_params(W, b, "(FN, C, FH, FW)", "FN", lambda w: w.shape[0])
         self.W, self.b = W, b
         self.stride, self.pad = as_pair(stride, "stride"), as_pair(pad, "pad")
         self.backend = check_backend(backend)
@@ -135,12 +141,7 @@ class Affine(Layer):
     """
 
     def __init__(self, W, b):
-        F.check_array(W, "W", 2, "(D, M)")
-        F.check_array(b, "b", 1, "(M,)")
-        if tuple(b.shape) != (W.shape[1],):
-            raise ValueError(f"b must have shape ({W.shape[1]},) to match W.shape={tuple(W.shape)}, "
-                             f"got {tuple(b.shape)}")
-        F.check_dtypes(W=W, b=b)
+        _check_params(W, b, "(D, M)", "M", lambda w: w.shape[1])
         self.W, self.b = W, b
         self.dW = self.db = None
         self.x = None
