@@ -1,4 +1,5 @@
 """The one place where Numba compile options for the CPU paths are chosen."""
+import functools
 import os
 import threading
 
@@ -53,6 +54,15 @@ def jit(fn=None, *, parallel=False):
 # with a new dependency (threadpoolctl); neither is done here.
 
 launch_lock = threading.RLock()
+
+
+def one_launch_at_a_time(fn):
+    """Decorator for a path's public functions: hold ``launch_lock`` while they run."""
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        with launch_lock:
+            return fn(*args, **kwargs)
+    return locked
 
 
 def _threads_started():

@@ -35,13 +35,12 @@ windows do read; with an inf in x, such a product is nan, and dW then holds nan
 where the naive path may hold inf. Cells that no window reads (dropped by floor
 rounding) never touch a result.
 """
-import functools
 import threading
 
 import numpy as np
 from numba import prange
 
-from ._jit import jit, launch_lock
+from ._jit import jit, one_launch_at_a_time
 
 # Output channels per block: four accumulator rows stay in L1 next to the input.
 KB = 4
@@ -71,16 +70,6 @@ def _scratch(shape, dtype):
 def release_workspace():
     """Free this thread's scratch buffers (they are reallocated when next needed)."""
     _workspace.__dict__.pop("bufs", None)
-
-
-def _one_launch_at_a_time(fn):
-    """Hold ``launch_lock`` (see fastconv.kernels._jit): the workqueue threading
-    layer aborts when two Python threads launch parallel kernels at once."""
-    @functools.wraps(fn)
-    def locked(*args):
-        with launch_lock:
-            return fn(*args)
-    return locked
 
 
 def _rows_per_block(pitch, itemsize):
@@ -267,7 +256,7 @@ def _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, RB):
     return out
 
 
-@_one_launch_at_a_time
+@one_launch_at_a_time
 def conv_forward(x, W, b, stride, pad, out_hw):
     """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW)."""
     N, C, H, Wd = x.shape
@@ -513,7 +502,7 @@ def _conv_db(sums):
     return db
 
 
-@_one_launch_at_a_time
+@one_launch_at_a_time
 def conv_backward(dout, cache):
     """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,)."""
     xq, W, x_shape, (sh, sw), (ph, pw), (OH, OW), Hq, Wq = cache
@@ -594,7 +583,7 @@ def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
     return out
 
 
-@_one_launch_at_a_time
+@one_launch_at_a_time
 def pool_forward(x, pool_hw, stride, pad, out_hw, mode):
     """x: (N, C, H, W) -> out: (N, C, OH, OW); every channel pooled on its own."""
     N, C, H, Wd = x.shape
@@ -671,7 +660,7 @@ def _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw):
     return dx
 
 
-@_one_launch_at_a_time
+@one_launch_at_a_time
 def pool_backward(dout, cache):
     """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
     x_shape, (PH, PW), (sh, sw), (ph, pw), mode, arg = cache

@@ -44,14 +44,13 @@ window has no reduction over channels, so there is no matrix product to gain
 by unrolling. Semantics as in ``fastconv.kernels.naive``: ``-inf`` padding and
 first-maximum ties for max, ``count_include_pad`` for average.
 """
-import functools
 import os
 import threading
 
 import numpy as np
 from numba import prange
 
-from ._jit import jit, launch_lock
+from ._jit import jit, one_launch_at_a_time
 
 DEFAULT_WORKSPACE_BUDGET = 256 * 2**20
 # Below this many output positions per image, one product per image is too
@@ -295,15 +294,6 @@ def _sum_maps(dout):
 
 # ----------------------------------------------------------------- convolution
 
-def _one_launch_at_a_time(fn):
-    """Hold ``launch_lock``: the workqueue threading layer aborts on concurrent launches."""
-    @functools.wraps(fn)
-    def locked(*args):
-        with launch_lock:
-            return fn(*args)
-    return locked
-
-
 def _is_pointwise(W, stride, pad):
     return W.shape[2] == 1 and W.shape[3] == 1 and stride == (1, 1) and pad == (0, 0)
 
@@ -328,7 +318,7 @@ def _chunks(n_images, n_rows, OH, OW, itemsize):
             yield n, 1, r0, min(OH, r0 + rows)
 
 
-@_one_launch_at_a_time
+@one_launch_at_a_time
 def conv_forward(x, W, b, stride, pad, out_hw):
     """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache."""
     N, C = x.shape[:2]
@@ -371,7 +361,7 @@ def conv_forward(x, W, b, stride, pad, out_hw):
     return out, cache
 
 
-@_one_launch_at_a_time
+@one_launch_at_a_time
 def conv_backward(dout, cache):
     """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,).
 
@@ -535,7 +525,7 @@ def _avg_pool_backward(dout, PH, PW, sh, sw, ph, pw, dx):
                         plane[y, xx] += g
 
 
-@_one_launch_at_a_time
+@one_launch_at_a_time
 def pool_forward(x, pool_hw, stride, pad, out_hw, mode):
     """x: (N, C, H, W) -> out: (N, C, OH, OW), cache; mode "max" or "avg"."""
     N, C = x.shape[:2]
@@ -552,7 +542,7 @@ def pool_forward(x, pool_hw, stride, pad, out_hw, mode):
     return out, (x.shape, pool_hw, stride, pad, mode, argmax)
 
 
-@_one_launch_at_a_time
+@one_launch_at_a_time
 def pool_backward(dout, cache):
     """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
     x_shape, pool_hw, stride, pad, mode, argmax = cache
