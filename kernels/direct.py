@@ -35,12 +35,12 @@ windows do read; with an inf in x, such a product is nan, and dW then holds nan
 where the naive path may hold inf. Cells that no window reads (dropped by floor
 rounding) never touch a result.
 """
-import threading
 
 import numpy as np
 from numba import prange
 
 from ._jit import jit, one_launch_at_a_time
+from ._workspace import Workspace
 
 # Output channels per block: four accumulator rows stay in L1 next to the input.
 KB = 4
@@ -50,26 +50,12 @@ ACC_BYTES = 32 * 1024
 # Cells of the wide grid per dW pass: KB dout rows of this length stay in L1.
 DW_CHUNK = 1024
 
-_workspace = threading.local()
-
-
-def _scratch(shape, dtype):
-    """A per-thread reused buffer for temporaries that never leave this module.
-
-    Touching fresh memory costs page faults (about 3x a reused buffer here), so
-    the largest buffer asked for so far is kept, one per thread and dtype.
-    """
-    size = int(np.prod(shape))
-    bufs = _workspace.__dict__.setdefault("bufs", {})
-    buf = bufs.get(dtype)
-    if buf is None or buf.size < size:
-        buf = bufs[dtype] = np.empty(size, dtype=dtype)
-    return buf[:size].reshape(shape)
+_workspace = Workspace()
 
 
 def release_workspace():
     """Free this thread's scratch buffers (they are reallocated when next needed)."""
-    _workspace.__dict__.pop("bufs", None)
+    _workspace.release()
 
 
 def _rows_per_block(pitch, itemsize):
@@ -517,7 +503,8 @@ def conv_backward(dout, cache):
     wt = _weight_blocks(np.ascontiguousarray(W.transpose(1, 0, 2, 3)).reshape(C, FN * FH * FW))
     ops, starts = _backward_ops(FN, FH, FW, sh, sw, Wq, Ty, Tx)
     fops = _forward_ops(C, FH, FW, sh, sw, Wq)
-    dp, sums = _dout_planes(dout, Ty, Tx, Wq, _scratch((N, FN, Hd * Wq), dout.dtype))
+    scratch = _workspace.get(N * FN * Hd * Wq, dout.dtype).reshape(N, FN, Hd * Wq)
+    dp, sums = _dout_planes(dout, Ty, Tx, Wq, scratch)
     dx = _conv_dx(dp, wt, ops, starts, C, H, Wd, sh, sw, ph, pw, Wq, RB, nrb)
     dW = _conv_dw(xq, dp, fops, C, FN, FH, FW, OH, Wq, (Ty - 1) * Wq + Tx - 1)
     return dx, dW, _conv_db(sums)

@@ -45,12 +45,12 @@ by unrolling. Semantics as in ``fastconv.kernels.naive``: ``-inf`` padding and
 first-maximum ties for max, ``count_include_pad`` for average.
 """
 import os
-import threading
 
 import numpy as np
 from numba import prange
 
 from ._jit import jit, one_launch_at_a_time
+from ._workspace import Workspace
 
 DEFAULT_WORKSPACE_BUDGET = 256 * 2**20
 # Below this many output positions per image, one product per image is too
@@ -83,7 +83,7 @@ def _budget_from_env():
 
 
 _budget = _budget_from_env()
-_local = threading.local()
+_workspace = Workspace()
 
 
 def set_workspace_budget(nbytes):
@@ -111,24 +111,7 @@ def get_workspace_budget():
 
 def release_workspace():
     """Free this thread's reusable workspace (it is reallocated on the next call)."""
-    _local.__dict__.clear()
-
-
-def _workspace(size, dtype, slot=0):
-    """A 1-D scratch array of ``size`` elements, reused across calls on this thread.
-
-    ``slot`` tells apart scratch arrays needed at the same time. Kept per
-    thread so that two threads running convolutions at once never share
-    scratch memory. Callers must never return it or a view of it.
-    """
-    key = (np.dtype(dtype).name, slot)
-    buf = _local.__dict__.get(key)
-    if buf is None or buf.size < size:
-        buf = None                      # let the old one go before allocating
-        _local.__dict__.pop(key, None)
-        buf = np.empty(size, dtype=dtype)
-        _local.__dict__[key] = buf
-    return buf[:size]
+    _workspace.release()
 
 
 # ------------------------------------------------------------ compiled kernels
@@ -343,7 +326,7 @@ def conv_forward(x, W, b, stride, pad, out_hw):
     Wb[:, K] = b
     for n0, n_imgs, r0, r1 in _chunks(N, K + 1, OH, OW, x.itemsize):
         width = (r1 - r0) * OW
-        col = _workspace(n_imgs * (K + 1) * width, x.dtype)
+        col = _workspace.get(n_imgs * (K + 1) * width, x.dtype)
         if P >= _MIN_COLUMNS_PER_IMAGE or n_imgs == 1:
             # (n_imgs, K+1, width): each image's product lands in its NCHW block
             _unroll(x, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, col, (K + 1) * width, width)
@@ -355,7 +338,7 @@ def conv_forward(x, W, b, stride, pad, out_hw):
         else:
             # (K+1, n_imgs*P): one wide product, then a small copy back to NCHW
             _unroll(x, n0, n_imgs, 0, OH, FH, FW, sh, sw, ph, pw, OW, col, P, n_imgs * P)
-            prod = _workspace(FN * n_imgs * P, x.dtype, slot=1)
+            prod = _workspace.get(FN * n_imgs * P, x.dtype, slot=1)
             np.matmul(Wb, col.reshape(K + 1, n_imgs * P), out=prod.reshape(FN, n_imgs * P))
             _side_by_side_to_images(prod, n0, n_imgs, out3)
     return out, cache
@@ -384,7 +367,7 @@ def conv_backward(dout, cache):
         x3 = x.reshape(N, C, P)
         np.matmul(W_t, dout3, out=dx.reshape(N, C, P))
         dW = np.zeros((FN, C), dtype=x.dtype)
-        part = _workspace(FN * C, x.dtype, slot=1).reshape(FN, C)
+        part = _workspace.get(FN * C, x.dtype, slot=1).reshape(FN, C)
         for n in range(N):
             np.matmul(dout3[n], x3[n].T, out=part)
             dW += part
@@ -395,19 +378,19 @@ def conv_backward(dout, cache):
     for n0, n_imgs, r0, r1 in _chunks(N, K + 1, OH, OW, x.itemsize):
         width = (r1 - r0) * OW
         cols = n_imgs * width
-        col = _workspace((K + 1) * cols, x.dtype)
+        col = _workspace.get((K + 1) * cols, x.dtype)
         # images side by side: col (K+1, n_imgs*width), dout_t (FN, n_imgs*width)
         _unroll(x, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, col, width, cols)
         if n_imgs == 1:
             dout_t = dout3[n0, :, r0 * OW:r1 * OW]
         else:
-            dout_t = _workspace(FN * cols, x.dtype, slot=1)
+            dout_t = _workspace.get(FN * cols, x.dtype, slot=1)
             _images_to_side_by_side(dout3, n0, n_imgs, dout_t)
             dout_t = dout_t.reshape(FN, cols)
         if n0 == 0 and r0 == 0:
             np.matmul(dout_t, col.reshape(K + 1, cols).T, out=dWb)
         else:
-            part = _workspace(FN * (K + 1), x.dtype, slot=2).reshape(FN, K + 1)
+            part = _workspace.get(FN * (K + 1), x.dtype, slot=2).reshape(FN, K + 1)
             np.matmul(dout_t, col.reshape(K + 1, cols).T, out=part)
             dWb += part
         # col is no longer needed: its memory takes dcol = W^T @ dout_t

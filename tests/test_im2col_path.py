@@ -183,7 +183,7 @@ def test_results_never_alias_the_reused_workspace(budget, layout):
         assert np.array_equal(a, k)
     for a, k in zip((case2[0], case2[1], case2[2], case2[6]), inputs):
         assert np.array_equal(a, k), "an input was modified"
-    workspace = list(im2col._local.__dict__.values())
+    workspace = list(im2col._workspace._local.__dict__.values())
     assert workspace
     for a in first:
         assert not any(np.shares_memory(a, w) for w in workspace)
@@ -195,7 +195,7 @@ def test_workspace_is_reused_between_calls(budget):
     case = _conv_case(np.float32)
     _conv_all(im2col, *case)
     def addresses():
-        return {k: v.__array_interface__["data"][0] for k, v in im2col._local.__dict__.items()}
+        return {k: v.__array_interface__["data"][0] for k, v in im2col._workspace._local.__dict__.items()}
     buffers = addresses()
     _conv_all(im2col, *case)
     assert buffers == addresses()
