@@ -39,10 +39,10 @@ run on numpy's BLAS with its own thread count (``OPENBLAS_NUM_THREADS``). See
 public functions hold its ``launch_lock``, so several Python threads may call
 them at once.
 
-Pooling runs as direct compiled loops over (image, channel) planes: a pooling
-window has no reduction over channels, so there is no matrix product to gain
-by unrolling. Semantics as in ``fastconv.kernels.naive``: ``-inf`` padding and
-first-maximum ties for max, ``count_include_pad`` for average.
+Pooling: a pooling window has no reduction over channels, so there is no
+matrix product to gain by unrolling; the im2col path pools with the direct
+path's compiled loops (``fastconv.kernels.direct.pool_forward`` and
+``pool_backward``), one implementation for both.
 """
 import os
 
@@ -51,6 +51,7 @@ from numba import prange
 
 from ._jit import jit, one_launch_at_a_time
 from ._workspace import Workspace
+from .direct import pool_backward, pool_forward  # noqa: F401  (this path's pooling)
 
 DEFAULT_WORKSPACE_BUDGET = 256 * 2**20
 # Below this many output positions per image, one product per image is too
@@ -398,141 +399,3 @@ def conv_backward(dout, cache):
         np.matmul(W_t, dout_t, out=dcol.reshape(K, cols))
         _col2im(dcol, width, cols, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, dx)
     return dx, np.ascontiguousarray(dWb[:, :K]).reshape(W.shape), dWb[:, K].copy()
-
-
-# --------------------------------------------------------------------- pooling
-
-@jit(parallel=True)
-def _max_pool(x, PH, PW, sh, sw, ph, pw, out, argmax):
-    """out[n, c, i, j] = max of the window; argmax = its flat index into x[n, c] (-1: padding).
-
-    Ties go to the first maximum in row-major window order, padded cells
-    counting as -inf (what np.argmax does on the -inf-padded window): a later
-    cell wins only if strictly larger, or NaN. Padding lies on the window's
-    borders, so it can come first only when the top-left cell is padding; it
-    can never be strictly larger than anything, so the loop visits real cells
-    only.
-    """
-    N, C, H, W = x.shape
-    OH, OW = out.shape[2], out.shape[3]
-    neg_inf = x.dtype.type(-np.inf)
-    for t in prange(N * C):
-        n = t // C
-        c = t - n * C
-        plane = x[n, c]
-        o = out[n, c]
-        a = argmax[n, c]
-        for i in range(OH):
-            top = i * sh - ph
-            y0 = max(0, top)
-            y1 = min(H, top + PH)
-            for j in range(OW):
-                left = j * sw - pw
-                x0 = max(0, left)
-                x1 = min(W, left + PW)
-                if top < 0 or left < 0:
-                    best = neg_inf
-                    where = -1
-                else:
-                    best = plane[y0, x0]
-                    where = y0 * W + x0
-                for y in range(y0, y1):
-                    row = plane[y]
-                    for xx in range(x0, x1):
-                        v = row[xx]
-                        if v > best or (v != v and best == best):
-                            best = v
-                            where = y * W + xx
-                o[i, j] = best
-                a[i, j] = where
-
-
-@jit(parallel=True)
-def _max_pool_backward(dout, argmax, dx):
-    """dx[n, c] gets each dout[n, c, i, j] at its argmax (dx holds zeros on entry)."""
-    N, C, OH, OW = dout.shape
-    W = dx.shape[3]
-    for t in prange(N * C):
-        n = t // C
-        c = t - n * C
-        plane = dx[n, c]
-        for i in range(OH):
-            for j in range(OW):
-                k = argmax[n, c, i, j]
-                if k >= 0:
-                    plane[k // W, k % W] += dout[n, c, i, j]
-
-
-@jit(parallel=True)
-def _avg_pool(x, PH, PW, sh, sw, ph, pw, out):
-    """out[n, c, i, j] = window sum / (PH*PW): padded cells count as zeros."""
-    N, C, H, W = x.shape
-    OH, OW = out.shape[2], out.shape[3]
-    area = x.dtype.type(PH * PW)
-    for t in prange(N * C):
-        n = t // C
-        c = t - n * C
-        plane = x[n, c]
-        for i in range(OH):
-            y0 = max(0, i * sh - ph)
-            y1 = min(H, i * sh - ph + PH)
-            for j in range(OW):
-                x0 = max(0, j * sw - pw)
-                x1 = min(W, j * sw - pw + PW)
-                s = x.dtype.type(0)
-                for y in range(y0, y1):
-                    for xx in range(x0, x1):
-                        s += plane[y, xx]
-                out[n, c, i, j] = s / area
-
-
-@jit(parallel=True)
-def _avg_pool_backward(dout, PH, PW, sh, sw, ph, pw, dx):
-    """Spread dout[n, c, i, j] / (PH*PW) over its window's real cells (dx holds zeros)."""
-    N, C, OH, OW = dout.shape
-    H, W = dx.shape[2], dx.shape[3]
-    area = dout.dtype.type(PH * PW)
-    for t in prange(N * C):
-        n = t // C
-        c = t - n * C
-        plane = dx[n, c]
-        for i in range(OH):
-            y0 = max(0, i * sh - ph)
-            y1 = min(H, i * sh - ph + PH)
-            for j in range(OW):
-                x0 = max(0, j * sw - pw)
-                x1 = min(W, j * sw - pw + PW)
-                g = dout[n, c, i, j] / area
-                for y in range(y0, y1):
-                    for xx in range(x0, x1):
-                        plane[y, xx] += g
-
-
-@one_launch_at_a_time
-def pool_forward(x, pool_hw, stride, pad, out_hw, mode):
-    """x: (N, C, H, W) -> out: (N, C, OH, OW), cache; mode "max" or "avg"."""
-    N, C = x.shape[:2]
-    PH, PW = pool_hw
-    sh, sw = stride
-    ph, pw = pad
-    out = np.empty((N, C) + tuple(out_hw), dtype=x.dtype)
-    argmax = None
-    if mode == "max":
-        argmax = np.empty(out.shape, dtype=np.int64)
-        _max_pool(x, PH, PW, sh, sw, ph, pw, out, argmax)
-    else:
-        _avg_pool(x, PH, PW, sh, sw, ph, pw, out)
-    return out, (x.shape, pool_hw, stride, pad, mode, argmax)
-
-
-@one_launch_at_a_time
-def pool_backward(dout, cache):
-    """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
-    x_shape, pool_hw, stride, pad, mode, argmax = cache
-    dx = np.zeros(x_shape, dtype=dout.dtype)
-    if mode == "max":
-        _max_pool_backward(dout, argmax, dx)
-    else:
-        _avg_pool_backward(dout, pool_hw[0], pool_hw[1], stride[0], stride[1],
-                           pad[0], pad[1], dx)
-    return dx
