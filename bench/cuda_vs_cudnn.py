@@ -10,7 +10,7 @@ For each layer it first checks that both forward kernels ("tiled", "simple")
 agree with cuDNN, then times, after warm-up, each on the same device arrays:
 - cuDNN: torch.nn.functional.conv2d on CUDA tensors;
 - tiled / simple: the fastconv kernel launched into a preallocated output
-  (``launch_conv_forward``: kernel time, comparable with PyTorch's caching
+  (``_launch_conv_forward``: kernel time, comparable with PyTorch's caching
   allocator);
 - call: the whole ``fastconv.kernels.cuda.conv_forward`` on device arrays,
   tiled kernel, output allocation included (what a Layer pays).
@@ -33,6 +33,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from fastconv.spec import conv_spec, pool_spec
 
 HERE = Path(__file__).resolve().parent
 RESNET = ("resnet_64", "resnet_128", "resnet_256", "resnet_512")
@@ -108,21 +110,22 @@ def conv_row(layer, dtype, args, torch, cuda, kc):
     ref = F.conv2d(xt, Wtt, bt, stride=s, padding=p)
     torch.cuda.synchronize()
     ref_host = ref.cpu().numpy()
+    spec = conv_spec((N, C, H, W), (K, C, FH, FW), s, p, dtype)
     row = {"id": layer["id"], "gflop": 2 * N * K * C * FH * FW * OH * OW / 1e9}
     for kernel in ("tiled", "simple"):
-        kc.launch_conv_forward(out, xd, Wd, bd, (s, s), (p, p), kernel)
+        kc._launch_conv_forward(out, xd, Wd, bd, (s, s), (p, p), kernel)
         row[f"err_{kernel}"] = rel_error(out.copy_to_host(), ref_host)
 
     t = lambda fn: event_time_ms(torch, fn, args.repeat, args.rounds, args.warmup)  # noqa: E731
     row["cudnn_ms"] = t(lambda: F.conv2d(xt, Wtt, bt, stride=s, padding=p))
     for kernel in ("tiled", "simple"):
-        row[f"{kernel}_ms"] = t(lambda: kc.launch_conv_forward(out, xd, Wd, bd, (s, s), (p, p), kernel))
-    row["call_ms"] = t(lambda: kc.conv_forward(xd, Wd, bd, (s, s), (p, p), (OH, OW)))
+        row[f"{kernel}_ms"] = t(lambda: kc._launch_conv_forward(out, xd, Wd, bd, (s, s), (p, p), kernel))
+    row["call_ms"] = t(lambda: kc.conv_forward(xd, Wd, bd, spec))
 
     if args.backward:
         dout = cuda.to_device(rng.standard_normal((N, K, OH, OW)).astype(dtype))
         doutt = torch.as_tensor(dout, device="cuda")
-        _, cache = kc.conv_forward(xd, Wd, bd, (s, s), (p, p), (OH, OW))
+        _, cache = kc.conv_forward(xd, Wd, bd, spec)
         row["bwd_ms"] = t(lambda: kc.conv_backward(dout, cache))
         row["cudnn_bwd_ms"] = t(lambda: torch.ops.aten.convolution_backward(
             doutt, xt, Wtt, [K], [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, True, True]))
@@ -141,7 +144,7 @@ def pool_row(layer, dtype, args, torch, cuda, kc):
         torch_pool = lambda: F.max_pool2d(xt, (PH, PW), s, p)  # noqa: E731
     else:
         torch_pool = lambda: F.avg_pool2d(xt, (PH, PW), s, p, count_include_pad=True)  # noqa: E731
-    ours = lambda: kc.pool_forward(xd, (PH, PW), (s, s), (p, p), (OH, OW), mode)  # noqa: E731
+    ours = lambda: kc.pool_forward(xd, pool_spec((N, C, H, W), PH, PW, s, p, mode, dtype))  # noqa: E731
     row = {"id": layer["id"], "err": rel_error(ours()[0].copy_to_host(), torch_pool().cpu().numpy())}
     t = lambda fn: event_time_ms(torch, fn, args.repeat, args.rounds, args.warmup)  # noqa: E731
     row["torch_ms"] = t(torch_pool)

@@ -1,30 +1,21 @@
 """``fastconv compare``: one conv layer, forward and backward, on every available path."""
-import time
-
 import numpy as np
 
 from . import functional as F
 from .backends import available_backends
-
-
-def _best_ms(fn, repeat):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3, result
+from .timing import measure
 
 
 def compare(N=100, C=1, H=28, W=28, K=30, FH=5, FW=5, stride=1, pad=0, dtype="float32",
             repeat=3, paths=None, seed=0):
     """Time one convolution on each path; returns a list of row dicts.
 
-    Each row: path, first-call seconds (includes JIT compilation or loading the
-    cache), best forward and backward ms over ``repeat`` runs, and the largest
-    absolute difference to the naive path over out, dx, dW and db, also relative
-    to that array's largest naive value (dW sums N*OH*OW products, so its
-    float32 rounding grows with the batch).
+    Each row: path, first-call seconds (forward + backward; includes JIT
+    compilation or loading the cache), best forward and backward ms over
+    ``repeat`` interleaved rounds (the shared protocol of ``fastconv.timing``),
+    and the largest absolute difference to the naive path over out, dx, dW and
+    db, also relative to that array's largest naive value (dW sums N*OH*OW
+    products, so its float32 rounding grows with the batch).
     """
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
@@ -33,17 +24,24 @@ def compare(N=100, C=1, H=28, W=28, K=30, FH=5, FW=5, stride=1, pad=0, dtype="fl
     out_ref, saved_ref = F.conv_forward(x, w, b, stride, pad, backend="naive")
     dout = rng.standard_normal(out_ref.shape).astype(dtype)
     grads_ref = F.conv_backward(dout, saved_ref)
+    paths = list(paths or available_backends())
+    results, calls = {}, {}
+    for path in paths:
+        def forward(path=path):
+            results[path] = F.conv_forward(x, w, b, stride, pad, backend=path)
+
+        calls[path, "forward"] = forward
+        calls[path, "backward"] = lambda path=path: F.conv_backward(dout, results[path][1])
+    timings = measure(calls, rounds=repeat, budget_s=float("inf"))
     rows = []
-    for path in paths or available_backends():
-        t0 = time.perf_counter()
-        out, saved = F.conv_forward(x, w, b, stride, pad, backend=path)
-        F.conv_backward(dout, saved)
-        first_s = time.perf_counter() - t0
-        fwd_ms, (out, saved) = _best_ms(lambda: F.conv_forward(x, w, b, stride, pad, backend=path), repeat)
-        bwd_ms, grads = _best_ms(lambda: F.conv_backward(dout, saved), repeat)
+    for path in paths:
+        out, saved = results[path]
+        grads = F.conv_backward(dout, saved)
         diffs = [(float(np.max(np.abs(np.asarray(a) - r))), float(np.max(np.abs(r))))
                  for a, r in zip((out, *grads), (out_ref, *grads_ref))]
-        rows.append(dict(path=path, first_s=first_s, forward_ms=fwd_ms, backward_ms=bwd_ms,
+        fwd, bwd = timings[path, "forward"], timings[path, "backward"]
+        rows.append(dict(path=path, first_s=fwd.first_s + bwd.first_s,
+                         forward_ms=fwd.best_s * 1e3, backward_ms=bwd.best_s * 1e3,
                          max_abs_diff=max(d for d, _ in diffs),
                          max_rel_diff=max(d / max(m, np.finfo(dtype).tiny) for d, m in diffs)))
     return rows

@@ -1,26 +1,36 @@
-"""Validated entry points: check every argument, then hand plain arrays to a kernel.
+"""Checked entry points: check the arrays, build the spec, dispatch to a kernel.
 
 Everything a kernel may assume is established here, before it runs: arrays of
 the right rank and matching shapes, one floating dtype (float32 or float64),
-C-contiguous memory, (h, w) pairs for stride/pad, and an output size that fits.
-Errors name the argument and the shapes involved.
+C-contiguous memory, and a frozen spec (``fastconv.spec``) whose arguments are
+checked. Errors name the argument and the shapes involved. Nothing downstream
+checks again.
 """
-from collections import namedtuple
+from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
-from . import backends
-from .geometry import _as_int, as_pair, check_rounding, output_hw
+from . import backends, tuner
+from .geometry import _as_int
+from .spec import FLOAT_DTYPES, POOL_MODES, ConvSpec, PoolSpec, conv_spec, pool_spec
 
-MODES = ("max", "avg")
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+MODES = POOL_MODES
 
-# What forward keeps for backward: the resolved path, that path's private cache,
-# and what dout must look like.
-Saved = namedtuple("Saved", "path cache out_shape dtype")
+__all__ = ["conv2d", "pool2d", "conv_forward", "conv_backward", "pool_forward", "pool_backward",
+           "im2col", "col2im", "Saved", "FLOAT_DTYPES", "MODES"]
 
 
-def is_device_array(a):
+class Saved(NamedTuple):
+    """What forward keeps for backward: the path that ran, its cache, and the spec."""
+
+    path: str
+    cache: tuple
+    spec: ConvSpec | PoolSpec
+
+
+def is_device_array(a) -> bool:
     """True for a CUDA device array (Numba's, or anything with the CUDA array interface).
 
     The simulator's device arrays have no CUDA array interface; like Numba's
@@ -31,19 +41,36 @@ def is_device_array(a):
     return hasattr(a, "__cuda_array_interface__") or bool(getattr(a, "__cuda_ndarray__", False))
 
 
-def check_array(a, name, ndim, layout):
-    """Raise unless ``a`` is an ndarray (or CUDA device array) with ``ndim`` dims."""
-    if not (isinstance(a, np.ndarray) or is_device_array(a)):
+def check_array(a, name: str, ndim: int, layout: str):
+    """``a`` as a C-contiguous ndarray (or the CUDA device array itself) of ``ndim`` dims.
+
+    Refuses what is not an array, masked arrays and matrices (their mask or
+    their algebra would be silently lost), other ranks, empty arrays and
+    non-float dtypes.
+    """
+    if not isinstance(a, np.ndarray):
+        if is_device_array(a):
+            if a.ndim != ndim:
+                raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(a.shape)}")
+            check_dtypes(**{name: a})
+            return a
         raise TypeError(
             f"{name} must be a numpy array of shape {layout}, got {type(a).__name__}; "
             f"convert it with np.asarray({name}, dtype=np.float32)")
+    if isinstance(a, (np.ma.MaskedArray, np.matrix)):
+        raise TypeError(
+            f"{name} is a {type(a).__name__}, whose {'mask' if isinstance(a, np.ma.MaskedArray) else 'matrix algebra'} "
+            f"fastconv would ignore; pass a plain array, e.g. {name}.filled(0) or np.asarray({name})")
     if a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(a.shape)}")
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {a.shape}")
     if a.size == 0:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(a.shape)}")
+        raise ValueError(f"{name} must not be empty, got shape {a.shape}")
+    if a.dtype not in FLOAT_DTYPES:
+        check_dtypes(**{name: a})
+    return np.ascontiguousarray(a)
 
 
-def check_dtypes(**arrays):
+def check_dtypes(**arrays) -> np.dtype:
     """All arrays float32, or all float64; returns that dtype."""
     for name, a in arrays.items():
         if np.dtype(a.dtype) not in FLOAT_DTYPES:
@@ -60,80 +87,80 @@ def check_dtypes(**arrays):
     return next(iter(kinds.values()))
 
 
-def _contiguous(a):
-    return a if is_device_array(a) else np.ascontiguousarray(a)
+def _path_for(backend: str, spec, on_device: bool):
+    """The kernel module and path name for ``backend`` ("auto" or a path) and this spec.
 
-
-def _check_stride_pad(stride, pad):
-    stride, pad = as_pair(stride, "stride"), as_pair(pad, "pad")
-    if min(stride) < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if min(pad) < 0:
-        raise ValueError(f"pad must be >= 0, got {pad}")
-    return stride, pad
-
-
-def _resolve(backend, op, arrays, **shape_info):
-    """Pick the path; CUDA device arrays only go to (and "auto" sends them to) 'cuda'."""
-    backends.check_backend(backend)
-    on_device = [name for name, a in arrays.items() if is_device_array(a)]
+    CUDA device arrays only go to (and "auto" sends them to) 'cuda'.
+    """
     if on_device:
         if backend not in ("auto", "cuda"):
             raise TypeError(
-                f"{', '.join(on_device)} is a CUDA device array but backend={backend!r}; "
-                f"use backend='cuda', or copy it to the host with .copy_to_host()")
+                f"a CUDA device array was passed with backend={backend!r}; use "
+                f"backend='cuda', or copy it to the host with .copy_to_host()")
         backend = "cuda"
-    return backends.resolve(backend, op, **shape_info)
+    elif backend == "auto":
+        backend = tuner.choose(spec)
+    elif backend not in backends.PATHS:
+        valid = ", ".join(repr(n) for n in ("auto", *backends.PATHS))
+        raise ValueError(f"backend must be one of {valid}; got {backend!r}")
+    if backend == "cuda" and not backends.cuda_present():
+        raise RuntimeError(
+            "backend 'cuda' was selected but no CUDA device was found. Install "
+            "numba-cuda and run on a machine with an NVIDIA GPU, or set "
+            "NUMBA_ENABLE_CUDASIM=1 before numba is imported to use the simulator.")
+    module = backends.get_path(backend)
+    if not module.supports(spec):
+        raise ValueError(f"backend {backend!r} runs {module.SCOPE}; it cannot run "
+                         f"{spec.describe()}")
+    return module, backend
+
+
+def check_backend(backend: str) -> str:
+    """Raise ValueError for a name that is neither 'auto' nor a path of the table."""
+    if backend != "auto" and backend not in backends.PATHS:
+        valid = ", ".join(repr(n) for n in ("auto", *backends.PATHS))
+        raise ValueError(f"backend must be one of {valid}; got {backend!r}")
+    return backend
 
 
 # ----------------------------------------------------------------- convolution
 
-def check_conv(x, W, b, stride, pad, rounding):
-    """Validate a convolution; returns (x, W, b, stride, pad, out_hw) ready for a kernel."""
-    check_array(x, "x", 4, "(N, C, H, W)")
-    check_array(W, "W", 4, "(FN, C, FH, FW)")
-    if b is not None:
-        check_array(b, "b", 1, "(FN,)")
-        if tuple(b.shape) != (W.shape[0],):
-            raise ValueError(
-                f"b must have shape (FN,) = ({W.shape[0]},) to match W.shape={tuple(W.shape)}, "
-                f"got {tuple(b.shape)}")
-        dtype = check_dtypes(x=x, W=W, b=b)
-    else:
-        dtype = check_dtypes(x=x, W=W)
-        b = np.zeros(W.shape[0], dtype=dtype)
-    if x.shape[1] != W.shape[1]:
-        raise ValueError(
-            f"x has C={x.shape[1]} channels (x.shape={tuple(x.shape)}) but W expects "
-            f"C={W.shape[1]} (W.shape={tuple(W.shape)})")
-    stride, pad = _check_stride_pad(stride, pad)
-    check_rounding(rounding)
-    out_hw = output_hw(tuple(x.shape[2:]), tuple(W.shape[2:]), stride, pad, rounding, "W's filter")
-    return _contiguous(x), _contiguous(W), _contiguous(b), stride, pad, out_hw
-
-
 def conv_forward(x, W, b, stride=1, pad=0, rounding="floor", backend="auto"):
-    """Validated convolution forward -> (out, saved); ``saved`` feeds conv_backward."""
-    x, W, b, stride, pad, out_hw = check_conv(x, W, b, stride, pad, rounding)
-    path = _resolve(backend, "conv", {"x": x, "W": W}, x_shape=tuple(x.shape),
-                    w_shape=tuple(W.shape), stride=stride, pad=pad, dtype=np.dtype(x.dtype))
-    out, cache = backends.get_path(path).conv_forward(x, W, b, stride, pad, out_hw)
-    return out, Saved(path, cache, tuple(out.shape), np.dtype(x.dtype))
+    """Checked convolution forward -> (out, saved); ``saved`` feeds conv_backward.
+
+    x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) or None -> out (N, FN, OH, OW).
+    """
+    x = check_array(x, "x", 4, "(N, C, H, W)")
+    W = check_array(W, "W", 4, "(FN, C, FH, FW)")
+    if b is None:
+        b = np.zeros(W.shape[0], dtype=W.dtype)
+    else:
+        b = check_array(b, "b", 1, "(FN,)")
+        if b.shape[0] != W.shape[0]:
+            raise ValueError(f"b must have shape (FN,) = ({W.shape[0]},) to match "
+                             f"W.shape={tuple(W.shape)}, got {tuple(b.shape)}")
+    if not x.dtype == W.dtype == b.dtype:
+        check_dtypes(x=x, W=W, b=b)
+    spec = conv_spec(x.shape, W.shape, stride, pad, x.dtype, rounding)
+    module, path = _path_for(backend, spec, not isinstance(x, np.ndarray)
+                             or not isinstance(W, np.ndarray))
+    out, cache = module.conv_forward(x, W, b, spec)
+    return out, Saved(path, cache, spec)
 
 
-def _check_dout(dout, saved):
-    check_array(dout, "dout", len(saved.out_shape), str(saved.out_shape))
-    if tuple(dout.shape) != saved.out_shape:
-        raise ValueError(
-            f"dout must have the forward output's shape {saved.out_shape}, got {tuple(dout.shape)}")
-    if np.dtype(dout.dtype) != saved.dtype:
-        raise TypeError(
-            f"dout has dtype {dout.dtype} but forward ran in {saved.dtype}; "
-            f"convert it with dout.astype(np.{saved.dtype})")
-    return _contiguous(dout)
+def _check_dout(dout, saved: Saved):
+    shape = saved.spec.out_shape
+    dout = check_array(dout, "dout", 4, str(shape))
+    if tuple(dout.shape) != shape:
+        raise ValueError(f"dout must have the forward output's shape {shape}, "
+                         f"got {tuple(dout.shape)}")
+    if dout.dtype != saved.spec.dtype:
+        raise TypeError(f"dout has dtype {dout.dtype} but forward ran in {saved.spec.dtype}; "
+                        f"convert it with dout.astype(np.{saved.spec.dtype})")
+    return dout
 
 
-def conv_backward(dout, saved):
+def conv_backward(dout, saved: Saved):
     """dout: (N, FN, OH, OW) -> (dx, dW, db) on the path forward used."""
     dout = _check_dout(dout, saved)
     return backends.get_path(saved.path).conv_backward(dout, saved.cache)
@@ -148,43 +175,24 @@ def conv2d(x, W, b=None, stride=1, pad=0, *, flip=False, rounding="floor", backe
     ``scipy.signal.convolve2d``. stride and pad are ints or (h, w) pairs.
     """
     if flip:
-        check_array(W, "W", 4, "(FN, C, FH, FW)")
-        W = W[:, :, ::-1, ::-1]
+        W = check_array(W, "W", 4, "(FN, C, FH, FW)")[:, :, ::-1, ::-1]
     out, _ = conv_forward(x, W, b, stride, pad, rounding, backend)
     return out
 
 
 # --------------------------------------------------------------------- pooling
 
-def check_pool(x, pool_h, pool_w, stride, pad, mode, rounding):
-    """Validate a pooling; returns (x, pool_hw, stride, pad, out_hw)."""
-    check_array(x, "x", 4, "(N, C, H, W)")
-    check_dtypes(x=x)
-    pool_hw = (_as_int(pool_h, "pool_h"), _as_int(pool_w, "pool_w"))
-    if min(pool_hw) < 1:
-        raise ValueError(f"pool window (pool_h, pool_w) must be >= 1, got {pool_hw}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    stride, pad = _check_stride_pad(stride, pad)
-    if pad[0] >= pool_hw[0] or pad[1] >= pool_hw[1]:
-        raise ValueError(
-            f"pad {pad} must be smaller than the pool window {pool_hw}, or some windows "
-            f"would hold padding only")
-    check_rounding(rounding)
-    out_hw = output_hw(tuple(x.shape[2:]), pool_hw, stride, pad, rounding, "pool window")
-    return _contiguous(x), pool_hw, stride, pad, out_hw
+def pool_forward(x, pool_h, pool_w, stride=1, pad=0, mode="max", rounding="floor",
+                 backend="auto"):
+    """Checked pooling forward -> (out, saved); ``saved`` feeds pool_backward."""
+    x = check_array(x, "x", 4, "(N, C, H, W)")
+    spec = pool_spec(x.shape, pool_h, pool_w, stride, pad, mode, x.dtype, rounding)
+    module, path = _path_for(backend, spec, not isinstance(x, np.ndarray))
+    out, cache = module.pool_forward(x, spec)
+    return out, Saved(path, cache, spec)
 
 
-def pool_forward(x, pool_h, pool_w, stride=1, pad=0, mode="max", rounding="floor", backend="auto"):
-    """Validated pooling forward -> (out, saved); ``saved`` feeds pool_backward."""
-    x, pool_hw, stride, pad, out_hw = check_pool(x, pool_h, pool_w, stride, pad, mode, rounding)
-    path = _resolve(backend, "pool", {"x": x}, x_shape=tuple(x.shape), w_shape=None,
-                    stride=stride, pad=pad, dtype=np.dtype(x.dtype), pool_hw=pool_hw, mode=mode)
-    out, cache = backends.get_path(path).pool_forward(x, pool_hw, stride, pad, out_hw, mode)
-    return out, Saved(path, cache, tuple(out.shape), np.dtype(x.dtype))
-
-
-def pool_backward(dout, saved):
+def pool_backward(dout, saved: Saved):
     """dout: (N, C, OH, OW) -> dx: (N, C, H, W) on the path forward used."""
     dout = _check_dout(dout, saved)
     return backends.get_path(saved.path).pool_backward(dout, saved.cache)
@@ -201,36 +209,37 @@ def pool2d(x, pool_h, pool_w, stride=1, pad=0, mode="max", *, rounding="floor", 
     return out
 
 
-# ------------------------------------------------------- im2col, seed layout
+# ------------------------------------------------------- im2col, book layout
 
 def im2col(x, filter_h, filter_w, stride=1, pad=0, rounding="floor"):
-    """x: (N, C, H, W) -> col: (N*OH*OW, C*FH*FW).
+    """x: (N, C, H, W) -> col: (N*OH*OW, C*FH*FW), the layout of "Deep Learning from Scratch".
 
     Rows are output positions, batch-major; columns run over (channel, filter
     row, filter column). A (1, 3, 7, 7) input with a 5x5 filter gives (9, 75).
     """
-    check_array(x, "x", 4, "(N, C, H, W)")
-    check_dtypes(x=x)
-    filter_hw = (_as_int(filter_h, "filter_h"), _as_int(filter_w, "filter_w"))
-    stride, pad = _check_stride_pad(stride, pad)
-    out_hw = output_hw(tuple(x.shape[2:]), filter_hw, stride, pad, check_rounding(rounding))
-    return backends.get_path("naive").im2col(np.ascontiguousarray(x), filter_hw, stride, pad, out_hw)
+    from .kernels import unroll
+
+    x = check_array(x, "x", 4, "(N, C, H, W)")
+    FH, FW = _as_int(filter_h, "filter_h"), _as_int(filter_w, "filter_w")
+    spec = conv_spec(x.shape, (1, x.shape[1], FH, FW), stride, pad, x.dtype, rounding)
+    return unroll.im2col(x, spec)
 
 
 def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0, rounding="floor"):
     """col: (N*OH*OW, C*FH*FW) -> (N, C, H, W): the adjoint of im2col (overlaps add)."""
-    check_array(col, "col", 2, "(N*OH*OW, C*FH*FW)")
-    check_dtypes(col=col)
-    if len(input_shape) != 4:
-        raise ValueError(f"input_shape must be (N, C, H, W), got {tuple(input_shape)}")
-    N, C, H, W = (_as_int(s, "input_shape") for s in input_shape)
-    filter_hw = (_as_int(filter_h, "filter_h"), _as_int(filter_w, "filter_w"))
-    stride, pad = _check_stride_pad(stride, pad)
-    OH, OW = output_hw((H, W), filter_hw, stride, pad, check_rounding(rounding))
-    expected = (N * OH * OW, C * filter_hw[0] * filter_hw[1])
+    from .kernels import unroll
+
+    col = check_array(col, "col", 2, "(N*OH*OW, C*FH*FW)")
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 4:
+        raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape!r}")
+    shape = tuple(_as_int(s, "input_shape") for s in input_shape)
+    FH, FW = _as_int(filter_h, "filter_h"), _as_int(filter_w, "filter_w")
+    spec = conv_spec(shape, (1, shape[1], FH, FW), stride, pad, col.dtype, rounding)
+    N, C = shape[:2]
+    OH, OW = spec.out_hw
+    expected = (N * OH * OW, C * FH * FW)
     if tuple(col.shape) != expected:
         raise ValueError(
             f"col must have shape (N*OH*OW, C*FH*FW) = {expected} for input_shape "
-            f"{(N, C, H, W)}, got {tuple(col.shape)}")
-    return backends.get_path("naive").col2im(
-        np.ascontiguousarray(col), (N, C, H, W), filter_hw, stride, pad, (OH, OW))
+            f"{shape}, got {tuple(col.shape)}")
+    return unroll.col2im(col, spec)

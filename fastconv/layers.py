@@ -6,10 +6,12 @@ after ``backward``, their gradients as ``dW`` and ``db``. Convolution and
 Pooling know nothing of how a path computes; they go through
 ``fastconv.functional``, which validates and dispatches.
 """
+from collections import Counter
+
 import numpy as np
 
 from . import functional as F
-from .backends import check_backend
+from .functional import check_backend
 from .geometry import _as_int, as_pair, check_rounding
 
 
@@ -25,6 +27,10 @@ def _check_params(W, b, w_layout, b_name, n_out):
 
 class Layer:
     """Base class: forward(x) -> out, backward(dout) -> dx."""
+
+    # Convolution and Pooling count the paths their forward calls ran on
+    # (``path_counts``, a Counter); other layers have none.
+    path_counts = None
 
     def forward(self, x):
         raise NotImplementedError
@@ -44,7 +50,8 @@ class Convolution(Layer):
     W: (FN, C, FH, FW), b: (FN,) or None (zeros). forward: x (N, C, H, W) ->
     (N, FN, OH, OW); backward returns dx and sets ``dW`` and ``db``.
     stride and pad are ints or (h, w) pairs; ``backend`` picks the compute path
-    ("auto", "naive", "im2col", "direct", "cuda"); ``path`` tells which one ran.
+    ("auto", "naive", "im2col", "direct", "cuda"); ``path`` tells which one ran
+    last, and ``path_counts`` how many forward calls ran on each path.
     """
 
     def __init__(self, W, b=None, stride=1, pad=0, backend="auto", rounding="floor"):
@@ -58,12 +65,14 @@ class Convolution(Layer):
         self.rounding = check_rounding(rounding)
         self.dW = self.db = None
         self.path = None
+        self.path_counts = Counter()
         self._saved = None
 
     def forward(self, x):
         out, self._saved = F.conv_forward(x, self.W, self.b, self.stride, self.pad,
                                           self.rounding, self.backend)
         self.path = self._saved.path
+        self.path_counts[self.path] += 1
         return out
 
     def backward(self, dout):
@@ -89,12 +98,14 @@ class Pooling(Layer):
         self.backend = check_backend(backend)
         self.rounding = check_rounding(rounding)
         self.path = None
+        self.path_counts = Counter()
         self._saved = None
 
     def forward(self, x):
         out, self._saved = F.pool_forward(x, self.pool_h, self.pool_w, self.stride, self.pad,
                                           self.mode, self.rounding, self.backend)
         self.path = self._saved.path
+        self.path_counts[self.path] += 1
         return out
 
     def backward(self, dout):
@@ -222,7 +233,7 @@ class SoftmaxWithLoss(Layer):
 
 
 class Dropout(Layer):
-    """Inverted-free dropout as in the seeds: in training, zero each unit with
+    """Dropout as in "Deep Learning from Scratch" (not inverted): in training, zero each unit with
     probability ``ratio``; in evaluation, scale by (1 - ratio).
 
     forward(x, train=True). ``seed`` makes the masks reproducible.

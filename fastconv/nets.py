@@ -1,4 +1,4 @@
-"""Networks built from fastconv layers: the seeds' SimpleConvNet and LeNet (1998).
+"""Networks built from fastconv layers: SimpleConvNet ("Deep Learning from Scratch", ch. 7) and LeNet (1998).
 
 A network keeps its layers in order and its parameters in ``params``, a dict
 whose arrays ARE the layers' ``W`` and ``b``: optimizers update them in place,
@@ -9,12 +9,12 @@ views can never drift apart.
 x: (N, C, H, W) images in the network's dtype (float32 by default); t: (N,)
 integer labels or (N, K) one-hot rows.
 """
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 
 from . import io
-from .backends import check_backend
+from .functional import check_backend
 from .geometry import conv_output_size
 from .layers import Affine, Convolution, Dropout, Pooling, Relu, Sigmoid, SoftmaxWithLoss
 
@@ -159,9 +159,17 @@ class Network:
                 layer.backend = backend
 
     def paths(self):
-        """Layer name -> the path its last forward ran on (conv and pool layers)."""
+        """Layer name -> the path its last forward ran on (conv and pool layers).
+
+        For what ran over many calls, see :meth:`path_counts`.
+        """
         return {name: layer.path for name, layer in self.layers.items()
                 if isinstance(layer, (Convolution, Pooling))}
+
+    def path_counts(self):
+        """Layer name -> Counter {path: forward calls run on it}, since the layer was made."""
+        return {name: Counter(layer.path_counts) for name, layer in self.layers.items()
+                if layer.path_counts is not None}
 
 
 INIT_GAINS = {"he": 2.0, "relu": 2.0, "xavier": 1.0, "sigmoid": 1.0}

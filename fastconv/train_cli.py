@@ -122,13 +122,13 @@ def run(args):
     plot_filters(network.params["W1"], out("filters_after.png"), "W1 after training")
     plot_feature_maps(network, x_test[0], out("feature_maps.png"))
     report = {"net": args.net, "dataset": args.dataset, "backend": args.backend,
-              "paths": network.paths(), "epochs": args.epochs, "batch_size": args.batch_size,
+              "paths": {phase: {name: dict(c) for name, c in layers.items()} for phase, layers in trainer.paths_run.items()}, "epochs": args.epochs, "batch_size": args.batch_size,
               "train_size": len(x_train), "test_size": len(x_test), "history": history,
               "epoch_seconds": trainer.epoch_seconds,
               "images_per_second": trainer.images_per_second, "wall_seconds": wall}
     with open(out("history.json"), "w") as f:
         json.dump(report, f, indent=1)
-    paths = ", ".join(sorted(set(network.paths().values())))
+    paths = trainer.paths_summary()
     print(f"paths used: {paths}; mean {np.mean(trainer.images_per_second):.0f} images/s "
           f"while training")
     print(f"wrote params.npz, history.json, curves.png, filters_before.png, filters_after.png, "

@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -42,7 +43,9 @@ class Trainer:
     verbose prints one line per epoch and the final test accuracy; progress
     (with verbose) draws a tqdm bar showing the loss and images/s.
     checkpoint_path: where save_checkpoint writes (after every epoch and when
-    training stops) and load_checkpoint reads.
+    training stops) and load_checkpoint reads. paths_run: for "train" and
+    "eval" batches separately, layer name -> Counter {path: forward calls}, so
+    the report says which paths really ran (``paths_summary()`` as one line).
     """
 
     def __init__(self, network, x_train, t_train, x_test, t_test, epochs=20,
@@ -83,11 +86,15 @@ class Trainer:
         self._order = None           # this epoch's permutation of the training set
         self._epoch_loss_sum = 0.0
         self._partial_time = None    # (seconds, images) of an epoch cut by a stop
+        # phase ("train" batches, "eval" batches) -> layer name -> Counter {path: calls}
+        self.paths_run = {"train": {}, "eval": {}}
 
     # -- one step and one evaluation
     def train_step(self, x_batch, t_batch):
         """One gradient step; returns the mini-batch loss (before the step)."""
+        before = self.network.path_counts()
         grads = self.network.gradient(x_batch, t_batch)
+        self._count_paths("train", before)
         loss = float(self.network.last_layer.loss)
         self.optimizer.update(self.network.params, grads)
         return loss
@@ -98,9 +105,26 @@ class Trainer:
         xtr, ttr, xte, tte = self.x_train, self.t_train, self.x_test, self.t_test
         if n is not None:
             xtr, ttr, xte, tte = xtr[:n], ttr[:n], xte[:n], tte[:n]
+        before = self.network.path_counts()
         train_loss, train_acc = self.network.evaluate(xtr, ttr, self.eval_batch_size)
         test_loss, test_acc = self.network.evaluate(xte, tte, self.eval_batch_size)
+        self._count_paths("eval", before)
         return train_loss, train_acc, test_loss, test_acc
+
+    def _count_paths(self, phase, before):
+        """Add the forward calls each layer ran since ``before`` to ``paths_run[phase]``."""
+        for name, counts in self.network.path_counts().items():
+            self.paths_run[phase].setdefault(name, Counter()).update(
+                counts - before.get(name, Counter()))
+
+    def paths_summary(self):
+        """One line per phase: which paths each conv/pool layer ran, with call counts."""
+        lines = []
+        for phase, layers in self.paths_run.items():
+            parts = [f"{name} " + "+".join(f"{p} x{n}" for p, n in sorted(c.items()))
+                     for name, c in layers.items() if c]
+            lines.append(f"{phase}: {', '.join(parts) if parts else 'no calls'}")
+        return "; ".join(lines)
 
     # -- the loop
     def train(self, max_iterations=None):

@@ -1,18 +1,27 @@
 """Compute kernels of fastconv, installed as ``fastconv.kernels``.
 
-Every path module (``naive``, ``im2col``, ``direct``, ``cuda``) exports the same
-four pure functions, in the CS231n style (``(out, cache)`` forward, gradients
-from ``(dout, cache)`` backward):
+Every path module of the dispatch table (``naive``, ``im2col``, ``direct``,
+``cuda``; see ``fastconv.backends``) keeps one contract, in the CS231n style
+(``(out, cache)`` forward, gradients from ``(dout, cache)`` backward), checked
+by ``tests/test_kernel_contract.py``:
 
-- ``conv_forward(x, W, b, stride, pad, out_hw) -> (out, cache)``
-- ``conv_backward(dout, cache) -> (dx, dW, db)``
-- ``pool_forward(x, pool_hw, stride, pad, out_hw, mode) -> (out, cache)``
-- ``pool_backward(dout, cache) -> dx``
+- ``SCOPE``: a phrase saying which problems the path runs ("every convolution
+  and pooling", "3x3 stride-1 convolutions", ...);
+- ``supports(spec) -> bool``: whether it runs this ``ConvSpec``/``PoolSpec``;
+  "auto" skips a path that does not, and asking for it is a ``ValueError``;
+- ``conv_forward(x, W, b, spec) -> (out, cache)``;
+- ``conv_backward(dout, cache) -> (dx, dW, db)``;
+- ``pool_forward(x, spec) -> (out, cache)``;
+- ``pool_backward(dout, cache) -> dx``;
+- ``plan(spec) -> dict``: how the path will compute ``spec`` (what
+  ``fastconv.explain`` reports; the path is the one owner of that knowledge);
+- ``release_workspace()``: free scratch memory kept between calls.
 
-``stride``, ``pad``, ``pool_hw`` and ``out_hw`` are ``(h, w)`` tuples of ints.
-The caller (``fastconv.functional``) has already validated shapes and dtypes:
-kernels assume C-contiguous float32 or float64 arrays of one dtype and never
-modify their inputs. Caches are private to the path that made them.
+Caches are named tuples (``ConvCache``, ``PoolCache``) and private to the path
+that made them. The spec (``fastconv.spec``) is built and checked by
+``fastconv.functional`` before any kernel runs: kernels assume C-contiguous
+float32 or float64 arrays of one dtype, read their geometry from the spec and
+never modify their inputs.
 
 Never import this package as top-level ``kernels``: it must be loaded as
 ``fastconv.kernels``, or every compiled function would exist twice.

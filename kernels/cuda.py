@@ -24,19 +24,53 @@ shared memory, never float atomics, so repeated runs give bit-identical results.
 
 Two forward kernels: ``"tiled"`` (the default, an implicit GEMM with
 shared-memory tiles) and ``"simple"`` (one thread per output, the readable
-baseline); pick one with ``conv_forward(..., kernel="simple")``.
+baseline); ``FORWARD_KERNEL`` names the one ``conv_forward`` runs.
 
 Import this module only through ``fastconv.backends``; it needs a GPU or the
 simulator (``NUMBA_ENABLE_CUDASIM=1``) at call time, not at import time.
 """
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from ._cuda_shim import cuda
 
 FORWARD_KERNELS = ("tiled", "simple")
+# The forward kernel conv_forward runs; "simple" is the readable baseline.
+FORWARD_KERNEL = "tiled"
+
+SCOPE = "every convolution and pooling"
+
+
+class ConvCache(NamedTuple):
+    x: object              # device copies of x and W
+    W: object
+    spec: object
+
+
+class PoolCache(NamedTuple):
+    argmax: object         # device (N, C, OH, OW) int32, or a (1, 1, 1, 1) placeholder for avg
+    spec: object
+
+
+def supports(spec):
+    """Every spec fastconv can describe."""
+    return True
+
+
+def plan(spec):
+    """How this path computes ``spec``: the forward kernel and its launch shape."""
+    if spec.op != "conv":
+        return {"method": "one thread per output (forward) and per input (backward)"}
+    N, FN, OH, OW = spec.out_shape
+    return {"method": f"{FORWARD_KERNEL} forward kernel", "forward_kernel": FORWARD_KERNEL,
+            "blocks": (math.ceil(N * OH * OW / TILE_P), math.ceil(FN / TILE_K))}
+
+
+def release_workspace():
+    """Nothing to release: device memory is freed with the arrays that hold it."""
 
 # One-thread-per-element kernels: 1-D blocks of this many threads.
 _THREADS = 128
@@ -430,23 +464,28 @@ def _reduce_threads(terms):
 
 # ----------------------------------------------------------------- convolution
 
-def conv_forward(x, W, b, stride, pad, out_hw, kernel="tiled"):
-    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW).
+def conv_forward(x, W, b, spec):
+    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache.
 
-    kernel: "tiled" (shared-memory implicit GEMM, default) or "simple" (one
-    thread per output). The cache keeps the device copies of x and W.
+    Runs the forward kernel named by ``FORWARD_KERNEL``. The cache keeps the
+    device copies of x and W.
     """
+    return _conv_forward(x, W, b, spec, FORWARD_KERNEL)
+
+
+def _conv_forward(x, W, b, spec, kernel):
+    """conv_forward with the forward kernel named: "tiled" or "simple"."""
     if kernel not in FORWARD_KERNELS:
         raise ValueError(f"kernel must be one of {FORWARD_KERNELS}, got {kernel!r}")
     device_call = _on_device(x) or _on_device(W) or _on_device(b)
     xd, Wd, bd = _to_device(x), _to_device(W), _to_device(b)
-    out = cuda.device_array((x.shape[0], W.shape[0], *out_hw), dtype=x.dtype)
-    launch_conv_forward(out, xd, Wd, bd, stride, pad, kernel)
+    out = cuda.device_array(spec.out_shape, dtype=x.dtype)
+    _launch_conv_forward(out, xd, Wd, bd, spec.stride, spec.pad, kernel)
     (out,) = _returned((out,), device_call)
-    return out, (xd, Wd, stride, pad)
+    return out, ConvCache(xd, Wd, spec)
 
 
-def launch_conv_forward(out, x, W, b, stride, pad, kernel="tiled"):
+def _launch_conv_forward(out, x, W, b, stride, pad, kernel="tiled"):
     """Launch one forward kernel into a preallocated out: (N, FN, OH, OW); all device arrays.
 
     What conv_forward does after the transfers; benchmarks call it to time the
@@ -465,7 +504,8 @@ def launch_conv_forward(out, x, W, b, stride, pad, kernel="tiled"):
 
 def conv_backward(dout, cache):
     """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,)."""
-    xd, Wd, (sh, sw), (ph, pw) = cache
+    xd, Wd, spec = cache
+    (sh, sw), (ph, pw) = spec.stride, spec.pad
     device_call = _on_device(dout)
     dtype = np.dtype(dout.dtype)
     k = _kernels(dtype)
@@ -485,8 +525,9 @@ def conv_backward(dout, cache):
 
 # --------------------------------------------------------------------- pooling
 
-def pool_forward(x, pool_hw, stride, pad, out_hw, mode):
-    """x: (N, C, H, W) -> out: (N, C, OH, OW); every channel pooled on its own."""
+def pool_forward(x, spec):
+    """x: (N, C, H, W) -> out: (N, C, OH, OW), cache; every channel pooled on its own."""
+    pool_hw, stride, pad, out_hw, mode = spec.pool_hw, spec.stride, spec.pad, spec.out_hw, spec.mode
     device_call = _on_device(x)
     dtype = np.dtype(x.dtype)
     k = _kernels(dtype)
@@ -499,12 +540,13 @@ def pool_forward(x, pool_hw, stride, pad, out_hw, mode):
     argmax = cuda.device_array((N, C, OH, OW) if is_max else (1, 1, 1, 1), dtype=np.int32)
     _launch_1d(k["pool_forward"], N * C * OH * OW, xd, out, argmax, *pool_hw, *stride, *pad, is_max)
     (out,) = _returned((out,), device_call)
-    return out, (tuple(x.shape), pool_hw, stride, pad, mode, argmax)
+    return out, PoolCache(argmax, spec)
 
 
 def pool_backward(dout, cache):
     """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
-    x_shape, pool_hw, stride, pad, mode, argmax = cache
+    argmax, spec = cache
+    x_shape, pool_hw, stride, pad, mode = spec.x_shape, spec.pool_hw, spec.stride, spec.pad, spec.mode
     device_call = _on_device(dout)
     dtype = np.dtype(dout.dtype)
     k = _kernels(dtype)

@@ -36,6 +36,8 @@ where the naive path may hold inf. Cells that no window reads (dropped by floor
 rounding) never touch a result.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import prange
 
@@ -52,9 +54,36 @@ DW_CHUNK = 1024
 
 _workspace = Workspace()
 
+SCOPE = "every convolution and pooling"
+
+
+class ConvCache(NamedTuple):
+    xq: np.ndarray         # the input split into stride-phase planes, padded
+    W: np.ndarray
+    spec: object
+    Hq: int                # rows and columns of one phase plane
+    Wq: int
+
+
+class PoolCache(NamedTuple):
+    argmax: np.ndarray | None
+    spec: object
+
+
+def supports(spec):
+    """Every spec fastconv can describe."""
+    return True
+
+
+def plan(spec):
+    """What this path does for ``spec``: phase planes, then loops over output rows."""
+    sh, sw = spec.stride
+    return {"method": "direct loops over wide output rows",
+            "phase_planes": sh * sw}
+
 
 def release_workspace():
-    """Free this thread's scratch buffers (they are reallocated when next needed)."""
+    """Free this path's scratch buffers (they are reallocated when next needed)."""
     _workspace.release()
 
 
@@ -243,11 +272,11 @@ def _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, RB):
 
 
 @one_launch_at_a_time
-def conv_forward(x, W, b, stride, pad, out_hw):
-    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW)."""
+def conv_forward(x, W, b, spec):
+    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache."""
     N, C, H, Wd = x.shape
     FN, _, FH, FW = W.shape
-    (sh, sw), (ph, pw), (OH, OW) = stride, pad, out_hw
+    (sh, sw), (ph, pw), (OH, OW) = spec.stride, spec.pad, spec.out_hw
     Wq = -(-(Wd + 2 * pw) // sw)
     # one spare row: the wide grid's last row reads up to a row past OH
     Hq = OH + (FH - 1) // sh + 1
@@ -256,7 +285,7 @@ def conv_forward(x, W, b, stride, pad, out_hw):
     wt = _weight_blocks(W.reshape(FN, C * FH * FW))
     ops = _forward_ops(C, FH, FW, sh, sw, Wq)
     out = _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, _rows_per_block(Wq, x.itemsize))
-    return out, (xq, W, tuple(x.shape), stride, pad, out_hw, Hq, Wq)
+    return out, ConvCache(xq, W, spec, Hq, Wq)
 
 
 # ------------------------------------------------------------ backward conv
@@ -491,8 +520,9 @@ def _conv_db(sums):
 @one_launch_at_a_time
 def conv_backward(dout, cache):
     """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,)."""
-    xq, W, x_shape, (sh, sw), (ph, pw), (OH, OW), Hq, Wq = cache
-    N, C, H, Wd = x_shape
+    xq, W, spec, Hq, Wq = cache
+    (sh, sw), (ph, pw), (OH, OW) = spec.stride, spec.pad, spec.out_hw
+    N, C, H, Wd = spec.x_shape
     FN, _, FH, FW = W.shape
     Ty = (FH - 1) // sh + 1
     Tx = (FW - 1) // sw + 1
@@ -571,10 +601,11 @@ def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
 
 
 @one_launch_at_a_time
-def pool_forward(x, pool_hw, stride, pad, out_hw, mode):
-    """x: (N, C, H, W) -> out: (N, C, OH, OW); every channel pooled on its own."""
+def pool_forward(x, spec):
+    """x: (N, C, H, W) -> out: (N, C, OH, OW), cache; every channel pooled on its own."""
     N, C, H, Wd = x.shape
-    (PH, PW), (sh, sw), (ph, pw), (OH, OW) = pool_hw, stride, pad, out_hw
+    (PH, PW), (sh, sw), (ph, pw), (OH, OW) = spec.pool_hw, spec.stride, spec.pad, spec.out_hw
+    mode = spec.mode
     Wq = -(-(Wd + 2 * pw) // sw)
     Hq = OH + (PH - 1) // sh + 1
     fill = x.dtype.type(-np.inf if mode == "max" else 0)
@@ -583,7 +614,7 @@ def pool_forward(x, pool_hw, stride, pad, out_hw, mode):
         out, arg = _max_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq)
     else:
         out, arg = _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq), None
-    return out, (tuple(x.shape), pool_hw, stride, pad, mode, arg)
+    return out, PoolCache(arg, spec)
 
 
 @jit(parallel=True)
@@ -650,8 +681,9 @@ def _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw):
 @one_launch_at_a_time
 def pool_backward(dout, cache):
     """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
-    x_shape, (PH, PW), (sh, sw), (ph, pw), mode, arg = cache
-    H, W = x_shape[2], x_shape[3]
-    if mode == "max":
+    arg, spec = cache
+    (PH, PW), (sh, sw), (ph, pw) = spec.pool_hw, spec.stride, spec.pad
+    H, W = spec.x_shape[2], spec.x_shape[3]
+    if spec.mode == "max":
         return _max_pool_backward(dout, arg, H, W, PW, sh, sw, ph, pw)
     return _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw)

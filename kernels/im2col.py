@@ -45,13 +45,27 @@ path's compiled loops (``fastconv.kernels.direct.pool_forward`` and
 ``pool_backward``), one implementation for both.
 """
 import os
+from typing import NamedTuple
 
 import numpy as np
 from numba import prange
 
 from ._jit import jit, one_launch_at_a_time
 from ._workspace import Workspace
-from .direct import pool_backward, pool_forward  # noqa: F401  (this path's pooling)
+from .direct import PoolCache, pool_backward, pool_forward  # noqa: F401  (this path's pooling)
+
+SCOPE = "every convolution and pooling"
+
+
+class ConvCache(NamedTuple):
+    x: np.ndarray          # the input, read again to rebuild the unrolled matrix
+    W: np.ndarray
+    spec: object
+
+
+def supports(spec):
+    """Every spec fastconv can describe."""
+    return True
 
 DEFAULT_WORKSPACE_BUDGET = 256 * 2**20
 # Below this many output positions per image, one product per image is too
@@ -278,8 +292,36 @@ def _sum_maps(dout):
 
 # ----------------------------------------------------------------- convolution
 
-def _is_pointwise(W, stride, pad):
-    return W.shape[2] == 1 and W.shape[3] == 1 and stride == (1, 1) and pad == (0, 0)
+def _unrolls(spec):
+    """False for a 1x1, stride-1, unpadded convolution with wide enough output maps:
+    that one is a plain matrix product on the NCHW data, with nothing to unroll."""
+    pointwise = spec.filter_hw == (1, 1) and spec.stride == (1, 1) and spec.pad == (0, 0)
+    return not (pointwise and spec.out_hw[0] * spec.out_hw[1] >= _MIN_COLUMNS_PER_IMAGE)
+
+
+def plan(spec):
+    """How this path computes ``spec``'s convolution forward: what it unrolls, in how many pieces.
+
+    Returns a dict: ``unrolls`` (False: a plain product on the NCHW data),
+    ``matrix_shape`` (the unrolled matrix of the whole batch, with the row of
+    ones that carries the bias), ``budget`` (bytes one piece may take),
+    ``pieces`` (unroll-and-multiply steps), ``images_per_piece`` (in the first
+    piece) and ``bands`` (True when one image exceeds the budget and is split
+    into bands of output rows).
+    """
+    if spec.op != "conv":
+        return {"method": "pooling with the direct path's loops (no matrix product to gain)"}
+    N = spec.x_shape[0]
+    OH, OW = spec.out_hw
+    rows = spec.field + 1
+    result = {"method": "unroll (im2col) + one BLAS matrix product per piece",
+              "unrolls": _unrolls(spec), "matrix_shape": (rows, N * OH * OW),
+              "budget": _budget, "pieces": 0, "images_per_piece": N, "bands": False}
+    if result["unrolls"]:
+        pieces = list(_chunks(N, rows, OH, OW, spec.dtype.itemsize))
+        result.update(pieces=len(pieces), images_per_piece=pieces[0][1],
+                      bands=any(r1 - r0 < OH for _, _, r0, r1 in pieces))
+    return result
 
 
 def _chunks(n_images, n_rows, OH, OW, itemsize):
@@ -303,20 +345,20 @@ def _chunks(n_images, n_rows, OH, OW, itemsize):
 
 
 @one_launch_at_a_time
-def conv_forward(x, W, b, stride, pad, out_hw):
+def conv_forward(x, W, b, spec):
     """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache."""
     N, C = x.shape[:2]
     FN, _, FH, FW = W.shape
-    sh, sw = stride
-    ph, pw = pad
-    OH, OW = out_hw
+    sh, sw = spec.stride
+    ph, pw = spec.pad
+    OH, OW = spec.out_hw
     P = OH * OW
     K = C * FH * FW
     out = np.empty((N, FN, OH, OW), dtype=x.dtype)
     out3 = out.reshape(N, FN, P)
-    cache = (x, W, b, stride, pad, out_hw)
+    cache = ConvCache(x, W, spec)
 
-    if _is_pointwise(W, stride, pad) and P >= _MIN_COLUMNS_PER_IMAGE:
+    if not _unrolls(spec):
         np.matmul(W.reshape(FN, C), x.reshape(N, C, P), out=out3)
         _add_bias(out3, b)
         return out, cache
@@ -352,19 +394,19 @@ def conv_backward(dout, cache):
     The unrolled matrix is rebuilt from x rather than kept from forward, so
     memory between forward and backward stays at the size of x.
     """
-    x, W, b, stride, pad, out_hw = cache
+    x, W, spec = cache
     N, C = x.shape[:2]
     FN, _, FH, FW = W.shape
-    sh, sw = stride
-    ph, pw = pad
-    OH, OW = out_hw
+    sh, sw = spec.stride
+    ph, pw = spec.pad
+    OH, OW = spec.out_hw
     P = OH * OW
     K = C * FH * FW
     dout3 = dout.reshape(N, FN, P)
     W_t = W.reshape(FN, K).T                     # BLAS reads the transpose in place
     dx = np.zeros(x.shape, dtype=x.dtype)
 
-    if _is_pointwise(W, stride, pad) and P >= _MIN_COLUMNS_PER_IMAGE:
+    if not _unrolls(spec):
         x3 = x.reshape(N, C, P)
         np.matmul(W_t, dout3, out=dx.reshape(N, C, P))
         dW = np.zeros((FN, C), dtype=x.dtype)

@@ -1,8 +1,9 @@
 """The naive path: plain Python loops over output positions.
 
 This is the oracle every other path is checked against, so it is written to be
-read, not to be fast: each output element is computed exactly the way the seed
-notes describe it (take the window, multiply by the filter, sum, add the bias).
+read, not to be fast: each output element is computed exactly the way "Deep
+Learning from Scratch" (ch. 7) and CS231n describe it (take the window,
+multiply by the filter, sum, add the bias).
 NumPy only does the small per-window arithmetic.
 
 Conventions shared by all paths (see ``fastconv.kernels``):
@@ -14,7 +15,36 @@ Conventions shared by all paths (see ``fastconv.kernels``):
 - max pooling ties: the first maximum in row-major window order wins (what
   ``np.argmax`` does), and the whole gradient goes to that one cell.
 """
+from typing import NamedTuple
+
 import numpy as np
+
+SCOPE = "every convolution and pooling"
+
+
+class ConvCache(NamedTuple):
+    x: np.ndarray
+    W: np.ndarray
+    spec: object
+
+
+class PoolCache(NamedTuple):
+    argmax: np.ndarray | None      # (N, C, OH, OW) flat window index of each maximum
+    spec: object
+
+
+def supports(spec):
+    """Every spec fastconv can describe."""
+    return True
+
+
+def plan(spec):
+    """What this path does for ``spec``: a Python loop over output positions."""
+    return {"method": "a Python loop over output positions, NumPy per window"}
+
+
+def release_workspace():
+    """Nothing to release: this path keeps no scratch memory."""
 
 
 def _pad(x, pad, value=0.0):
@@ -32,13 +62,13 @@ def _unpad(xp, pad, x_shape):
 
 # ----------------------------------------------------------------- convolution
 
-def conv_forward(x, W, b, stride, pad, out_hw):
-    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW)."""
+def conv_forward(x, W, b, spec):
+    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache."""
     N = x.shape[0]
     FN, C, FH, FW = W.shape
-    sh, sw = stride
-    OH, OW = out_hw
-    xp = _pad(x, pad)
+    sh, sw = spec.stride
+    OH, OW = spec.out_hw
+    xp = _pad(x, spec.pad)
     w_rows = W.reshape(FN, C * FH * FW)
     out = np.empty((N, FN, OH, OW), dtype=x.dtype)
     for n in range(N):
@@ -46,16 +76,17 @@ def conv_forward(x, W, b, stride, pad, out_hw):
             for j in range(OW):
                 window = xp[n, :, i * sh:i * sh + FH, j * sw:j * sw + FW]
                 out[n, :, i, j] = w_rows @ window.reshape(-1) + b
-    return out, (x, W, stride, pad, out_hw)
+    return out, ConvCache(x, W, spec)
 
 
 def conv_backward(dout, cache):
     """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,)."""
-    x, W, stride, pad, out_hw = cache
+    x, W, spec = cache
     N = x.shape[0]
     FN, C, FH, FW = W.shape
-    sh, sw = stride
-    OH, OW = out_hw
+    sh, sw = spec.stride
+    OH, OW = spec.out_hw
+    pad = spec.pad
     xp = _pad(x, pad)
     dxp = np.zeros(xp.shape, dtype=x.dtype)
     w_rows = W.reshape(FN, C * FH * FW)
@@ -74,13 +105,14 @@ def conv_backward(dout, cache):
 
 # --------------------------------------------------------------------- pooling
 
-def pool_forward(x, pool_hw, stride, pad, out_hw, mode):
-    """x: (N, C, H, W) -> out: (N, C, OH, OW); every channel pooled on its own."""
+def pool_forward(x, spec):
+    """x: (N, C, H, W) -> out: (N, C, OH, OW), cache; every channel pooled on its own."""
     N, C = x.shape[:2]
-    PH, PW = pool_hw
-    sh, sw = stride
-    OH, OW = out_hw
-    xp = _pad(x, pad, -np.inf if mode == "max" else 0.0)
+    PH, PW = spec.pool_hw
+    sh, sw = spec.stride
+    OH, OW = spec.out_hw
+    mode = spec.mode
+    xp = _pad(x, spec.pad, -np.inf if mode == "max" else 0.0)
     out = np.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = np.empty((N, C, OH, OW), dtype=np.int64) if mode == "max" else None
     for i in range(OH):
@@ -92,16 +124,17 @@ def pool_forward(x, pool_hw, stride, pad, out_hw, mode):
                 out[:, :, i, j] = np.take_along_axis(window, k[:, :, None], axis=2)[:, :, 0]
             else:
                 out[:, :, i, j] = window.sum(axis=2) / (PH * PW)
-    return out, (x.shape, pool_hw, stride, pad, out_hw, mode, argmax)
+    return out, PoolCache(argmax, spec)
 
 
 def pool_backward(dout, cache):
     """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
-    x_shape, pool_hw, stride, pad, out_hw, mode, argmax = cache
+    argmax, spec = cache
+    x_shape, mode, pad = spec.x_shape, spec.mode, spec.pad
     N, C, H, W = x_shape
-    PH, PW = pool_hw
-    sh, sw = stride
-    OH, OW = out_hw
+    PH, PW = spec.pool_hw
+    sh, sw = spec.stride
+    OH, OW = spec.out_hw
     ph, pw = pad
     dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dout.dtype)
     n_idx, c_idx = np.indices((N, C))
@@ -115,43 +148,3 @@ def pool_backward(dout, cache):
             else:
                 dxp[:, :, i * sh:i * sh + PH, j * sw:j * sw + PW] += (g / (PH * PW))[:, :, None, None]
     return _unpad(dxp, pad, x_shape)
-
-
-# ------------------------------------------------------- im2col, seed layout
-
-def im2col(x, filter_hw, stride, pad, out_hw):
-    """x: (N, C, H, W) -> col: (N*OH*OW, C*FH*FW).
-
-    Rows are output positions, batch-major (n, i, j); columns run over
-    (channel, filter row, filter column), the layout of the seed notes.
-    """
-    N, C = x.shape[:2]
-    FH, FW = filter_hw
-    sh, sw = stride
-    OH, OW = out_hw
-    xp = _pad(x, pad)
-    col = np.empty((N, OH, OW, C, FH, FW), dtype=x.dtype)
-    for fy in range(FH):
-        for fx in range(FW):
-            patch = xp[:, :, fy:fy + sh * (OH - 1) + 1:sh, fx:fx + sw * (OW - 1) + 1:sw]
-            col[:, :, :, :, fy, fx] = patch.transpose(0, 2, 3, 1)
-    return col.reshape(N * OH * OW, C * FH * FW)
-
-
-def col2im(col, x_shape, filter_hw, stride, pad, out_hw):
-    """col: (N*OH*OW, C*FH*FW) -> (N, C, H, W); the adjoint of ``im2col``.
-
-    Overlapping windows add up, which is what the backward pass needs.
-    """
-    N, C, H, W = x_shape
-    FH, FW = filter_hw
-    sh, sw = stride
-    OH, OW = out_hw
-    ph, pw = pad
-    col6 = col.reshape(N, OH, OW, C, FH, FW)
-    xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=col.dtype)
-    for fy in range(FH):
-        for fx in range(FW):
-            xp[:, :, fy:fy + sh * (OH - 1) + 1:sh, fx:fx + sw * (OW - 1) + 1:sw] += \
-                col6[:, :, :, :, fy, fx].transpose(0, 3, 1, 2)
-    return _unpad(xp, pad, x_shape)

@@ -25,7 +25,7 @@ def pytest_configure(config):
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     """An empty autotune cache directory, empty memory and zeroed counters, measuring on."""
-    at = importlib.import_module("fastconv.autotune")   # the module, not the function
+    at = importlib.import_module("fastconv.tuner")
     monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("FASTCONV_AUTOTUNE", raising=False)
     monkeypatch.setattr(at, "_memory", {})
@@ -38,9 +38,9 @@ def two_candidates(monkeypatch):
     """Stand-ins (naive under other names) when fewer than two compiled paths exist."""
     from fastconv import backends
 
-    at = importlib.import_module("fastconv.autotune")
+    at = importlib.import_module("fastconv.tuner")
     for name in ("twin_a", "twin_b"):
         if len(at.candidates()) >= 2:
             break
-        monkeypatch.setitem(backends.PATHS, name, "fastconv.kernels.naive")
+        monkeypatch.setitem(backends.PATHS, name, backends.get_path("naive"))
     return at.candidates()

@@ -16,8 +16,8 @@ from fastconv import backends
 from fastconv import functional as F
 from support import PYTHON
 
-# The module, not the function of the same name that fastconv exports.
-at = importlib.import_module("fastconv.autotune")
+
+at = importlib.import_module("fastconv.tuner")
 
 SMALL_X, SMALL_W = (2, 3, 8, 8), (4, 3, 3, 3)
 
@@ -26,11 +26,11 @@ SMALL_X, SMALL_W = (2, 3, 8, 8), (4, 3, 3, 3)
 # so the measuring and caching machinery is tested either way.
 TWIN_SETUP = """
 from fastconv import backends
-from fastconv.autotune import candidates
+from fastconv.tuner import candidates
 for _name in ("twin_a", "twin_b"):
     if len(candidates()) >= 2:
         break
-    backends.PATHS[_name] = "fastconv.kernels.naive"
+    backends.PATHS[_name] = backends.get_path("naive")
 """
 
 # every test starts from an empty cache with measuring on (fixture in conftest.py)
@@ -87,12 +87,29 @@ def test_key_holds_every_field():
     (["naive"], ["naive"]),
 ])
 def test_candidates_leave_out_naive_and_cuda(monkeypatch, available, expected):
-    monkeypatch.setattr(backends, "available_backends", lambda: available)
+    monkeypatch.setattr(backends, "PATHS", {name: backends.get_path("naive") for name in available})
     assert at.candidates() == expected
 
 
+def test_candidates_leave_out_paths_that_do_not_support_the_spec(monkeypatch):
+    naive = backends.get_path("naive")
+
+    class Picky:                           # a path for 1x1 convolutions only
+        SCOPE = "1x1 convolutions"
+
+        @staticmethod
+        def supports(spec):
+            return spec.op == "conv" and spec.filter_hw == (1, 1)
+
+    monkeypatch.setattr(backends, "PATHS", {"naive": naive, "direct": naive, "picky": Picky})
+    assert at.candidates(fastconv.conv_spec((1, 2, 6, 6), (3, 2, 1, 1))) == ["direct", "picky"]
+    assert at.candidates(fastconv.conv_spec((1, 2, 6, 6), (3, 2, 3, 3))) == ["direct"]
+    with pytest.raises(ValueError, match="backend 'picky' runs 1x1 convolutions"):
+        fastconv.conv2d(np.zeros((1, 2, 6, 6)), np.zeros((3, 2, 3, 3)), backend="picky")
+
+
 def test_single_candidate_is_chosen_without_measuring(monkeypatch, fresh_cache):
-    monkeypatch.setattr(backends, "available_backends", lambda: ["naive"])
+    monkeypatch.setattr(backends, "PATHS", {"naive": backends.get_path("naive")})
     d = at.decide("conv", SMALL_X, SMALL_W)
     assert (d.path, d.source) == ("naive", "only")
     assert at.stats["measured"] == 0 and stored_files(fresh_cache) == []
@@ -132,6 +149,7 @@ def test_autotune_off_follows_static_rule_and_stores_nothing(monkeypatch, fresh_
 # ------------------------------------------------------ measuring and caching
 
 def test_first_call_measures_then_memory_then_disk(monkeypatch, fresh_cache, two_candidates):
+    monkeypatch.setattr(at, "MARGIN", 0.0)     # the fastest wins, however narrowly
     d1 = at.decide("conv", SMALL_X, SMALL_W, 1, 1, "float32")
     assert d1.source == "measured" and d1.path in two_candidates
     assert set(d1.times_ms) == set(two_candidates)
@@ -146,7 +164,7 @@ def test_first_call_measures_then_memory_then_disk(monkeypatch, fresh_cache, two
     def no_measuring(*args, **kwargs):
         raise AssertionError("a known key must not be measured again")
 
-    monkeypatch.setattr(at, "time_paths", no_measuring)
+    monkeypatch.setattr(at.timing, "time_paths", no_measuring)
     d_mem = at.decide("conv", SMALL_X, SMALL_W, 1, 1, "float32")
     assert (d_mem.path, d_mem.source, d_mem.times_ms) == (d1.path, "cache", d1.times_ms)
     assert at.stats["memory"] == 1
@@ -154,6 +172,27 @@ def test_first_call_measures_then_memory_then_disk(monkeypatch, fresh_cache, two
     d2 = at.decide("conv", SMALL_X, SMALL_W, 1, 1, "float32")
     assert (d2.path, d2.source, d2.times_ms) == (d1.path, "cache", d1.times_ms)
     assert at.stats == {"measured": 1, "disk": 1, "memory": 1}
+
+
+@pytest.mark.parametrize("im2col_ms, direct_ms, want", [
+    (10.0, 9.5, "im2col"),       # direct 5% faster: within the margin, the static pick stays
+    (10.0, 8.5, "direct"),       # 15% faster: the measurement overrides the rule
+    (8.0, 10.0, "im2col"),
+])
+def test_a_measured_winner_needs_a_clear_margin(im2col_ms, direct_ms, want):
+    key = at.make_key("conv", SMALL_X, (4, 3, 5, 5), 1, 0, "float32")   # rule: im2col (75)
+    times = {"im2col": {"forward": im2col_ms / 2, "backward": im2col_ms / 2},
+             "direct": {"forward": direct_ms / 2, "backward": direct_ms / 2}}
+    static = at.static_choice("conv", SMALL_X, (4, 3, 5, 5), ["im2col", "direct"])[0]
+    assert static == "im2col"
+    assert at._decision_from_times(key, ["im2col", "direct"], times, static).path == want
+
+
+def test_batch_sizes_share_a_decision_by_power_of_two_bucket(fresh_cache, two_candidates):
+    at.decide("conv", (33, 3, 8, 8), SMALL_W)
+    assert at.decide("conv", (64, 3, 8, 8), SMALL_W).source == "cache"
+    assert at.decide("conv", (65, 3, 8, 8), SMALL_W).source == "measured"
+    assert at.stats["measured"] == 2
 
 
 def test_every_candidate_is_timed_on_identical_inputs(monkeypatch, two_candidates):
@@ -164,9 +203,12 @@ def test_every_candidate_is_timed_on_identical_inputs(monkeypatch, two_candidate
         def __init__(self, name):
             self.name = name
 
-        def conv_forward(self, x, W, b, stride, pad, out_hw):
+        def supports(self, spec):
+            return True
+
+        def conv_forward(self, x, W, b, spec):
             seen.setdefault(self.name, []).append((x.copy(), W.copy(), b.copy()))
-            return naive.conv_forward(x, W, b, stride, pad, out_hw)
+            return naive.conv_forward(x, W, b, spec)
 
         def conv_backward(self, dout, cache):
             seen.setdefault(self.name + "/dout", []).append(dout.copy())
@@ -203,9 +245,8 @@ def test_auto_gives_the_chosen_paths_result_bit_for_bit(dtype, two_candidates):
 def test_pooling_is_measured_when_told_the_window(two_candidates, fresh_cache):
     d = at.decide("pool", (2, 3, 8, 8), (2, 2), 2, 0, "float32", mode="max")
     assert d.source == "measured" and d.key["mode"] == "max" and d.key["w_shape"] == [2, 2]
-    assert at.choose("pool", x_shape=(2, 3, 8, 8), pool_hw=(2, 2), stride=(2, 2), pad=(0, 0),
-                     dtype=np.dtype("float32"), mode="max") == d.path
-    # without the window "auto" cannot time a pooling: static rule, nothing measured
+    assert at.choose(fastconv.pool_spec((2, 3, 8, 8), 2, 2, 2, 0, "max", "float32")) == d.path
+    # pool2d on the same key uses the stored choice: nothing measured again
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     fastconv.pool2d(x, 2, 2, stride=2)
     assert at.stats["measured"] == 1 and len(stored_files(fresh_cache)) == 1
@@ -239,7 +280,7 @@ def test_choice_measured_among_other_candidates_is_not_reused(monkeypatch, fresh
     at.decide("conv", SMALL_X, SMALL_W)
     at._memory.clear()
     # a new path became available: the old comparison did not include it
-    monkeypatch.setitem(backends.PATHS, "twin_c", "fastconv.kernels.naive")
+    monkeypatch.setitem(backends.PATHS, "twin_c", backends.get_path("naive"))
     d = at.decide("conv", SMALL_X, SMALL_W)
     assert d.source == "measured" and "twin_c" in d.times_ms
 
@@ -259,7 +300,7 @@ def test_unwritable_cache_warns_and_keeps_the_choice_in_memory(monkeypatch, tmp_
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("FASTCONV_CACHE_DIR", str(blocker))
-    monkeypatch.setattr(at, "_warned_unwritable", False)
+    monkeypatch.setattr(at, "_warned", set())
     with pytest.warns(RuntimeWarning, match="could not store"):
         d = at.decide("conv", SMALL_X, SMALL_W)
     assert at.decide("conv", SMALL_X, SMALL_W).path == d.path
@@ -310,7 +351,7 @@ def test_concurrent_processes_then_a_fresh_process_reuses_the_choice(tmp_path, f
         import json, os, sys, time
         import numpy as np
         import fastconv
-        from fastconv.autotune import decide, stats
+        from fastconv.tuner import decide, stats
         rng = np.random.default_rng(0)
         x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
         w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
@@ -396,8 +437,7 @@ def test_repo_layer_suite_parses():
     for spec in suite["layers"]:
         op, x_shape, w_shape, *_ = at._spec_to_args(spec, "float32")
         assert op == "conv" and x_shape[1] == w_shape[1]
-        F.check_conv(np.empty(x_shape, np.float32), np.empty(w_shape, np.float32), None,
-                     spec["stride"], spec["pad"], "floor")
+        fastconv.conv_spec(x_shape, w_shape, spec["stride"], spec["pad"], "float32")
     assert {at._spec_to_args(s, "float32")[0] for s in suite["pooling"]} == {"pool"}
 
 

@@ -7,7 +7,7 @@ import pytest
 
 import fastconv
 
-at = importlib.import_module("fastconv.autotune")
+at = importlib.import_module("fastconv.tuner")
 ex = importlib.import_module("fastconv.explain")
 
 # every test starts from an empty cache with measuring on (fixture in conftest.py)
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 
 def test_output_shape_follows_the_worked_geometry():
-    # seed notes: H=28, W=31, P=2, S=3, 5x5 -> 10x11
+    # CS231n's worked geometry: H=28, W=31, P=2, S=3, 5x5 -> 10x11
     e = fastconv.explain((1, 1, 28, 31), (4, 1, 5, 5), stride=3, pad=2)
     assert e.out_shape == (1, 4, 10, 11)
     assert fastconv.explain((1, 3, 7, 7), (2, 3, 3, 3), stride=2).out_shape == (1, 2, 3, 3)
@@ -38,7 +38,7 @@ def test_counts_worked_by_hand():
 
 
 @pytest.mark.parametrize("x_shape, w_shape, stride, pad", [
-    ((1, 3, 7, 7), (2, 3, 5, 5), 1, 0),         # seed example 4: (9, 75)
+    ((1, 3, 7, 7), (2, 3, 5, 5), 1, 0),         # the book's example: (9, 75)
     ((10, 3, 7, 7), (2, 3, 5, 5), 1, 0),        # batch of 10: (90, 75)
     ((2, 2, 9, 8), (3, 2, 3, 2), (2, 1), (1, 2)),
 ])
@@ -49,41 +49,61 @@ def test_im2col_matrix_matches_the_naive_unroll(x_shape, w_shape, stride, pad):
     assert e.im2col_shape == col.shape and e.im2col_bytes == col.nbytes
 
 
-def test_chunks_follow_the_budget(monkeypatch):
+@pytest.fixture
+def budget():
+    """Set the im2col path's workspace budget for one test (restored afterwards)."""
+    mod = importlib.import_module("fastconv.kernels.im2col")
+    previous = mod.get_workspace_budget()
+    yield mod.set_workspace_budget
+    mod.set_workspace_budget(previous)
+
+
+def test_chunks_follow_the_budget(budget):
     # N=10, C*FH*FW=27 (+1 row of ones for the bias), 5x5 outputs, float32:
     # 28*25*4 = 2800 bytes per image.
     shape = ((10, 3, 7, 7), (4, 3, 3, 3))
     assert fastconv.explain(*shape).im2col_chunks == 1
-    monkeypatch.setattr(ex, "im2col_budget", lambda: 6000)       # 2 images per chunk
+    budget(6000)                                                  # 2 images per chunk
     e = fastconv.explain(*shape)
     assert (e.im2col_budget, e.images_per_chunk, e.im2col_chunks) == (6000, 2, 5)
     # below one image: bands of output rows, 1000 // (28*5*4) = 1 row each -> 5 per image
-    monkeypatch.setattr(ex, "im2col_budget", lambda: 1000)
+    budget(1000)
     e = fastconv.explain(*shape)
     assert (e.images_per_chunk, e.im2col_chunks) == (1, 50)
     assert "output-row bands" in str(e)
 
 
-def test_chunks_agree_with_the_im2col_path():
-    try:
-        mod = importlib.import_module("fastconv.kernels.im2col")
-    except ImportError:
-        pytest.skip("the im2col path is not installed")
-    previous = mod.set_workspace_budget(6000)
-    try:
-        assert ex.im2col_budget() == 6000
-        e = fastconv.explain((10, 3, 7, 7), (4, 3, 3, 3))
-        assert e.im2col_chunks == len(list(mod._chunks(10, 28, 5, 5, 4))) == 5
-    finally:
-        mod.set_workspace_budget(previous)
-    assert ex.im2col_budget() == previous
+def test_chunks_agree_with_the_im2col_path(budget):
+    mod = importlib.import_module("fastconv.kernels.im2col")
+    budget(6000)
+    e = fastconv.explain((10, 3, 7, 7), (4, 3, 3, 3))
+    assert e.im2col_budget == 6000
+    assert e.im2col_chunks == len(list(mod._chunks(10, 28, 5, 5, 4))) == 5
 
 
-def test_pointwise_needs_no_unroll_on_the_im2col_path():
+def test_pointwise_report_matches_what_the_im2col_path_does():
+    # 1x1, stride 1, no padding, but 6x6 = 36 output positions per image: too
+    # narrow for one product per image, so the path does unroll (side by side)
     e = fastconv.explain((2, 8, 6, 6), (4, 8, 1, 1))
+    assert e.im2col_unrolls and e.im2col_chunks == 1
+    # 16x16 = 256 positions: a plain product on the NCHW data, nothing unrolled
+    e = fastconv.explain((2, 8, 16, 16), (4, 8, 1, 1))
     assert not e.im2col_unrolls and e.im2col_chunks == 0
     assert "builds none" in str(e)
-    assert fastconv.explain((2, 8, 6, 6), (4, 8, 1, 1), pad=1).im2col_unrolls
+    assert fastconv.explain((2, 8, 16, 16), (4, 8, 1, 1), pad=1).im2col_unrolls
+
+
+def test_pointwise_report_agrees_with_the_kernel(monkeypatch):
+    """The unrolling kernel runs exactly when explain says the path unrolls."""
+    mod = importlib.import_module("fastconv.kernels.im2col")
+    for x_shape in ((2, 8, 6, 6), (2, 8, 16, 16)):
+        calls = []
+        unroll = mod._unroll
+        monkeypatch.setattr(mod, "_unroll", lambda *a: calls.append(1) or unroll(*a))
+        x = np.ones(x_shape, np.float32)
+        fastconv.conv2d(x, np.ones((4, 8, 1, 1), np.float32), backend="im2col")
+        monkeypatch.undo()
+        assert bool(calls) == fastconv.explain(x_shape, (4, 8, 1, 1)).im2col_unrolls
 
 
 def test_without_measuring_nothing_is_timed_or_stored(fresh_cache, two_candidates):

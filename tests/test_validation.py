@@ -107,7 +107,7 @@ def test_affine_and_softmax_validate():
 def test_cuda_without_device_is_a_clear_runtime_error(monkeypatch):
     from fastconv import backends
 
-    monkeypatch.setattr(backends, "_cuda_present", lambda: False)
+    monkeypatch.setattr(backends, "cuda_present", lambda: False)
     if "cuda" not in backends.PATHS:
         pytest.skip("the cuda path is not in the dispatch table")
     with pytest.raises(RuntimeError, match="no CUDA device was found.*NUMBA_ENABLE_CUDASIM=1"):

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from fastconv import functional as F
-from fastconv.backends import _cuda_present
+from fastconv.backends import cuda_present as _cuda_present
+from fastconv.spec import conv_spec
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
 DEVICE = _cuda_present()          # a real GPU, or the simulator
@@ -74,5 +75,6 @@ def cuda_conv_forward(x, W, b, stride, pad, kernel):
     """Validate like fastconv.functional, then run one named forward kernel of the cuda path."""
     from fastconv.kernels import cuda as kc
 
-    x, W, b, stride, pad, out_hw = F.check_conv(x, W, b, stride, pad, "floor")
-    return kc.conv_forward(x, W, b, stride, pad, out_hw, kernel=kernel)
+    spec = conv_spec(x.shape, W.shape, stride, pad, x.dtype)
+    return kc._conv_forward(np.ascontiguousarray(x), np.ascontiguousarray(W),
+                            np.ascontiguousarray(b), spec, kernel)

@@ -50,7 +50,7 @@ def test_conv_layer_keeps_device_arrays_on_the_device(dtype):
     np.testing.assert_array_equal(host(on_device.db), on_host.db)
     assert host(out_d).dtype == dtype
     # and they are right
-    ref, cache = naive.conv_forward(x, W, b, (2, 1), (1, 1), (3, 7))
+    ref, cache = naive.conv_forward(x, W, b, fastconv.conv_spec(x.shape, W.shape, (2, 1), (1, 1), x.dtype))
     assert_close(out_h, ref, "out")
     for name, got, expected in zip(("dx", "dW", "db"), (dx_h, on_host.dW, on_host.db),
                                    naive.conv_backward(dout, cache)):

@@ -7,6 +7,7 @@ import pytest
 from support import assert_close
 from cuda_support import DTYPES, FORWARD_KERNELS, cuda_conv_forward, skip_without_cuda
 
+from fastconv import conv_spec
 from fastconv import functional as F
 from fastconv.kernels import cuda as kc
 from fastconv.kernels import naive
@@ -44,8 +45,7 @@ def conv_arrays(case, dtype, seed=0):
 
 
 def naive_reference(x, W, b, stride, pad):
-    _, _, _, stride, pad, out_hw = F.check_conv(x, W, b, stride, pad, "floor")
-    return naive.conv_forward(x, W, b, stride, pad, out_hw)
+    return naive.conv_forward(x, W, b, conv_spec(x.shape, W.shape, stride, pad, x.dtype))
 
 
 @pytest.mark.parametrize("kernel", FORWARD_KERNELS)
@@ -79,7 +79,7 @@ def test_conv_backward_matches_naive(case, dtype):
 def test_tiled_forward_over_several_tiles_matches_naive():
     x, W, b, stride, pad = conv_arrays(MULTI_TILE, np.float32)
     out, _ = cuda_conv_forward(x, W, b, stride, pad, "tiled")
-    assert_close(out, naive.conv_forward(x, W, b, stride, pad, (7, 7))[0], "out")
+    assert_close(out, naive.conv_forward(x, W, b, conv_spec(x.shape, W.shape, stride, pad, x.dtype))[0], "out")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

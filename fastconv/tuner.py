@@ -1,18 +1,23 @@
 """Measured choice of compute path for ``backend="auto"``, remembered on disk.
 
-The first time ``backend="auto"`` meets a key (op, x shape, filter shape,
-stride, pad, dtype, Numba thread count), it times the candidate paths on
-identical random inputs (one warm-up call, then a few timed rounds, the paths
-interleaved round by round so that a burst of load on the machine hits all of
-them alike) and keeps the path with the smallest forward + backward time. The
-winner is written to a small JSON file, one file per key, so later calls and
-later processes reuse it without measuring.
+This module is the "auto" policy; it sits above the dispatch table
+(``fastconv.backends``), which knows nothing of it.
 
-Which paths compete (the *candidates*): every available path except ``naive``
-(the oracle, never the fastest once a compiled path exists) and except
-``cuda`` (host arrays never go to the GPU behind the caller's back; device
-arrays are sent to ``cuda`` by ``fastconv.functional`` before "auto" is asked).
-With a single candidate nothing is measured.
+The first time ``backend="auto"`` meets a key (op, x shape with the batch
+size rounded up to a power of two, filter shape, stride, pad, dtype, Numba
+thread count), it times the candidate paths on identical random inputs with
+the shared timing protocol (``fastconv.timing``: a warm-up call that absorbs
+compilation, then interleaved rounds) and keeps the path with the smallest
+forward + backward time, unless that beats the static rule's pick by less
+than ``MARGIN``. The winner is written to a small JSON file, one file per
+key, so later calls and later processes reuse it without measuring.
+
+Which paths compete (the *candidates*): every path of the table that
+supports the spec, except ``naive`` (the oracle, never the fastest once a
+compiled path exists) and ``cuda`` (host arrays never go to the GPU behind
+the caller's back; device arrays are sent to ``cuda`` by
+``fastconv.functional`` before "auto" is asked). With a single candidate
+nothing is measured.
 
 Measuring never touches the caller's arrays: it runs on its own random inputs,
 and the caller's call then runs on the chosen path alone, so ``auto`` returns
@@ -35,18 +40,21 @@ makes "auto" follow the static rule in :func:`static_choice` and neither read
 nor write the cache; results are then reproducible from one machine to the
 next.
 
-Pooling: "auto" can only time a pooling when it is told the window and mode
-(``pool_hw=``, ``mode=`` in the shape information); without them it uses the
-static rule.
+A damaged, unreadable or foreign file in the cache (wrong types, a FIFO, a
+directory, a huge or deeply nested JSON) is ignored with one warning; the key
+is measured again and the file replaced.
 """
+from __future__ import annotations
+
 import dataclasses
 import datetime
 import hashlib
-import importlib
 import json
+import math
 import os
 import platform
 import re
+import stat
 import sys
 import tempfile
 import threading
@@ -59,8 +67,9 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from . import backends
-from .geometry import as_pair, output_hw
+from . import backends, timing
+from .geometry import as_pair
+from .spec import ConvSpec, PoolSpec, batch_bucket, conv_spec, pool_spec
 
 ENV_CACHE_DIR = "FASTCONV_CACHE_DIR"
 ENV_AUTOTUNE = "FASTCONV_AUTOTUNE"
@@ -72,13 +81,13 @@ FILE_FORMAT = 1
 # most this many values goes to the direct loops, larger ones to im2col + GEMM.
 DIRECT_MAX_FIELD = 64
 
-# Timing protocol for one measurement: warm-up, then up to REPEAT interleaved
-# rounds; a path leaves after MIN_RUNS timed runs once they add up to BUDGET_S
-# seconds. Two runs at least, because on a busy machine one run can be
-# several times too slow (measured here: 14 ms and 400 ms for the same call).
-REPEAT = 3
-MIN_RUNS = 2
-BUDGET_S = 1.0
+# The order in which the static rule falls back when the path it wants is missing.
+AUTO_PREFERENCE = ("im2col", "direct", "naive")
+
+# A measured winner replaces the static rule's pick only when it is at least
+# this much faster: closer than that, the two are within the noise of a
+# shared machine, and a choice that flips from run to run helps nobody.
+MARGIN = 0.10
 
 
 @dataclass(frozen=True)
@@ -179,28 +188,23 @@ def cache_dir():
 
 # ----------------------------------------------------------------------- keys
 
-def current_threads():
-    """``numba.get_num_threads()``, after fastconv's kernels have set up Numba's threads.
-
-    Asking Numba for its thread count starts its thread pool; fastconv's
-    kernel options (``fastconv.kernels._jit``) must get to start it first, with
-    their thread-waiting arrangement, so that is imported before asking.
-    """
-    importlib.import_module("fastconv.kernels._jit")
+def current_threads() -> int:
+    """``numba.get_num_threads()``: part of every key, since paths scale differently."""
     return numba.get_num_threads()
 
 
-
-def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None):
+def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None) -> dict:
     """The cache key as a dict of plain JSON values.
 
-    op: "conv" or "pool". x_shape: (N, C, H, W). w_shape: (FN, C, FH, FW) for
-    a convolution, the window (PH, PW) for a pooling. mode: "max"/"avg" for a
+    op: "conv" or "pool". x_shape: (N, C, H, W), whose batch N is stored as
+    its bucket (:func:`fastconv.spec.batch_bucket`, the next power of two), so
+    one decision serves a family of batch sizes. w_shape: (FN, C, FH, FW) for a
+    convolution, the window (PH, PW) for a pooling. mode: "max"/"avg" for a
     pooling, None for a convolution. threads defaults to current_threads().
     """
     return {
         "op": op,
-        "x_shape": [int(s) for s in x_shape],
+        "x_shape": [batch_bucket(int(x_shape[0]))] + [int(s) for s in x_shape[1:]],
         "w_shape": [int(s) for s in w_shape],
         "stride": list(as_pair(stride, "stride")),
         "pad": list(as_pair(pad, "pad")),
@@ -208,6 +212,23 @@ def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None):
         "threads": int(current_threads() if threads is None else threads),
         "mode": mode,
     }
+
+
+def spec_key(spec: ConvSpec | PoolSpec, threads=None) -> dict:
+    """make_key for a spec."""
+    if spec.op == "conv":
+        return make_key("conv", spec.x_shape, spec.w_shape, spec.stride, spec.pad, spec.dtype,
+                        threads)
+    return make_key("pool", spec.x_shape, spec.pool_hw, spec.stride, spec.pad, spec.dtype,
+                    threads, spec.mode)
+
+
+def _spec_of(op, x_shape, w_shape, stride, pad, dtype, mode):
+    if op == "conv":
+        return conv_spec(x_shape, w_shape, stride, pad, dtype)
+    if op == "pool":
+        return pool_spec(x_shape, *w_shape, stride, pad, mode or "max", dtype)
+    raise ValueError(f"op must be 'conv' or 'pool', got {op!r}")
 
 
 def _key_tuple(key):
@@ -221,12 +242,12 @@ def _key_file(key):
 
 # ----------------------------------------------------------------- candidates
 
-def candidates(op="conv"):
-    """The paths "auto" times for host arrays: available ones but naive and cuda.
-
-    naive competes only when nothing else is available.
-    """
-    fast = [p for p in backends.available_backends() if p not in ("naive", "cuda")]
+def candidates(spec: ConvSpec | PoolSpec | None = None) -> list[str]:
+    """The paths "auto" times for host arrays: those of the table but naive and cuda
+    (the oracle, and the GPU, which host arrays never reach behind the caller's
+    back) that support ``spec``. naive competes only when nothing else can."""
+    fast = [p for p in backends.PATHS if p not in ("naive", "cuda")
+            and (spec is None or backends.get_path(p).supports(spec))]
     return fast or ["naive"]
 
 
@@ -242,10 +263,10 @@ def static_choice(op, x_shape, w_shape, available=None, stride=1, pad=0):
     EPYC, quiet machine, 2026-11, two runs): direct won on dlfs_conv1 (25)
     and cifar_3to32 (27), im2col on every other layer (363 to 4608, 1x1
     included); resnet_128 and strided_3x3 were within 10%.
-    Pooling: ``direct``. A missing path falls back along
-    ``backends._AUTO_PREFERENCE``. stride and pad do not enter the rule today.
+    Pooling: ``direct``. A missing path falls back along AUTO_PREFERENCE.
+    stride and pad do not enter the rule today.
     """
-    available = candidates(op) if available is None else list(available)
+    available = candidates() if available is None else list(available)
     if op == "conv":
         reduction = w_shape[1] * w_shape[2] * w_shape[3]
         if reduction <= DIRECT_MAX_FIELD:
@@ -253,91 +274,23 @@ def static_choice(op, x_shape, w_shape, available=None, stride=1, pad=0):
         else:
             want, why = "im2col", f"receptive field C*FH*FW={reduction} > {DIRECT_MAX_FIELD}"
     else:
-        want, why = "direct", "pooling needs no unrolled copy"
+        want, why = "direct", "pooling"
     if want in available:
-        return want, f"static rule: {why}"
-    for name in backends._AUTO_PREFERENCE:
+        return want, f"static rule: {want} ({why})"
+    for name in AUTO_PREFERENCE:
         if name in available:
             return name, f"static rule: {want} ({why}) is not available, next preference"
     return available[0], "static rule: the only path available"
 
 
-def autotune_enabled():
+def _static(spec, cands):
+    w = spec.w_shape if spec.op == "conv" else spec.pool_hw
+    return static_choice(spec.op, spec.x_shape, w, cands, spec.stride, spec.pad)
+
+
+def autotune_enabled() -> bool:
     """False when FASTCONV_AUTOTUNE is set to 0/off/false/no."""
     return os.environ.get(ENV_AUTOTUNE, "1").strip().lower() not in _OFF_VALUES
-
-
-# ---------------------------------------------------------------- measurement
-
-def make_inputs(op, x_shape, w_shape, stride, pad, dtype, mode=None, seed=0):
-    """Random inputs for one timing, identical for every path -> (args, out_hw, dout).
-
-    For "conv" args is (x, W, b); for "pool" it is (x,).
-    """
-    dtype = np.dtype(dtype)
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(tuple(x_shape)).astype(dtype)
-    stride, pad = as_pair(stride, "stride"), as_pair(pad, "pad")
-    if op == "conv":
-        FN, C, FH, FW = w_shape
-        W = (rng.standard_normal(tuple(w_shape)) / np.sqrt(C * FH * FW)).astype(dtype)
-        b = rng.standard_normal(FN).astype(dtype)
-        out_hw = output_hw(tuple(x_shape[2:]), (FH, FW), stride, pad, "floor")
-        out_shape = (x_shape[0], FN, *out_hw)
-        args = (x, W, b)
-    else:
-        out_hw = output_hw(tuple(x_shape[2:]), tuple(w_shape), stride, pad, "floor")
-        out_shape = (x_shape[0], x_shape[1], *out_hw)
-        args = (x,)
-    dout = rng.standard_normal(out_shape).astype(dtype)
-    return args, out_hw, dout
-
-
-def time_paths(op, x_shape, w_shape, stride, pad, dtype, paths, mode=None,
-               repeat=REPEAT, budget_s=BUDGET_S, seed=0):
-    """Time forward and backward of each path on identical inputs.
-
-    Returns {path: {"first": s, "forward": ms, "backward": ms}}: "first" is
-    the first forward + backward call in seconds (it includes JIT compilation
-    or loading compiled code from Numba's cache if this process has not run
-    the path for this dtype yet); "forward"/"backward" are the best of up to
-    ``repeat`` timed runs after it, rounds interleaved across paths; a path
-    stops early once its timed runs exceed ``budget_s`` seconds, after at
-    least ``min(repeat, MIN_RUNS)`` runs.
-    """
-    stride, pad = as_pair(stride, "stride"), as_pair(pad, "pad")
-    args, out_hw, dout = make_inputs(op, x_shape, w_shape, stride, pad, dtype, mode, seed)
-    modules = {p: backends.get_path(p) for p in paths}
-
-    def run(module):
-        t0 = time.perf_counter()
-        if op == "conv":
-            _, cache = module.conv_forward(*args, stride, pad, out_hw)
-            t1 = time.perf_counter()
-            module.conv_backward(dout, cache)
-        else:
-            _, cache = module.pool_forward(*args, tuple(w_shape), stride, pad, out_hw, mode)
-            t1 = time.perf_counter()
-            module.pool_backward(dout, cache)
-        return t1 - t0, time.perf_counter() - t1
-
-    result = {}
-    for p, module in modules.items():
-        t0 = time.perf_counter()
-        run(module)
-        result[p] = {"first": time.perf_counter() - t0, "forward": float("inf"),
-                     "backward": float("inf")}
-    spent = dict.fromkeys(paths, 0.0)
-    for done in range(max(1, repeat)):
-        busy = [p for p in paths if spent[p] < budget_s or done < MIN_RUNS]
-        if not busy:
-            break
-        for p in busy:
-            fwd, bwd = run(modules[p])
-            spent[p] += fwd + bwd
-            result[p]["forward"] = min(result[p]["forward"], fwd * 1e3)
-            result[p]["backward"] = min(result[p]["backward"], bwd * 1e3)
-    return result
 
 
 def _format_times(times_ms):
@@ -351,22 +304,72 @@ def _format_times(times_ms):
 # found a choice on disk, or in this process's memory.
 stats = {"measured": 0, "disk": 0, "memory": 0}
 
-_memory = {}
+_memory = {}            # (directory, candidates, key) -> Decision
+_by_spec = {}           # (spec, threads) -> path: the hot path of choose()
 _lock = threading.RLock()
-_warned_unwritable = False
+_warned = set()         # which one-time warnings were given
+
+# A stored choice is a few hundred bytes; anything much larger is not one of ours.
+_MAX_FILE_BYTES = 64 * 1024
+
+
+def _warn_once(kind, message):
+    if kind not in _warned:
+        _warned.add(kind)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _read_regular_file(path):
+    """The text of ``path`` if it is a small regular file, else None (never blocks on a FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FILE_BYTES:
+            return None
+        return f.read(_MAX_FILE_BYTES + 1).decode("utf-8", errors="strict")
+
+
+def _valid_times(times_ms, cands):
+    if not isinstance(times_ms, dict) or set(times_ms) != set(cands):
+        return False
+    for t in times_ms.values():
+        if not (isinstance(t, dict) and set(t) >= {"forward", "backward"}):
+            return False
+        for v in (t["forward"], t["backward"]):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                return False
+    return True
 
 
 def _read(path, key, cands):
-    """The stored Decision at ``path`` if it is complete and still valid, else None."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+    """The stored Decision at ``path`` if it is one of ours, complete and still valid, else None.
+
+    Anything else (missing, unreadable, not a regular file, too large, not
+    JSON, nested beyond reason, fields of the wrong type) reads as None, so
+    the key is measured again and the file replaced.
+    """
+    if not os.path.exists(path):
         return None
-    valid = (isinstance(data, dict) and data.get("format") == FILE_FORMAT
-             and data.get("key") == key and data.get("candidates") == cands
-             and data.get("path") in cands and isinstance(data.get("times_ms"), dict))
-    if not valid:
+    try:
+        text = _read_regular_file(path)
+        data = json.loads(text) if text is not None else None
+    except (OSError, ValueError, RecursionError):
+        data = None
+    stored = data.get("candidates") if isinstance(data, dict) else None
+    whole = (isinstance(data, dict) and data.get("format") == FILE_FORMAT
+             and isinstance(data.get("key"), dict) and isinstance(stored, list)
+             and all(isinstance(p, str) for p in stored)
+             and isinstance(data.get("path"), str) and data["path"] in stored
+             and _valid_times(data.get("times_ms"), stored)
+             and isinstance(data.get("measured_at", ""), str))
+    if not whole:
+        _warn_once("damaged", f"fastconv ignored a damaged auto-tuning file {path}; the "
+                              f"choice is measured again and the file replaced")
+        return None
+    if data["key"] != key or stored != cands:     # measured among other paths: stale
         return None
     return _as_cached(Decision(path=data["path"], reason="", source="cache", key=key,
                                times_ms=data["times_ms"], measured_at=data.get("measured_at", "?")))
@@ -374,7 +377,6 @@ def _read(path, key, cands):
 
 def _write(directory, key, cands, decision):
     """Store a decision atomically: write a temporary file, then os.replace it into place."""
-    global _warned_unwritable
     payload = {
         "format": FILE_FORMAT, "key": key, "candidates": cands, "path": decision.path,
         "times_ms": decision.times_ms, "measured_at": decision.measured_at,
@@ -385,28 +387,36 @@ def _write(directory, key, cands, decision):
     tmp = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        target = directory / _key_file(key)
+        if target.is_dir():             # a directory in the way is not ours to remove
+            raise IsADirectoryError(f"{target} is a directory")
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, directory / _key_file(key))
+        os.replace(tmp, target)
     except OSError as err:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if not _warned_unwritable:
-            _warned_unwritable = True
-            warnings.warn(f"fastconv could not store its auto-tuning choice in {directory} "
-                          f"({err}); choices are kept in memory for this process only. Set "
-                          f"{ENV_CACHE_DIR} to a writable directory.", RuntimeWarning, stacklevel=3)
+        _warn_once("unwritable", f"fastconv could not store its auto-tuning choice in "
+                                 f"{directory} ({err}); choices are kept in memory for this "
+                                 f"process only. Set {ENV_CACHE_DIR} to a writable directory.")
 
 
-def _decision_from_times(key, cands, times):
+def _decision_from_times(key, cands, times, static_path):
+    """The measured Decision: the fastest path, unless it beats the static rule's by less
+    than MARGIN (then the rule's path: a small difference is as likely noise)."""
     times_ms = {p: {"forward": float(times[p]["forward"]), "backward": float(times[p]["backward"])}
                 for p in cands}
-    best = min(cands, key=lambda p: times_ms[p]["forward"] + times_ms[p]["backward"])
+    total = {p: t["forward"] + t["backward"] for p, t in times_ms.items()}
+    best = min(cands, key=total.get)
+    note = ""
+    if static_path in total and best != static_path and total[best] > (1 - MARGIN) * total[static_path]:
+        best, note = static_path, f"; within {MARGIN:.0%} of each other, the static rule's pick"
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return Decision(path=best, reason=f"measured now: {_format_times(times_ms)} (forward + backward)",
+    return Decision(path=best, reason=f"measured now: {_format_times(times_ms)} "
+                                      f"(forward + backward){note}",
                     source="measured", key=key, times_ms=times_ms, measured_at=now)
 
 
@@ -423,42 +433,48 @@ def _store(key, cands, decision):
         _write(directory, key, cands, decision)
         # later calls in this process get it as what it then is: a cached choice
         _memory[(str(directory), tuple(cands), _key_tuple(key))] = _as_cached(decision)
+        _by_spec.clear()
 
 
-def remember(op, x_shape, w_shape, stride, pad, dtype, times, mode=None):
+def _times_ms(path_times):
+    return {p: {"forward": t.forward.best_s * 1e3, "backward": t.backward.best_s * 1e3}
+            for p, t in path_times.items()}
+
+
+def remember(spec: ConvSpec | PoolSpec, times: dict) -> Decision:
     """Store a choice from timings measured elsewhere (``fastconv.explain``) -> Decision.
 
-    times: {path: {"forward": ms, "backward": ms, ...}} covering every candidate.
+    times: {path: PathTimes} covering every candidate.
     """
-    cands = candidates(op)
+    cands = candidates(spec)
     missing = [p for p in cands if p not in times]
     if missing:
         raise ValueError(f"times must cover every candidate path {cands}; missing {missing}")
-    key = make_key(op, x_shape, w_shape, stride, pad, dtype, mode=mode)
-    decision = _decision_from_times(key, cands, times)
+    key = spec_key(spec)
+    decision = _decision_from_times(key, cands, _times_ms({p: times[p] for p in cands}),
+                                    _static(spec, cands)[0])
     _store(key, cands, decision)
     return decision
 
 
-def decide(op, x_shape, w_shape, stride=1, pad=0, dtype="float32", mode=None,
-           measure=True, force=False, ignore_env=False):
-    """The Decision "auto" makes for this key.
+def decide_spec(spec: ConvSpec | PoolSpec, measure=True, force=False,
+                ignore_env=False) -> Decision:
+    """The Decision "auto" makes for ``spec``.
 
     Order: this process's memory, then the disk cache, then (``measure=True``)
-    a fresh measurement that is stored. With ``measure=False`` an unknown key
-    gets the static rule and nothing is stored; ``force=True`` re-measures
-    even a known key. With FASTCONV_AUTOTUNE=0 (unless ``ignore_env``), the
-    static rule decides and the cache is neither read nor written. The key's
-    thread count is the current ``numba.get_num_threads()``.
+    a fresh measurement with the shared timing protocol (``fastconv.timing``:
+    compile and cache-load time stay out of it) that is stored. With
+    ``measure=False`` an unknown key gets the static rule and nothing is
+    stored; ``force=True`` re-measures even a known key. With
+    FASTCONV_AUTOTUNE=0 (unless ``ignore_env``), the static rule decides and
+    the cache is neither read nor written.
     """
-    cands = candidates(op)
-    if op == "pool" and w_shape is None:
-        raise ValueError("a pooling decision needs the window: pass w_shape=(PH, PW)")
-    key = make_key(op, x_shape, w_shape, stride, pad, dtype, mode=mode)
+    cands = candidates(spec)
+    key = spec_key(spec)
     if len(cands) == 1:
         return Decision(cands[0], "the only candidate path available", "only", key)
     if not ignore_env and not autotune_enabled():
-        path, why = static_choice(op, x_shape, w_shape, cands, stride, pad)
+        path, why = _static(spec, cands)
         return Decision(path, f"{why} ({ENV_AUTOTUNE}=0)", "static", key)
     directory = cache_dir()
     mem_key = (str(directory), tuple(cands), _key_tuple(key))
@@ -474,25 +490,35 @@ def decide(op, x_shape, w_shape, stride=1, pad=0, dtype="float32", mode=None,
                 _memory[mem_key] = hit
                 return hit
         if not measure:
-            path, why = static_choice(op, x_shape, w_shape, cands, stride, pad)
+            path, why = _static(spec, cands)
             return Decision(path, f"{why} (not measured yet)", "static", key)
-        times = time_paths(op, key["x_shape"], key["w_shape"], key["stride"], key["pad"],
-                           key["dtype"], cands, mode=mode)
+        times = timing.time_paths(spec, cands)
         stats["measured"] += 1
-        decision = _decision_from_times(key, cands, times)
+        decision = _decision_from_times(key, cands, _times_ms(times), _static(spec, cands)[0])
         _store(key, cands, decision)
         return decision
 
 
-def choose(op, x_shape, w_shape=None, stride=1, pad=0, dtype="float32", pool_hw=None,
-           mode=None, **_ignored):
-    """The path name for backend="auto" (called by ``fastconv.backends.choose_auto``)."""
-    if op == "pool":
-        if pool_hw is None:
-            path, _ = static_choice(op, x_shape, None)
-            return path
-        w_shape = pool_hw
-    return decide(op, x_shape, w_shape, stride, pad, dtype, mode=mode).path
+def decide(op, x_shape, w_shape, stride=1, pad=0, dtype="float32", mode=None,
+           measure=True, force=False, ignore_env=False) -> Decision:
+    """:func:`decide_spec` for shapes: op "conv" (w_shape (FN, C, FH, FW)) or "pool"
+    (w_shape the window (PH, PW), mode "max"/"avg")."""
+    spec = _spec_of(op, x_shape, w_shape, stride, pad, dtype, mode)
+    return decide_spec(spec, measure=measure, force=force, ignore_env=ignore_env)
+
+
+def choose(spec: ConvSpec | PoolSpec) -> str:
+    """The path name backend="auto" runs for host arrays described by ``spec``.
+
+    The hot path: a spec met before in this process (with the same thread
+    count) is one dictionary look-up.
+    """
+    threads = numba.get_num_threads()
+    path = _by_spec.get((spec, threads))
+    if path is None:
+        path = decide_spec(spec).path
+        _by_spec[(spec, threads)] = path
+    return path
 
 
 # ------------------------------------------------------------- public helpers
@@ -573,31 +599,3 @@ def clear_cache():
     return removed
 
 
-# ------------------------------------------------------------ command line
-
-def _cmd_autotune(args):
-    if args.clear:
-        print(f"removed {clear_cache()} stored choice(s) under {cache_root() / 'autotune'}")
-        return 0
-    decisions = autotune(args.layers, dtype=args.dtype, force=args.force)
-    print(f"auto choices ({current_threads()} threads, {args.dtype}), stored in {cache_dir()}")
-    for d in decisions:
-        k = d.key
-        shape = f"{k['op']} x={tuple(k['x_shape'])} w={tuple(k['w_shape'])} s={tuple(k['stride'])} " \
-                f"p={tuple(k['pad'])}" + (f" {k['mode']}" if k["mode"] else "")
-        print(f"  {shape:<62} -> {d.path:<7} ({d.source}) {_format_times(d.times_ms)}")
-    return 0
-
-
-def add_cli(sub):
-    """Add ``fastconv autotune`` to the argparse subparsers ``sub``."""
-    p = sub.add_parser("autotune", help="measure and store backend='auto' choices for a layer suite",
-                       description="Times the candidate paths on every layer (and pooling) of a "
-                                   "suite JSON shaped like bench/layers.json and stores the winners "
-                                   "in the auto-tuning cache.")
-    p.add_argument("layers", nargs="?", default="bench/layers.json",
-                   help="suite JSON (default: bench/layers.json)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--force", action="store_true", help="measure again even known layers")
-    p.add_argument("--clear", action="store_true", help="forget every stored choice and exit")
-    p.set_defaults(func=_cmd_autotune)
