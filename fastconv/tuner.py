@@ -576,8 +576,11 @@ def clear_cache():
     root = cache_root() / "autotune"
     with _lock:
         _memory.clear()
+        _by_spec.clear()
         if root.is_dir():
             for f in root.glob("*/*.json"):
+                if not f.is_file():
+                    continue  # a directory (or FIFO) in the way is not ours to remove
                 try:
                     f.unlink()
                     removed += 1

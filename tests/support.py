@@ -34,6 +34,26 @@ def assert_close(actual, expected, name=""):
                                err_msg=name)
 
 
+def oracle_conv(x, W, b, stride, pad, dout):
+    """(out, dx, dW, db) of the naive path run in float64 on the same values, cast back
+    to x's dtype: a float32 oracle would carry rounding errors as large as the path's own."""
+    from fastconv import functional as F
+
+    x64, W64, b64, dout64 = (np.asarray(a, dtype=np.float64) for a in (x, W, b, dout))
+    out, saved = F.conv_forward(x64, W64, b64, stride, pad, backend="naive")
+    return [a.astype(x.dtype) for a in (out, *F.conv_backward(dout64, saved))]
+
+
+def oracle_pool(x, pool_h, pool_w, stride, pad, mode, dout):
+    """(out, dx) of the naive path in float64, cast back to x's dtype."""
+    from fastconv import functional as F
+
+    out, saved = F.pool_forward(np.asarray(x, dtype=np.float64), pool_h, pool_w, stride, pad,
+                                mode, backend="naive")
+    dx = F.pool_backward(np.asarray(dout, dtype=np.float64), saved)
+    return out.astype(x.dtype), dx.astype(x.dtype)
+
+
 def _test_paths():
     """FASTCONV_TEST_PATHS=cuda (say) limits the run; by default every available path
     but cuda, whose tests run in their own process on the simulator."""

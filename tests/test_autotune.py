@@ -454,3 +454,68 @@ def test_command_line(tmp_path, capsys, fresh_cache, two_candidates):
     assert main(["autotune", "--clear"]) == 0
     assert "removed 1 stored choice" in capsys.readouterr().out
     assert stored_files(fresh_cache) == []
+
+
+# ------------------------------------------------- a cache that lies or blocks
+
+def _stored_path(fresh_cache):
+    at.decide("conv", SMALL_X, SMALL_W)
+    (stored,) = stored_files(fresh_cache)
+    at._memory.clear()
+    at._by_spec.clear()
+    return stored
+
+
+@pytest.mark.parametrize("corrupt", [
+    lambda d: d.update(times_ms={p: {"forward": "fast", "backward": 1} for p in d["times_ms"]}),
+    lambda d: d.update(times_ms={p: {"forward": float("nan"), "backward": 1} for p in d["times_ms"]}),
+    lambda d: d.update(times_ms=[]),
+    lambda d: d.update(path=7),
+    lambda d: d.update(candidates="im2col"),
+    lambda d: d.update(measured_at={"when": "now"}),
+    lambda d: d.pop("times_ms"),
+])
+def test_a_file_with_wrong_types_is_ignored_once_and_replaced(fresh_cache, two_candidates,
+                                                              monkeypatch, corrupt):
+    stored = _stored_path(fresh_cache)
+    data = json.loads(stored.read_text())
+    corrupt(data)
+    stored.write_text(json.dumps(data))
+    monkeypatch.setattr(at, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="damaged auto-tuning file"):
+        d = at.decide("conv", SMALL_X, SMALL_W)
+    assert d.source == "measured"
+    assert json.loads(stored.read_text())["times_ms"] == d.times_ms        # replaced
+    x, w, b = small_arrays()
+    fastconv.conv2d(x, w, b)                                               # auto works
+
+
+def test_deeply_nested_json_is_ignored(fresh_cache, two_candidates):
+    stored = _stored_path(fresh_cache)
+    stored.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.warns(RuntimeWarning):
+        assert at.decide("conv", SMALL_X, SMALL_W).source == "measured"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_at_the_cache_path_never_blocks(fresh_cache, two_candidates):
+    stored = _stored_path(fresh_cache)
+    stored.unlink()
+    os.mkfifo(stored)
+    result = []
+    worker = threading.Thread(target=lambda: result.append(at.decide("conv", SMALL_X, SMALL_W)),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert result and result[0].source == "measured"
+    assert stored.is_file()                                                # replaced by a file
+
+
+def test_a_directory_named_like_a_choice_is_survived(fresh_cache, two_candidates):
+    stored = _stored_path(fresh_cache)
+    stored.unlink()
+    stored.mkdir()
+    with pytest.warns(RuntimeWarning, match="could not store"):
+        d = at.decide("conv", SMALL_X, SMALL_W)
+    assert at.decide("conv", SMALL_X, SMALL_W).path == d.path               # kept in memory
+    assert fastconv.clear_cache() == 0 and stored.is_dir()                  # not ours to remove

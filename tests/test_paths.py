@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from support import FAST_PATHS, assert_close
+from support import FAST_PATHS, assert_close, oracle_conv
 from fastconv import functional as F
 
 SETTINGS = settings(max_examples=60, deadline=None,
@@ -55,21 +55,13 @@ def _conv_all(x, W, b, stride, pad, path, dout=None):
     return (out, *F.conv_backward(dout, saved)), dout
 
 
-def _oracle(x, W, b, stride, pad, dout):
-    """The naive path run in float64 on the same values, cast back to x's dtype:
-    a float32 oracle would carry rounding errors as large as the path's own."""
-    f64 = [a.astype(np.float64) for a in (x, W, b, dout)]
-    expected, _ = _conv_all(*f64[:3], stride, pad, "naive", f64[3])
-    return [e.astype(x.dtype) for e in expected]
-
-
 @fast_path
 @SETTINGS
 @given(case=conv_cases())
 def test_conv_forward_backward_match_naive(path, case):
     _, x, W, b = _conv_arrays(case)
     actual, dout = _conv_all(x, W, b, case["stride"], case["pad"], path)
-    expected = _oracle(x, W, b, case["stride"], case["pad"], dout)
+    expected = oracle_conv(x, W, b, case["stride"], case["pad"], dout)
     for name, a, e in zip(("out", "dx", "dW", "db"), actual, expected):
         assert_close(a, e, name)
 
@@ -127,5 +119,5 @@ def test_larger_layer_matches_naive(path):
     W = (0.1 * rng.standard_normal((30, 1, 5, 5))).astype(np.float32)
     b = rng.standard_normal(30).astype(np.float32)
     actual, dout = _conv_all(x, W, b, 1, 0, path)
-    for name, a, e in zip(("out", "dx", "dW", "db"), actual, _oracle(x, W, b, 1, 0, dout)):
+    for name, a, e in zip(("out", "dx", "dW", "db"), actual, oracle_conv(x, W, b, 1, 0, dout)):
         assert_close(a, e, name)
