@@ -29,6 +29,8 @@ def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("FASTCONV_AUTOTUNE", raising=False)
     monkeypatch.setattr(at, "_memory", {})
+    monkeypatch.setattr(at, "_by_spec", {})
+    monkeypatch.setattr(at, "_warned", set())
     monkeypatch.setattr(at, "stats", {"measured": 0, "disk": 0, "memory": 0})
     return tmp_path / "cache"
 
