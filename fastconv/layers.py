@@ -12,7 +12,8 @@ import numpy as np
 
 from . import functional as F
 from .functional import check_backend
-from .geometry import _as_int, as_pair, check_rounding
+from .geometry import _as_int, check_rounding
+from .spec import _stride_pad
 
 
 def _check_params(W, b, w_layout, b_name, n_out):
@@ -60,7 +61,8 @@ class Convolution(Layer):
             b = np.zeros(W.shape[0], dtype=W.dtype)
         _check_params(W, b, "(FN, C, FH, FW)", "FN", lambda w: w.shape[0])
         self.W, self.b = W, b
-        self.stride, self.pad = as_pair(stride, "stride"), as_pair(pad, "pad")
+        # checked now, so a bad layer fails where it is made, not at its first forward
+        self.stride, self.pad = _stride_pad(stride, pad)
         self.backend = check_backend(backend)
         self.rounding = check_rounding(rounding)
         self.dW = self.db = None
@@ -91,7 +93,10 @@ class Pooling(Layer):
     def __init__(self, pool_h, pool_w, stride=1, pad=0, mode="max", backend="auto",
                  rounding="floor"):
         self.pool_h, self.pool_w = _as_int(pool_h, "pool_h"), _as_int(pool_w, "pool_w")
-        self.stride, self.pad = as_pair(stride, "stride"), as_pair(pad, "pad")
+        if min(self.pool_h, self.pool_w) < 1:
+            raise ValueError(f"pool window (pool_h, pool_w) must be >= 1, got "
+                             f"{(self.pool_h, self.pool_w)}")
+        self.stride, self.pad = _stride_pad(stride, pad)
         if mode not in F.MODES:
             raise ValueError(f"mode must be one of {F.MODES}, got {mode!r}")
         self.mode = mode

@@ -434,6 +434,16 @@ def _to_device(a):
     return cuda.as_cuda_array(a)                       # e.g. CuPy / PyTorch: a zero-copy view
 
 
+def _private(given, on_device):
+    """A device array the caller cannot change: ``on_device`` itself if it was copied from
+    host memory, else a device-side copy of it."""
+    if isinstance(given, np.ndarray):
+        return on_device
+    copy = cuda.device_array(on_device.shape, dtype=on_device.dtype)
+    copy.copy_to_device(on_device)
+    return copy
+
+
 def _returned(arrays, keep_on_device):
     """Device results as they are, or copied back to NumPy for a host call."""
     if keep_on_device:
@@ -482,7 +492,9 @@ def _conv_forward(x, W, b, spec, kernel):
     out = cuda.device_array(spec.out_shape, dtype=x.dtype)
     _launch_conv_forward(out, xd, Wd, bd, spec.stride, spec.pad, kernel)
     (out,) = _returned((out,), device_call)
-    return out, ConvCache(xd, Wd, spec)
+    # backward must see x and W as they were: host inputs were copied over
+    # already; device inputs, which the caller may change, are copied on the device
+    return out, ConvCache(_private(x, xd), _private(W, Wd), spec)
 
 
 def _launch_conv_forward(out, x, W, b, stride, pad, kernel="tiled"):

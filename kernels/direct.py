@@ -285,7 +285,8 @@ def conv_forward(x, W, b, spec):
     wt = _weight_blocks(W.reshape(FN, C * FH * FW))
     ops = _forward_ops(C, FH, FW, sh, sw, Wq)
     out = _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, _rows_per_block(Wq, x.itemsize))
-    return out, ConvCache(xq, W, spec, Hq, Wq)
+    # xq is already a copy; W is copied so that backward sees it as it was
+    return out, ConvCache(xq, W.copy(), spec, Hq, Wq)
 
 
 # ------------------------------------------------------------ backward conv

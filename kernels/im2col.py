@@ -356,7 +356,8 @@ def conv_forward(x, W, b, spec):
     K = C * FH * FW
     out = np.empty((N, FN, OH, OW), dtype=x.dtype)
     out3 = out.reshape(N, FN, P)
-    cache = ConvCache(x, W, spec)
+    # copies: backward must see x and W as they were, even if the caller changes them
+    cache = ConvCache(x.copy(), W.copy(), spec)
 
     if not _unrolls(spec):
         np.matmul(W.reshape(FN, C), x.reshape(N, C, P), out=out3)

@@ -76,7 +76,8 @@ def conv_forward(x, W, b, spec):
             for j in range(OW):
                 window = xp[n, :, i * sh:i * sh + FH, j * sw:j * sw + FW]
                 out[n, :, i, j] = w_rows @ window.reshape(-1) + b
-    return out, ConvCache(x, W, spec)
+    # copies: backward must see x and W as they were, even if the caller changes them
+    return out, ConvCache(x.copy(), W.copy(), spec)
 
 
 def conv_backward(dout, cache):

@@ -48,3 +48,34 @@ def test_non_contiguous_input_is_accepted(path):
     ref = Convolution(W, np.zeros(2), backend="naive").forward(np.ascontiguousarray(x))
     np.testing.assert_allclose(Convolution(W, np.zeros(2), backend=path).forward(x), ref,
                                rtol=1e-10, atol=1e-12)
+
+
+def test_backward_sees_the_inputs_as_they_were_at_forward(path):
+    """One contract on every path: forward keeps what backward needs as it was, so a
+    caller that changes x or W in between does not change the gradients."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 7, 6))
+    W = rng.standard_normal((4, 3, 3, 2))
+    dout = rng.standard_normal((2, 4, 5, 5))
+    clean = Convolution(W.copy(), np.zeros(4), backend=path)
+    clean.forward(x.copy())
+    expected = clean.backward(dout)
+    layer = Convolution(W, np.zeros(4), backend=path)
+    layer.forward(x)
+    x *= 3.0                     # the caller reuses its buffers before backward
+    W -= 1.0
+    dx = layer.backward(dout)
+    np.testing.assert_array_equal(dx, expected)
+    np.testing.assert_array_equal(layer.dW, clean.dW)
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: np.ma.masked_array(a, mask=a > 0),
+    lambda a: np.asmatrix(a.reshape(a.shape[0], -1)),
+])
+def test_masked_arrays_and_matrices_are_refused(make):
+    x = np.random.default_rng(4).standard_normal((2, 3, 6, 6))
+    with pytest.raises((TypeError, ValueError), match="x"):
+        Convolution(np.ones((2, 3, 3, 3)), np.zeros(2), backend="naive").forward(make(x))
+    with pytest.raises(TypeError, match="mask"):
+        Pooling(2, 2, stride=2, backend="naive").forward(np.ma.masked_array(x, mask=x > 0))

@@ -122,3 +122,16 @@ def test_im2col_and_col2im_validate():
         col2im(np.zeros((70, 27)), X.shape, 3, 3)
     with pytest.raises(ValueError, match=r"input_shape must be \(N, C, H, W\)"):
         col2im(np.zeros((72, 27)), (2, 3, 8), 3, 3)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Convolution(np.ones((2, 1, 3, 3)), stride=0), r"stride must be >= 1, got \(0, 0\)"),
+    (lambda: Convolution(np.ones((2, 1, 3, 3)), pad=-1), r"pad must be >= 0, got \(-1, -1\)"),
+    (lambda: Convolution(np.ones((2, 1, 3, 3)), stride=(1, 0)), r"stride must be >= 1"),
+    (lambda: Pooling(0, 2), r"pool window \(pool_h, pool_w\) must be >= 1, got \(0, 2\)"),
+    (lambda: Pooling(2, 2, stride=0), r"stride must be >= 1"),
+    (lambda: Pooling(2, 2, pad=-2), r"pad must be >= 0"),
+])
+def test_layers_refuse_bad_arguments_when_made(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
