@@ -572,32 +572,3 @@ def clear_cache():
                         pass  # a concurrent writer just put a file there
     return removed
 
-
-# ------------------------------------------------------------ command line
-
-def _cmd_autotune(args):
-    if args.clear:
-        print(f"removed {clear_cache()} stored choice(s) under {cache_root() / 'autotune'}")
-        return 0
-    decisions = autotune(args.layers, dtype=args.dtype, force=args.force)
-    print(f"auto choices ({current_threads()} threads, {args.dtype}), stored in {cache_dir()}")
-    for d in decisions:
-        k = d.key
-        shape = f"{k['op']} x={tuple(k['x_shape'])} w={tuple(k['w_shape'])} s={tuple(k['stride'])} " \
-                f"p={tuple(k['pad'])}" + (f" {k['mode']}" if k["mode"] else "")
-        print(f"  {shape:<62} -> {d.path:<7} ({d.source}) {_format_times(d.times_ms)}")
-    return 0
-
-
-def add_cli(sub):
-    """Add ``fastconv autotune`` to the argparse subparsers ``sub``."""
-    p = sub.add_parser("autotune", help="measure and store backend='auto' choices for a layer suite",
-                       description="Times the candidate paths on every layer (and pooling) of a "
-                                   "suite JSON shaped like bench/layers.json and stores the winners "
-                                   "in the auto-tuning cache.")
-    p.add_argument("layers", nargs="?", default="bench/layers.json",
-                   help="suite JSON (default: bench/layers.json)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--force", action="store_true", help="measure again even known layers")
-    p.add_argument("--clear", action="store_true", help="forget every stored choice and exit")
-    p.set_defaults(func=_cmd_autotune)

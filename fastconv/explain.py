@@ -296,27 +296,3 @@ def explain(x_shape, w_shape, stride=1, pad=0, dtype="float32", measure=False, *
     result.auto = known
     return result
 
-
-# ------------------------------------------------------------ command line
-
-def _cmd_explain(args):
-    x_shape = (args.batch, args.channels, args.size, args.size)
-    w_shape = (args.filters, args.channels, args.kernel, args.kernel)
-    print(explain(x_shape, w_shape, args.stride, args.pad, args.dtype, measure=args.measure,
-                  paths=args.paths, repeat=args.repeat))
-    return 0
-
-
-def add_cli(sub):
-    """Add ``fastconv explain`` to the argparse subparsers ``sub``."""
-    p = sub.add_parser("explain", help="what one conv layer costs (FLOPs, bytes, im2col chunks), "
-                                       "and with --measure what each path takes and auto's pick",
-                       description="Default: the seeds' SimpleConvNet first layer, "
-                                   "100 images 1x28x28, 30 filters 5x5.")
-    from .cli import add_layer_arguments     # late: cli imports this module
-
-    add_layer_arguments(p)
-    p.add_argument("--measure", action="store_true", help="time every path on this machine")
-    p.add_argument("--paths", nargs="+", default=None,
-                   help="paths to time (default: all available but cuda)")
-    p.set_defaults(func=_cmd_explain)
