@@ -58,33 +58,33 @@ def add_train(sub):
                    help=f"SimpleConvNet or LeNet (default: {d['net']}, {resumed})")
     p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist",
                    help="training and test images (default: %(default)s)")
-    p.add_argument("--data-dir", default=None,
+    p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="directory of the four IDX files (default: the installed sources)")
-    p.add_argument("--epochs", type=positive_int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None, metavar="N",
                    help=f"passes over the training set in all, >= 1 (default: {d['epochs']}, "
                         f"{resumed})")
-    p.add_argument("--batch-size", type=positive_int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help=f"images per gradient step, >= 1 (default: {d['batch_size']}, {resumed})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                    help=f"update rule (default: {d['optimizer']}, {resumed})")
     p.add_argument("--lr", type=positive_float, default=None,
                    help=f"learning rate, a finite number > 0 (default: {d['lr']}, {resumed})")
-    p.add_argument("--backend", type=backend_name, default="auto",
+    p.add_argument("--backend", type=backend_name, default="auto", metavar="PATH",
                    help="compute path for conv and pool layers: auto or an available path "
                         "(default: %(default)s)")
     p.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help=f"floating-point type of data and parameters (default: {d['dtype']}, "
                         f"{resumed})")
-    p.add_argument("--weight-init", type=weight_init, default=None,
+    p.add_argument("--weight-init", type=weight_init, default=None, metavar="STD",
                    help="initial weight std: a number > 0 (SimpleConvNet default 0.01, whose "
                         "first-layer filters visibly turn into edge detectors), 'he' "
                         "(sqrt(2/fan_in): higher accuracy after 1-2 epochs, but the filters stay "
                         "close to their random start) or 'xavier'; LeNet defaults to He for ReLU")
-    p.add_argument("--train-size", type=positive_int, default=None,
+    p.add_argument("--train-size", type=positive_int, default=None, metavar="K",
                    help="use only the first K training images (a quick run)")
-    p.add_argument("--test-size", type=positive_int, default=None,
+    p.add_argument("--test-size", type=positive_int, default=None, metavar="K",
                    help="use only the first K test images")
-    p.add_argument("--eval-samples", type=positive_int, default=None,
+    p.add_argument("--eval-samples", type=positive_int, default=None, metavar="K",
                    help="images of each set evaluated after every epoch (default: all)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the weights and the batch order (default: %(default)s)")
