@@ -55,8 +55,13 @@ def build_parser():
 def main(argv=None):
     """Run ``fastconv`` with ``argv`` (default: sys.argv[1:]) -> exit status.
 
-    Bad arguments raise SystemExit(2) after one line on stderr.
+    Bad arguments raise SystemExit(2) after one line on stderr; Ctrl-C returns 130.
     """
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    return args.func(args, args.command_parser)
+    try:
+        return args.func(args, args.command_parser)
+    except KeyboardInterrupt:
+        # fastconv train reports its own interruptions; this is compare, explain, autotune
+        print(f"\n{args.command_parser.prog}: interrupted", file=sys.stderr)
+        return 130
