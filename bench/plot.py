@@ -221,7 +221,7 @@ def summarize(results):
                 small=any(r.small for r in results))
 
 
-def parse_target(text):
+def parse_target(text: str) -> tuple[str, float]:
     """'forward=0.75' -> ("forward", 0.75); names in TARGETS, values finite and > 0."""
     name, sep, value = text.partition("=")
     if not sep or name not in TARGETS:
@@ -236,7 +236,7 @@ def parse_target(text):
     return name, number
 
 
-def check_targets(summary, targets):
+def check_targets(summary: dict, targets: dict) -> list:
     """Grade the summary's conv layers against targets ({name: value}, names in TARGETS).
 
     Returns [(description, measured text, met: True/False/None)], None when the
@@ -270,7 +270,7 @@ def check_targets(summary, targets):
     return out
 
 
-def select_layers(results, layers):
+def select_layers(results: list, layers: list) -> list:
     """The results of the named layers only (the sgemm peak is kept); unknown names raise."""
     known = {r.layer for r in results if r.kind != "gemm_peak"}
     unknown = [name for name in layers if name not in known]
@@ -287,7 +287,7 @@ def _ms(seconds):
     return "-" if seconds is None else f"{seconds * 1e3:.2f}"
 
 
-def format_summary(summary, graded=None):
+def format_summary(summary: dict, graded: list | None = None) -> str:
     """The ratio table as text (fixed-width columns, one row per layer and direction).
 
     graded: check_targets' list, printed as a last section when given.
@@ -476,7 +476,7 @@ def _target_arg(text):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     names = "; ".join(f"{name}: {what}" for name, what in TARGETS.items())
     p = argparse.ArgumentParser(
         prog="python bench/plot.py",
@@ -504,7 +504,7 @@ def build_parser():
     return p
 
 
-def main(argv=None):
+def main(argv: list | None = None) -> int:
     """Run the command line -> exit status (0, or 1: no timed benchmarks or a missed target)."""
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -7,6 +7,8 @@ ends the program with exit status 2 and one line on stderr,
 import argparse
 import importlib.metadata
 import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
 __all__ = ["build_parser", "main"]
 
@@ -20,13 +22,13 @@ DESCRIPTION = ("2-D convolutional networks made fast with Numba. Subcommands: co
 class CliParser(argparse.ArgumentParser):
     """argparse with errors on one line: "PROG: error: MESSAGE", exit status 2."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         # Library messages may span lines (dataset install hints): join them.
         text = " ".join(str(message).split())
         self.exit(2, f"{self.prog}: error: {text}\n")
 
 
-def version():
+def version() -> str:
     """The installed fastconv's version (package metadata, else fastconv.__version__)."""
     try:
         return importlib.metadata.version("fastconv")
@@ -36,7 +38,7 @@ def version():
         return __version__
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The ``fastconv`` parser with every subcommand."""
     from . import tools, train
 
@@ -52,7 +54,7 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fastconv`` with ``argv`` (default: sys.argv[1:]) -> exit status.
 
     Bad arguments raise SystemExit(2) after one line on stderr; Ctrl-C returns 130.

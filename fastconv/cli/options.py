@@ -11,27 +11,28 @@ from ..backends import PATHS, available_backends
 from ..geometry import output_hw
 
 
-def positive_int(text):
+def positive_int(text: str) -> int:
     """A whole number >= 1."""
     return _int_at_least(text, 1)
 
 
-def nonnegative_int(text):
+def nonnegative_int(text: str) -> int:
     """A whole number >= 0."""
     return _int_at_least(text, 0)
 
 
-def _int_at_least(text, low):
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number >= {low}, got {text!r}") from None
     if value < low:
         raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
     return value
 
 
-def positive_float(text):
+def positive_float(text: str) -> float:
     """A finite number > 0 (refuses nan, inf and negative values)."""
     try:
         value = float(text)
@@ -42,7 +43,7 @@ def positive_float(text):
     return value
 
 
-def path_name(text):
+def path_name(text: str) -> str:
     """A compute path that exists and is available on this machine."""
     if text not in PATHS:
         raise argparse.ArgumentTypeError(
@@ -54,7 +55,7 @@ def path_name(text):
     return text
 
 
-def add_layer_arguments(p):
+def add_layer_arguments(p: argparse.ArgumentParser) -> None:
     """The options that describe one conv layer (default: the first conv layer of
     SimpleConvNet from Deep Learning from Scratch, ch. 7)."""
     p.add_argument("--batch", type=positive_int, default=100, metavar="N",
@@ -77,7 +78,7 @@ def add_layer_arguments(p):
                    help="timed runs per path; the best one is reported (default: %(default)s)")
 
 
-def check_layer(args, parser):
+def check_layer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Refuse (exit 2) a layer whose filter does not fit the padded input."""
     hw, f = (args.size, args.size), (args.kernel, args.kernel)
     try:

@@ -1,4 +1,5 @@
 """``fastconv compare``, ``fastconv explain`` and ``fastconv autotune``."""
+import argparse
 import importlib
 import importlib.resources
 import json
@@ -23,7 +24,7 @@ def _shape_text(args):
 
 # ------------------------------------------------------------------ compare
 
-def add_compare(sub):
+def add_compare(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="time one conv layer forward and backward on every path",
                        description="Times one convolution forward and backward on each path "
                                    "and reports how far each result is from the naive path's. "
@@ -35,7 +36,7 @@ def add_compare(sub):
     return p
 
 
-def run_compare(args, parser):
+def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import numba
 
     from ..compare import compare, format_table
@@ -55,7 +56,7 @@ def run_compare(args, parser):
 
 # ------------------------------------------------------------------ explain
 
-def add_explain(sub):
+def add_explain(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="what one conv layer costs (FLOPs, bytes, im2col chunks), "
                                        "and with --measure what each path takes and auto's pick",
                        description="Counts the FLOPs and bytes of one convolution and the "
@@ -70,7 +71,7 @@ def add_explain(sub):
     return p
 
 
-def run_explain(args, parser):
+def run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..explain import explain
 
     check_layer(args, parser)
@@ -92,8 +93,9 @@ def run_explain(args, parser):
 DEFAULT_SUITE = "the layer suite installed with fastconv (fastconv/data/layers.json)"
 
 
-def add_autotune(sub):
-    p = sub.add_parser("autotune", help="measure and store backend='auto' choices for a layer suite",
+def add_autotune(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("autotune",
+                       help="measure and store backend='auto' choices for a layer suite",
                        description="Times the candidate paths on every conv layer and pooling of "
                                    "a layer suite and stores the fastest path of each in the "
                                    "auto-tuning cache, where backend='auto' finds it later.")
@@ -110,7 +112,7 @@ def add_autotune(sub):
     return p
 
 
-def default_suite():
+def default_suite() -> list:
     """The packaged layer suite: its conv layers, then its poolings (a list of dicts)."""
     text = importlib.resources.files("fastconv").joinpath("data", "layers.json").read_text("utf-8")
     return _specs(json.loads(text), DEFAULT_SUITE)
@@ -165,7 +167,7 @@ def _shape(value, name, size):
     return tuple(_int(v, name, 1) for v in value)
 
 
-def check_spec(spec):
+def check_spec(spec: dict | list) -> None:
     """Raise ValueError naming what is wrong with one layer spec of a suite.
 
     Accepted: {N, C, H, W, K, FH, FW, stride, pad} (a conv layer),
@@ -215,7 +217,7 @@ def _format_times(times_ms):
     return ", ".join(f"{p} {t['forward'] + t['backward']:.3g} ms" for p, t in ranked)
 
 
-def run_autotune(args, parser):
+def run_autotune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .. import autotune, clear_cache
 
     tuning = _tuning()
@@ -242,6 +244,8 @@ def run_autotune(args, parser):
     for d in decisions:
         k = d.key
         shape = (f"{k['op']} x={tuple(k['x_shape'])} w={tuple(k['w_shape'])} "
-                 f"s={tuple(k['stride'])} p={tuple(k['pad'])}" + (f" {k['mode']}" if k["mode"] else ""))
+                 f"s={tuple(k['stride'])} p={tuple(k['pad'])}")
+        if k["mode"]:
+            shape += f" {k['mode']}"
         print(f"  {shape:<62} -> {d.path:<7} ({d.source}) {_format_times(d.times_ms)}")
     return 0

@@ -24,7 +24,7 @@ OPTIMIZERS = ("SGD", "Momentum", "AdaGrad", "Adam")
 TRAIN_EXTRA = 'pip install "fastconv[train]"'
 
 
-def backend_name(text):
+def backend_name(text: str) -> str:
     """'auto' or an available path."""
     from ..backends import available_backends
 
@@ -35,7 +35,7 @@ def backend_name(text):
     return text
 
 
-def weight_init(text):
+def weight_init(text: str) -> str | float:
     """A finite number > 0, or the name of a rule ('he', 'xavier', ...)."""
     from ..nets import INIT_GAINS
 
@@ -49,7 +49,7 @@ def weight_init(text):
             f"got {text!r}") from None
 
 
-def add_train(sub):
+def add_train(sub) -> argparse.ArgumentParser:
     d = FRESH_DEFAULTS
     resumed = "or the saved run's with --resume"
     p = sub.add_parser("train", help="train a conv net on MNIST or Fashion-MNIST",
@@ -101,7 +101,7 @@ def add_train(sub):
 
 # ------------------------------------------------------------------ checks
 
-def check_train_extra(quiet, parser):
+def check_train_extra(quiet: bool, parser: argparse.ArgumentParser) -> None:
     """Refuse to start without the optional packages of fastconv[train]."""
     needed = ["matplotlib"] + ([] if quiet else ["tqdm"])
     missing = []
@@ -115,7 +115,7 @@ def check_train_extra(quiet, parser):
                      f"lacks: {TRAIN_EXTRA}")
 
 
-def check_out(out, parser):
+def check_out(out: str, parser: argparse.ArgumentParser) -> None:
     """Refuse an OUT that is a file or lies where nothing can be written, before any work.
 
     A missing OUT is not created here (the first file written creates it), so a
@@ -150,7 +150,7 @@ def _net_of(param_keys):
     return None
 
 
-def read_checkpoint(path, parser):
+def read_checkpoint(path: str, parser: argparse.ArgumentParser) -> dict:
     """The saved run's options and progress: dict with net, epochs, batch_size,
     optimizer, lr, dtype, epoch (finished epochs) and step (steps into the next)."""
     from .. import io
@@ -169,7 +169,8 @@ def read_checkpoint(path, parser):
     return saved
 
 
-def resolve_options(args, saved, parser):
+def resolve_options(args: argparse.Namespace, saved: dict | None,
+                    parser: argparse.ArgumentParser) -> None:
     """Fill the options left out: from the saved run with --resume, else the fresh defaults.
 
     An option given explicitly that differs from the saved run is refused.
@@ -193,7 +194,7 @@ def resolve_options(args, saved, parser):
 
 # -------------------------------------------------------------------- run
 
-def run_train(args, parser):
+def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     check_train_extra(args.quiet, parser)
     checkpoint = os.path.join(args.out, "checkpoint.npz")
     saved = None
@@ -300,7 +301,7 @@ def _position(path):
         return None
 
 
-def interrupt_message(trainer, checkpoint, before, resumed):
+def interrupt_message(trainer, checkpoint: str, before: tuple | None, resumed: bool) -> str:
     """What a Ctrl-C left behind, stated from the checkpoint file itself.
 
     One Ctrl-C lets the trainer finish its step and save; a second one stops at
