@@ -1,6 +1,6 @@
 """Shared machinery of fastconv's benchmark suite (pytest-benchmark).
 
-Full run (minutes on 2 cores), results saved for ``fastconv plot-bench``::
+Full run (minutes on 2 cores), results saved for ``python bench/plot.py``::
 
     pytest bench --benchmark-json=results.json
 
@@ -27,7 +27,7 @@ What is timed, and how:
   ``--benchmark-min-rounds`` / ``--benchmark-max-time``);
 - ``benchmark.group`` is ``"<layer> <direction>"`` and ``benchmark.extra_info``
   holds everything a plot needs (kind, layer, path, direction, dtype, threads,
-  batch N, FLOPs): see ``fastconv.benchplot``.
+  batch N, FLOPs): see ``bench/plot.py``.
 
 Benchmarks run layer by layer: all paths of one layer and direction back to
 back, so that load from other processes (it changes over minutes on a shared

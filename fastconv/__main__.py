@@ -1,3 +1,4 @@
+"""``python -m fastconv``: the same command line as ``fastconv``."""
 import sys
 
 from .cli import main

@@ -600,5 +600,3 @@ def clear_cache():
                     except OSError:
                         pass  # a concurrent writer just put a file there
     return removed
-
-

@@ -1,9 +1,12 @@
-"""fastconv.benchplot: numbers from pytest-benchmark JSON, charts, and the plot-bench CLI.
+"""bench/plot.py: numbers from pytest-benchmark JSON, targets, charts, and its command line.
 
-Expected numbers are worked out by hand from the times and FLOPs put into a
-constructed JSON (same schema as the bench suite writes); one test also runs a
-slice of the real bench suite in smoke mode and checks the JSON it writes.
+bench/plot.py lives in the source tree, not in the installed package; it is
+loaded here by its path. Expected numbers are worked out by hand from the
+times and FLOPs put into a constructed JSON (same schema as the bench suite
+writes); one test also runs a slice of the real bench suite in smoke mode and
+checks the JSON it writes.
 """
+import importlib.util
 import json
 import math
 import pathlib
@@ -12,12 +15,23 @@ import sys
 
 import pytest
 
-from fastconv import benchplot
-from fastconv.cli import main
 from support import PYTHON
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+PLOT = REPO / "bench" / "plot.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _load_plot():
+    spec = importlib.util.spec_from_file_location("fastconv_bench_plot", PLOT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+benchplot = _load_plot()
+main = benchplot.main
 
 
 def _bench(kind, layer, path, direction, seconds, flops, N=8, ref_N=8, median=None,
@@ -164,26 +178,70 @@ def test_summary_ratios(results_json):
     assert pool["gemm_gflops"] is None and pool["im2col_vs_gemm"] is None
 
 
+ALL_TARGETS = {"forward": 1.0, "backward": 0.8, "worst": 1.6, "gemm": 0.65, "numpy": 2.0}
+
+
 def test_summary_geomeans_and_targets(results_json):
-    s = benchplot.summarize(benchplot.load_results(results_json))
+    results = benchplot.load_results(results_json)
+    s = benchplot.summarize(results)
     g = s["geomeans"]
     assert g["conv forward best/torch"] == pytest.approx(math.sqrt(0.8 * 0.5))
     assert g["conv backward best/torch"] == pytest.approx(math.sqrt(0.8 * 0.5))
     assert g["conv seeds/best"] == pytest.approx((4 * 4 * 4 * 4) ** 0.25)
     assert g["pool forward seeds/best"] == pytest.approx(5.0)
-    assert g["resnet forward im2col/gemm"] == pytest.approx(0.8)
+    # im2col's share of sgemm: 16/20 on resnet_64, 1/4 on dlfs_conv1; best's: 16/20, 1/2
+    assert g["conv forward im2col/gemm"] == pytest.approx(math.sqrt(0.8 * 0.25))
+    assert g["conv forward best/gemm"] == pytest.approx(math.sqrt(0.8 * 0.5))
+    assert "pool forward im2col/gemm" not in g          # no sgemm ceiling for a pooling
     assert s["peak_gflops"] == pytest.approx(200.0)
     assert not s["small"]
-    verdicts = {what: met for what, _, met in s["targets"]}
-    assert verdicts["best/torch geomean forward <= 1.0"] is True
+    # nothing is graded unless asked: no target, no verdict
+    assert "targets" not in s
+    assert benchplot.check_targets(s, {}) == []
+    # dlfs_conv1's best is direct both ways
+    assert [_row(s, "dlfs_conv1", d)["best_path"] for d in ("forward", "backward")] == \
+        ["direct", "direct"]
+
+    verdicts = {what: met for what, _, met in benchplot.check_targets(s, ALL_TARGETS)}
+    assert verdicts["best/torch geomean forward <= 1"] is True
     assert verdicts["best/torch geomean backward <= 0.8"] is True
     assert verdicts["no layer worse than 1.6x torch"] is True
-    assert verdicts["im2col >= 65% of sgemm, ResNet forward"] is True
-    # resnet_64 is not a small-channel layer; dlfs_conv1's best is direct both ways
-    assert verdicts["direct fastest on small-channel layers (fwd/bwd)"] is True
-    texts = {what: text for what, text, _ in s["targets"]}
-    assert texts["direct fastest on small-channel layers (fwd/bwd)"] == "dlfs_conv1: direct/direct"
-    assert verdicts["best >= 2x the seeds' NumPy code, geomean"] is True
+    assert verdicts["best >= 2x seeds_numpy, geomean"] is True
+    # every layer counts: dlfs_conv1's im2col reaches only a quarter of its sgemm rate
+    graded = {what: (text, met) for what, text, met in benchplot.check_targets(s, ALL_TARGETS)}
+    text, met = graded["im2col >= 65% of sgemm, forward"]
+    assert met is False and text == "min 25.0% (dlfs_conv1)"
+    # ... unless the user grades the ResNet layer alone
+    resnet = benchplot.summarize(benchplot.select_layers(results, ["resnet_64"]))
+    assert resnet["geomeans"]["conv forward im2col/gemm"] == pytest.approx(0.8)
+    assert resnet["peak_gflops"] == pytest.approx(200.0)
+    (gemm,) = benchplot.check_targets(resnet, {"gemm": 0.65})
+    assert gemm[1:] == ("min 80.0% (resnet_64)", True)
+
+
+def test_targets_without_the_numbers_are_not_measured(results_json):
+    data = json.loads(results_json.read_text())
+    data["benchmarks"] = [b for b in data["benchmarks"]
+                          if (b["extra_info"] or {}).get("path") not in ("torch", "gemm")]
+    s = benchplot.summarize(benchplot.load_results(data))
+    graded = benchplot.check_targets(s, ALL_TARGETS)
+    assert [met for _, _, met in graded] == [None, None, None, None, True]
+    assert "not measured" in benchplot.format_summary(s, graded)
+
+
+def test_parse_target():
+    assert benchplot.parse_target("forward=0.75") == ("forward", 0.75)
+    for bad, match in (("speed=2", "NAME one of"), ("forward", "NAME=VALUE"),
+                       ("forward=nan", "finite number > 0"), ("gemm=-1", "finite number > 0"),
+                       ("worst=x", "finite number > 0")):
+        with pytest.raises(ValueError, match=match):
+            benchplot.parse_target(bad)
+
+
+def test_select_layers_names_unknown_layers(results_json):
+    results = benchplot.load_results(results_json)
+    with pytest.raises(ValueError, match="resnet_999"):
+        benchplot.select_layers(results, ["resnet_999"])
 
 
 def test_summary_flags_a_missed_target(results_json):
@@ -194,9 +252,11 @@ def test_summary_flags_a_missed_target(results_json):
             b["stats"]["min"] /= 4            # torch now 3.2x faster than im2col
     s = benchplot.summarize(benchplot.load_results(data))
     assert _row(s, "resnet_64", "forward")["best_vs_torch"] == pytest.approx(20 / 6.25)
-    verdicts = {what: (text, met) for what, text, met in s["targets"]}
+    graded = benchplot.check_targets(s, {"worst": 1.6})
+    verdicts = {what: (text, met) for what, text, met in graded}
     text, met = verdicts["no layer worse than 1.6x torch"]
     assert met is False and "3.20" in text and "resnet_64" in text
+    assert "MISSED" in benchplot.format_summary(s, graded)
 
 
 def test_format_summary_lists_every_row(results_json):
@@ -205,6 +265,9 @@ def test_format_summary_lists_every_row(results_json):
     assert "resnet_64       forward  im2col       20.00     25.00       0.80" in text
     assert "4.00x" in text and "80%" in text and "125.0" in text
     assert "MISSED" not in text and "smoke-mode" not in text
+    assert "targets" not in text                    # none passed: no grading section
+    graded = benchplot.check_targets(s, {"forward": 1.0})
+    assert "best/torch geomean forward <= 1" in benchplot.format_summary(s, graded)
 
 
 def test_plot_results_writes_pngs(results_json, tmp_path):
@@ -230,26 +293,61 @@ def test_plot_results_without_baselines(tmp_path):
 def test_cli_plot_bench(results_json, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "cli-charts"
-    assert main(["plot-bench", str(results_json), "--out", str(out)]) == 0
+    assert main([str(results_json), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "best/torch" in printed and "targets" in printed
+    assert "best/torch" in printed and "best/gemm" in printed and "targets" not in printed
     assert sorted(p.name for p in out.iterdir()) == [
         "conv_gflops.png", "conv_time.png", "pool_time.png", "speedup_vs_naive.png",
         "speedup_vs_torch.png"]
-    assert main(["plot-bench", str(results_json), str(results_json), "--out",
+    assert main([str(results_json), str(results_json), "--out",
                  str(tmp_path / "none"), "--no-charts"]) == 0
     assert not (tmp_path / "none").exists()
+
+
+def test_cli_grades_only_the_targets_passed(results_json, capsys):
+    assert main([str(results_json), "--no-charts", "--target", "forward=1.0",
+                 "--target", "worst=1.6"]) == 0
+    printed = capsys.readouterr().out
+    assert "targets passed with --target" in printed and "MISSED" not in printed
+    assert printed.count(" met\n") == 2
+    # a missed target: exit status 1
+    assert main([str(results_json), "--no-charts", "--target", "gemm=0.65"]) == 1
+    assert "MISSED" in capsys.readouterr().out
+    assert main([str(results_json), "--no-charts", "--layers", "resnet_64",
+                 "--target", "gemm=0.65"]) == 0
+    printed = capsys.readouterr().out
+    assert "dlfs_conv1" not in printed and "min 80.0% (resnet_64)" in printed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", "speed=2"], "NAME one of"),
+    (["--target", "forward=inf"], "finite number > 0"),
+    (["--layers", "nope"], "nope"),
+])
+def test_cli_bad_arguments_exit_2(results_json, capsys, args, message):
+    with pytest.raises(SystemExit) as stop:
+        main([str(results_json), "--no-charts", *args])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_cli_plot_bench_rejects_untimed_json(tmp_path, capsys):
     empty = tmp_path / "disabled.json"
     empty.write_text(json.dumps({"benchmarks": []}))
-    assert main(["plot-bench", str(empty), "--no-charts"]) == 1
+    assert main([str(empty), "--no-charts"]) == 1
     assert "no timed benchmarks" in capsys.readouterr().out
 
 
+def test_script_runs_from_the_source_tree(results_json, tmp_path):
+    done = subprocess.run([*PYTHON, str(PLOT), str(results_json), "--no-charts"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resnet_64       forward  im2col" in done.stdout
+
+
 def test_import_fastconv_does_not_import_matplotlib():
-    code = ("import sys, fastconv, fastconv.cli, fastconv.benchplot; "
+    code = ("import sys, runpy, fastconv, fastconv.cli; fastconv.cli.build_parser(); "
+            f"runpy.run_path({str(PLOT)!r}, run_name='bench_plot'); "
             "print('matplotlib' in sys.modules)")
     done = subprocess.run([*PYTHON, "-c", code], capture_output=True, text=True,
                           check=True)

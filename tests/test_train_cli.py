@@ -40,12 +40,16 @@ def test_lenet_on_fashion_mnist(tmp_path, capsys):
     assert OUTPUTS <= set(os.listdir(out))
 
 
-def test_bad_arguments_stop_with_a_message(tmp_path):
-    with pytest.raises(SystemExit, match="backend 'fortran' is not available"):
-        main(["train", "--backend", "fortran", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--epochs must be >= 1"):
-        main(["train", "--epochs", "0", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="weight_init_std"):
-        main(["train", "--weight-init", "glorot", "--train-size", "10", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="does not exist"):
-        main(["train", "--resume", "--train-size", "10", "--out", str(tmp_path / "new")])
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "fortran"], "backend 'fortran' is not available"),
+    (["--epochs", "0"], "--epochs: must be >= 1"),
+    (["--weight-init", "glorot", "--train-size", "10"], "--weight-init: expected a finite number"),
+    (["--resume", "--train-size", "10"], "does not exist"),
+])
+def test_bad_arguments_stop_with_a_message(tmp_path, capsys, args, message):
+    out = tmp_path / "new" if "--resume" in args else tmp_path
+    with pytest.raises(SystemExit) as stop:
+        main(["train", *args, "--out", str(out)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and message in err, err

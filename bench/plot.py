@@ -1,10 +1,16 @@
 """From the bench suite's pytest-benchmark JSON to a ratio table and PNG charts.
 
-The bench suite (``pytest bench --benchmark-json=results.json``) labels every
-benchmark with ``extra_info``: ``kind`` ("conv", "pool" or "gemm_peak"),
-``layer``, ``path``, ``direction``, ``library`` ("fastconv" or "baseline"),
-batch ``N`` and the layer's own batch ``ref_N``, ``flops``, ``threads``, and
-``small`` (smoke mode). This module reads those, never the test names.
+Run from the source tree (it is not part of the installed package)::
+
+    pytest bench --benchmark-json=results.json
+    python bench/plot.py results.json --out bench-plots
+    python bench/plot.py results.json --no-charts --target forward=1.0 --target gemm=0.65
+
+The bench suite labels every benchmark with ``extra_info``: ``kind`` ("conv",
+"pool" or "gemm_peak"), ``layer``, ``path``, ``direction``, ``library``
+("fastconv" or "baseline"), batch ``N`` and the layer's own batch ``ref_N``,
+``flops``, ``threads``, and ``small`` (smoke mode). This module reads those,
+never the test names, and knows no layer by name.
 
 Rules behind the numbers:
 
@@ -18,14 +24,21 @@ Rules behind the numbers:
   the full suite runs at batch 1;
 - "best" is the fastest fastconv path that ran the layer's own batch;
 - the GEMM ceiling of a layer is numpy's sgemm on that layer's im2col product,
-  measured in the same run; the peak is numpy sgemm on square matrices.
+  measured in the same run; the peak is numpy sgemm on square matrices;
+- ``seeds_numpy`` is the suite's NumPy reference code (the im2col + np.dot
+  layers of Deep Learning from Scratch, ch. 7), a baseline, not a path.
 
-``import fastconv`` does not import this module, and matplotlib is imported
-only inside the plotting functions.
+Nothing is graded unless targets are passed (``--target NAME=VALUE``, see
+``TARGETS``); the exit status is then 1 when one is missed or cannot be
+measured from the results given.
+
+matplotlib is imported only inside the plotting functions.
 """
+import argparse
 import json
 import math
 import pathlib
+import sys
 from dataclasses import dataclass
 
 STATS = ("min", "median", "mean")
@@ -35,8 +48,14 @@ PATH_ORDER = ("naive", "im2col", "direct", "cuda", "seeds_numpy", "torch", "gemm
 PATH_COLORS = {"naive": "#9e9e9e", "im2col": "#1f77b4", "direct": "#2ca02c", "cuda": "#76b900",
                "seeds_numpy": "#ff7f0e", "torch": "#d62728", "gemm": "#333333"}
 DIRECTIONS = ("forward", "backward")
-RESNET_LAYERS = ("resnet_64", "resnet_128", "resnet_256", "resnet_512")
-SMALL_CHANNEL_LAYERS = ("dlfs_conv1", "cifar_3to32")
+# --target NAME=VALUE: what each name grades, over the conv layers of the results.
+TARGETS = {
+    "forward": "geometric mean of best/torch, forward, at most VALUE",
+    "backward": "geometric mean of best/torch, backward, at most VALUE",
+    "worst": "best/torch of every layer and direction at most VALUE",
+    "gemm": "im2col at least VALUE (a fraction) of its layer's sgemm rate, every layer, forward",
+    "numpy": "geometric mean speed-up of best over seeds_numpy at least VALUE",
+}
 
 
 @dataclass(frozen=True)
@@ -150,11 +169,12 @@ def summarize(results):
     """Per layer and direction: the best fastconv path against the baselines.
 
     Returns ``{"rows": [...], "geomeans": {...}, "peak_gflops": float|None,
-    "targets": [...], "small": bool}``. Each row holds ``kind, layer, direction,
-    best_path, best_s, torch_s, best_vs_torch`` (best time / torch time: below 1
-    is faster than torch), ``seeds_s, seeds_vs_best`` (speed-up over the seeds'
-    NumPy code), ``gflops`` (path -> GFLOP/s, every path), ``gemm_gflops`` and
-    ``im2col_vs_gemm`` (im2col's share of the same-shape sgemm rate).
+    "small": bool}``. Each row holds ``kind, layer, direction, best_path, best_s,
+    torch_s, best_vs_torch`` (best time / torch time: below 1 is faster than
+    torch), ``seeds_s, seeds_vs_best`` (speed-up of best over seeds_numpy),
+    ``gflops`` (path -> GFLOP/s, every path), ``gemm_gflops`` (the layer's
+    sgemm ceiling), ``im2col_vs_gemm`` and ``best_vs_gemm`` (im2col's and the
+    best path's share of that ceiling).
     """
     rows = []
     for kind in ("conv", "pool"):
@@ -179,7 +199,8 @@ def summarize(results):
                     seeds_vs_best=_speedup(seeds, best),
                     gflops={p: paths[p].gflops for p in _ordered(paths, PATH_ORDER)},
                     gemm_gflops=gemm.gflops if gemm else None,
-                    im2col_vs_gemm=(im2col.gflops / gemm.gflops) if (im2col and gemm) else None,
+                    im2col_vs_gemm=_speedup(gemm, im2col),
+                    best_vs_gemm=_speedup(gemm, best),
                 ))
     peaks = [r.gflops for r in results if r.kind == "gemm_peak"]
     geomeans = {}
@@ -190,49 +211,72 @@ def summarize(results):
             geomeans[f"{kind} {direction} seeds/best"] = geomean([r["seeds_vs_best"] for r in sel])
         geomeans[f"{kind} seeds/best"] = geomean(
             [r["seeds_vs_best"] for r in rows if r["kind"] == kind])
-    resnet_fwd = [r for r in rows if r["kind"] == "conv" and r["layer"] in RESNET_LAYERS
-                  and r["direction"] == "forward"]
-    geomeans["resnet forward im2col/gemm"] = geomean([r["im2col_vs_gemm"] for r in resnet_fwd])
-    summary = dict(rows=rows, geomeans=geomeans, peak_gflops=max(peaks) if peaks else None,
-                   small=any(r.small for r in results))
-    summary["targets"] = _targets(summary)
-    return summary
+        for direction in DIRECTIONS:
+            sel = [r for r in rows if r["kind"] == kind and r["direction"] == direction]
+            for share in ("im2col", "best"):
+                values = [r[f"{share}_vs_gemm"] for r in sel]
+                if any(v is not None for v in values):
+                    geomeans[f"{kind} {direction} {share}/gemm"] = geomean(values)
+    return dict(rows=rows, geomeans=geomeans, peak_gflops=max(peaks) if peaks else None,
+                small=any(r.small for r in results))
 
 
-def _targets(summary):
-    """The issue's performance targets: (description, measured text, met: True/False/None)."""
+def parse_target(text: str) -> tuple[str, float]:
+    """'forward=0.75' -> ("forward", 0.75); names in TARGETS, values finite and > 0."""
+    name, sep, value = text.partition("=")
+    if not sep or name not in TARGETS:
+        raise ValueError(f"a target is NAME=VALUE with NAME one of {', '.join(TARGETS)}; "
+                         f"got {text!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"target {name}: the value must be a finite number > 0, got {value!r}")
+    return name, number
+
+
+def check_targets(summary: dict, targets: dict) -> list:
+    """Grade the summary's conv layers against targets ({name: value}, names in TARGETS).
+
+    Returns [(description, measured text, met: True/False/None)], None when the
+    results hold nothing to measure the target with (no torch runs, say).
+    """
     rows, g = summary["rows"], summary["geomeans"]
     conv = [r for r in rows if r["kind"] == "conv"]
     out = []
-    for direction, limit in (("forward", 1.0), ("backward", 0.8)):
-        v = g[f"conv {direction} best/torch"]
-        out.append((f"best/torch geomean {direction} <= {limit}",
-                    _fmt(v, "{:.2f}"), None if v is None else v <= limit))
-    worst = [r for r in conv if r["best_vs_torch"] is not None]
-    if worst:
-        w = max(worst, key=lambda r: r["best_vs_torch"])
-        out.append(("no layer worse than 1.6x torch",
-                    f"worst {w['best_vs_torch']:.2f} ({w['layer']} {w['direction']})",
-                    w["best_vs_torch"] <= 1.6))
-    else:
-        out.append(("no layer worse than 1.6x torch", "-", None))
-    shares = [r for r in conv if r["layer"] in RESNET_LAYERS and r["direction"] == "forward"
-              and r["im2col_vs_gemm"] is not None]
-    low = min(shares, key=lambda r: r["im2col_vs_gemm"]) if shares else None
-    out.append(("im2col >= 65% of sgemm, ResNet forward",
-                f"min {low['im2col_vs_gemm']:.1%} ({low['layer']})" if low else "-",
-                low["im2col_vs_gemm"] >= 0.65 if low else None))
-    small = [r for r in conv if r["layer"] in SMALL_CHANNEL_LAYERS and r["best_path"]]
-    best = {}
-    for r in small:                 # "layer: forward's best/backward's best"
-        best.setdefault(r["layer"], []).append(r["best_path"])
-    out.append(("direct fastest on small-channel layers (fwd/bwd)",
-                ", ".join(f"{layer}: {'/'.join(p)}" for layer, p in best.items()) or "-",
-                all(r["best_path"] == "direct" for r in small) if small else None))
-    v = g["conv seeds/best"]
-    out.append(("best >= 2x the seeds' NumPy code, geomean", _fmt(v, "{:.2f}x"),
-                None if v is None else v >= 2.0))
+    for name, limit in targets.items():
+        if name in ("forward", "backward"):
+            v = g.get(f"conv {name} best/torch")
+            out.append((f"best/torch geomean {name} <= {limit:g}", _fmt(v, "{:.2f}"),
+                        None if v is None else v <= limit))
+        elif name == "worst":
+            known = [r for r in conv if r["best_vs_torch"] is not None]
+            w = max(known, key=lambda r: r["best_vs_torch"]) if known else None
+            out.append((f"no layer worse than {limit:g}x torch",
+                        f"worst {w['best_vs_torch']:.2f} ({w['layer']} {w['direction']})" if w
+                        else "-", None if w is None else w["best_vs_torch"] <= limit))
+        elif name == "gemm":
+            known = [r for r in conv if r["direction"] == "forward"
+                     and r["im2col_vs_gemm"] is not None]
+            low = min(known, key=lambda r: r["im2col_vs_gemm"]) if known else None
+            out.append((f"im2col >= {limit:.0%} of sgemm, forward",
+                        f"min {low['im2col_vs_gemm']:.1%} ({low['layer']})" if low else "-",
+                        None if low is None else low["im2col_vs_gemm"] >= limit))
+        else:
+            v = g.get("conv seeds/best")
+            out.append((f"best >= {limit:g}x seeds_numpy, geomean", _fmt(v, "{:.2f}x"),
+                        None if v is None else v >= limit))
     return out
+
+
+def select_layers(results: list, layers: list) -> list:
+    """The results of the named layers only (the sgemm peak is kept); unknown names raise."""
+    known = {r.layer for r in results if r.kind != "gemm_peak"}
+    unknown = [name for name in layers if name not in known]
+    if unknown:
+        raise ValueError(f"layers {unknown} are not in the results; they hold {sorted(known)}")
+    return [r for r in results if r.kind == "gemm_peak" or r.layer in layers]
 
 
 def _fmt(value, spec):
@@ -243,11 +287,14 @@ def _ms(seconds):
     return "-" if seconds is None else f"{seconds * 1e3:.2f}"
 
 
-def format_summary(summary):
-    """The ratio table as text (fixed-width columns, one row per layer and direction)."""
+def format_summary(summary: dict, graded: list | None = None) -> str:
+    """The ratio table as text (fixed-width columns, one row per layer and direction).
+
+    graded: check_targets' list, printed as a last section when given.
+    """
     head = (f"{'layer':<15} {'dir':<8} {'best':<8} {'best ms':>9} {'torch ms':>9} "
             f"{'best/torch':>10} {'seeds ms':>9} {'seeds/best':>10} {'im2col GF/s':>11} "
-            f"{'gemm GF/s':>9} {'im2col/gemm':>11}")
+            f"{'gemm GF/s':>9} {'im2col/gemm':>11} {'best/gemm':>9}")
     lines = []
     if summary["small"]:
         lines.append("NOTE: smoke-mode (shrunk) layers: the ratios say nothing about speed.")
@@ -261,7 +308,8 @@ def format_summary(summary):
             f"{_fmt(r['seeds_vs_best'], '{:.2f}x'):>10} "
             f"{_fmt(r['gflops'].get('im2col'), '{:.1f}'):>11} "
             f"{_fmt(r['gemm_gflops'], '{:.1f}'):>9} "
-            f"{_fmt(r['im2col_vs_gemm'], '{:.0%}'):>11}")
+            f"{_fmt(r['im2col_vs_gemm'], '{:.0%}'):>11} "
+            f"{_fmt(r['best_vs_gemm'], '{:.0%}'):>9}")
     lines += ["", "GFLOP/s per path (naive at its own batch; pooling: nominal window reads)"]
     paths = _ordered({p for r in summary["rows"] for p in r["gflops"]}, PATH_ORDER)
     lines.append(f"{'layer':<15} {'dir':<8} " + " ".join(f"{p:>11}" for p in paths))
@@ -270,15 +318,16 @@ def format_summary(summary):
                      + " ".join(f"{_fmt(r['gflops'].get(p), '{:.3g}'):>11}" for p in paths))
     lines.append("")
     lines.append("geometric means (best/torch < 1: fastconv faster; seeds/best: speed-up "
-                 "over the seeds' NumPy code)")
+                 "over seeds_numpy; x/gemm: share of the layer's sgemm ceiling)")
     for name, value in summary["geomeans"].items():
         lines.append(f"  {name:<32} {_fmt(value, '{:.2f}')}")
     lines.append(f"  {'sgemm peak GFLOP/s':<32} {_fmt(summary['peak_gflops'], '{:.1f}')}")
-    lines.append("")
-    lines.append("targets (float32, the results given)")
-    for what, measured, met in summary["targets"]:
-        verdict = {True: "met", False: "MISSED", None: "not measured"}[met]
-        lines.append(f"  {what:<50} {measured:<52} {verdict}")
+    if graded:
+        lines.append("")
+        lines.append("targets passed with --target (float32, the results given)")
+        for what, measured, met in graded:
+            verdict = {True: "met", False: "MISSED", None: "not measured"}[met]
+            lines.append(f"  {what:<40} {measured:<40} {verdict}")
     return "\n".join(lines)
 
 
@@ -320,7 +369,7 @@ def _figure(n_rows, title):
         from matplotlib.figure import Figure     # no pyplot: no GUI backend, no global state
     except ImportError:
         raise ImportError("charts need matplotlib: pip install matplotlib "
-                          "(the table alone: fastconv plot-bench --no-charts)") from None
+                          "(the table alone: python bench/plot.py --no-charts)") from None
 
     fig = Figure(figsize=(11, 3.6 * n_rows), layout="constrained")
     axes = fig.subplots(n_rows, 1, squeeze=False)[:, 0]
@@ -420,35 +469,64 @@ def plot_results(results, out_dir):
 
 # ---------------------------------------------------------------------- CLI
 
-def _cmd_plot_bench(args):
-    results = load_results(args.results, stat=args.stat, merge=args.merge)
-    if not results:
-        print(f"{' '.join(args.results)}: no timed benchmarks of the fastconv suite in it "
-              f"(was it written with --benchmark-disable?)")
-        return 1
-    print(format_summary(summarize(results)))
-    if not args.no_charts:
-        print("")
-        for path in plot_results(results, args.out):
-            print(f"wrote {path}")
-    return 0
+def _target_arg(text):
+    try:
+        return parse_target(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def add_cli(sub):
-    """Register ``fastconv plot-bench RESULTS.json --out DIR`` on the CLI's subparsers."""
-    p = sub.add_parser(
-        "plot-bench", help="ratio table and PNG charts from the bench suite's JSON",
-        description="Reads `pytest bench --benchmark-json=RESULTS.json` output, prints the "
-                    "per-layer ratio table (best fastconv path vs torch and the seeds' NumPy "
-                    "code, im2col vs the sgemm ceiling) and writes PNG charts into --out.")
+def build_parser() -> argparse.ArgumentParser:
+    names = "; ".join(f"{name}: {what}" for name, what in TARGETS.items())
+    p = argparse.ArgumentParser(
+        prog="python bench/plot.py",
+        description="Reads the bench suite's pytest-benchmark JSON (pytest bench "
+                    "--benchmark-json=RESULTS.json), prints the per-layer ratio table (best "
+                    "fastconv path vs torch and seeds_numpy, im2col and best vs the sgemm "
+                    "ceiling) and writes PNG charts into --out.")
     p.add_argument("results", nargs="+",
                    help="pytest-benchmark JSON written by the bench suite (several: merged "
                         "per benchmark, see --merge)")
-    p.add_argument("--out", default="bench-plots", help="folder for the PNG charts")
+    p.add_argument("--out", default="bench-plots",
+                   help="folder for the PNG charts (default: %(default)s)")
     p.add_argument("--stat", choices=STATS, default="min",
                    help="which per-benchmark time to use (default: min over rounds)")
     p.add_argument("--merge", choices=MERGES, default="last",
                    help="several files: 'last' (a later file replaces the same benchmark) or "
-                        "'min' (the fastest run of each benchmark)")
+                        "'min' (the fastest run of each benchmark) (default: %(default)s)")
+    p.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
+                   help="report and grade only these layers (default: every layer in the results)")
+    p.add_argument("--target", type=_target_arg, action="append", default=[],
+                   metavar="NAME=VALUE",
+                   help=f"grade the results against a target (repeatable); names: {names}. "
+                        "Exit status 1 when a target is missed or cannot be measured")
     p.add_argument("--no-charts", action="store_true", help="print the table only")
-    p.set_defaults(func=_cmd_plot_bench)
+    return p
+
+
+def main(argv: list | None = None) -> int:
+    """Run the command line -> exit status (0, or 1: no timed benchmarks or a missed target)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        results = load_results(args.results, stat=args.stat, merge=args.merge)
+        if args.layers:
+            results = select_layers(results, args.layers)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
+    if not results:
+        print(f"{' '.join(args.results)}: no timed benchmarks of the fastconv suite in it "
+              f"(was it written with --benchmark-disable?)")
+        return 1
+    summary = summarize(results)
+    graded = check_targets(summary, dict(args.target))
+    print(format_summary(summary, graded))
+    if not args.no_charts:
+        print("")
+        for path in plot_results(results, args.out):
+            print(f"wrote {path}")
+    return 0 if all(met for _, _, met in graded) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

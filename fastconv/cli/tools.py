@@ -1,0 +1,251 @@
+"""``fastconv compare``, ``fastconv explain`` and ``fastconv autotune``."""
+import argparse
+import importlib
+import importlib.resources
+import json
+import numbers
+
+from ..geometry import output_hw
+from .options import add_layer_arguments, check_layer, path_name
+
+LAYER_DEFAULT = ("Default layer: the first conv layer of SimpleConvNet (Deep Learning from "
+                 "Scratch, ch. 7), 100 images 1x28x28, 30 filters 5x5.")
+
+
+def _tuning():
+    # imported when a command needs it: `fastconv --help` should not load the kernels
+    return importlib.import_module("fastconv.tuner")
+
+
+def _shape_text(args):
+    return (f"x=({args.batch}, {args.channels}, {args.size}, {args.size}) "
+            f"W=({args.filters}, {args.channels}, {args.kernel}, {args.kernel})")
+
+
+# ------------------------------------------------------------------ compare
+
+def add_compare(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("compare", help="time one conv layer forward and backward on every path",
+                       description="Times one convolution forward and backward on each path "
+                                   "and reports how far each result is from the naive path's. "
+                                   + LAYER_DEFAULT)
+    add_layer_arguments(p)
+    p.add_argument("--paths", nargs="+", type=path_name, default=None, metavar="PATH",
+                   help="paths to time, e.g. im2col direct (default: every available path)")
+    p.set_defaults(func=run_compare, command_parser=p)
+    return p
+
+
+def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import numba
+
+    from ..compare import compare, format_table
+
+    check_layer(args, parser)
+    try:
+        rows = compare(N=args.batch, C=args.channels, H=args.size, W=args.size, K=args.filters,
+                       FH=args.kernel, FW=args.kernel, stride=args.stride, pad=args.pad,
+                       dtype=args.dtype, repeat=args.repeat, paths=args.paths)
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    title = (f"conv {_shape_text(args)} stride={args.stride} pad={args.pad} {args.dtype}, "
+             f"{numba.get_num_threads()} threads, best of {args.repeat}")
+    print(format_table(rows, title))
+    return 0
+
+
+# ------------------------------------------------------------------ explain
+
+def add_explain(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("explain", help="what one conv layer costs (FLOPs, bytes, im2col chunks), "
+                                       "and with --measure what each path takes and auto's pick",
+                       description="Counts the FLOPs and bytes of one convolution and the "
+                                   "chunks the im2col path unrolls it in; with --measure also "
+                                   "times every path and shows which one backend='auto' "
+                                   "picks. " + LAYER_DEFAULT)
+    add_layer_arguments(p)
+    p.add_argument("--measure", action="store_true", help="time every path on this machine")
+    p.add_argument("--paths", nargs="+", type=path_name, default=None, metavar="PATH",
+                   help="paths to time with --measure (default: every available path but cuda)")
+    p.set_defaults(func=run_explain, command_parser=p)
+    return p
+
+
+def run_explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ..explain import explain
+
+    check_layer(args, parser)
+    if args.paths is not None and not args.measure:
+        parser.error("--paths chooses the paths to time: it needs --measure")
+    x_shape = (args.batch, args.channels, args.size, args.size)
+    w_shape = (args.filters, args.channels, args.kernel, args.kernel)
+    try:
+        result = explain(x_shape, w_shape, args.stride, args.pad, args.dtype,
+                         measure=args.measure, paths=args.paths, repeat=args.repeat)
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    print(result)
+    return 0
+
+
+# ----------------------------------------------------------------- autotune
+
+DEFAULT_SUITE = "the layer suite installed with fastconv (fastconv/data/layers.json)"
+
+
+def add_autotune(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("autotune",
+                       help="measure and store backend='auto' choices for a layer suite",
+                       description="Times the candidate paths on every conv layer and pooling of "
+                                   "a layer suite and stores the fastest path of each in the "
+                                   "auto-tuning cache, where backend='auto' finds it later.")
+    p.add_argument("layers", nargs="?", default=None, metavar="SUITE.json",
+                   help="a JSON file with a 'layers' list (N, C, H, W, K, FH, FW, stride, pad "
+                        "per conv layer) and a 'pooling' list (N, C, H, W, FH, FW, stride, pad, "
+                        f"mode) (default: {DEFAULT_SUITE})")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="dtype of layers whose spec names none (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="measure again even known layers")
+    p.add_argument("--clear", action="store_true",
+                   help="forget every stored choice and exit (takes no SUITE.json)")
+    p.set_defaults(func=run_autotune, command_parser=p)
+    return p
+
+
+def default_suite() -> list:
+    """The packaged layer suite: its conv layers, then its poolings (a list of dicts)."""
+    text = importlib.resources.files("fastconv").joinpath("data", "layers.json").read_text("utf-8")
+    return _specs(json.loads(text), DEFAULT_SUITE)
+
+
+def _specs(suite, source):
+    if isinstance(suite, list):
+        return suite
+    if not isinstance(suite, dict) or not ({"layers", "pooling"} & set(suite)):
+        raise ValueError(f"{source} must hold a JSON object with a 'layers' and/or 'pooling' "
+                         f"list, or a list of layer specs")
+    specs = []
+    for key in ("layers", "pooling"):
+        part = suite.get(key, [])
+        if not isinstance(part, list):
+            raise ValueError(f"{source}: {key!r} must be a list, got {type(part).__name__}")
+        specs += part
+    return specs
+
+
+def _read_suite(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            suite = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"layer suite {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"layer suite {path} is a directory, not a JSON file") from None
+    except OSError as err:
+        raise ValueError(f"cannot read layer suite {path}: {err.strerror}") from None
+    except ValueError as err:
+        raise ValueError(f"layer suite {path} is not valid JSON: {err}") from None
+    return _specs(suite, path)
+
+
+def _int(value, name, low):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+    return int(value)
+
+
+def _pair(value, name, low):
+    if isinstance(value, list) and len(value) == 2:
+        return tuple(_int(v, name, low) for v in value)
+    v = _int(value, name, low)
+    return v, v
+
+
+def _shape(value, name, size):
+    if not isinstance(value, list) or len(value) != size:
+        raise ValueError(f"{name} must be a list of {size} whole numbers, got {value!r}")
+    return tuple(_int(v, name, 1) for v in value)
+
+
+def check_spec(spec: dict | list) -> None:
+    """Raise ValueError naming what is wrong with one layer spec of a suite.
+
+    Accepted: {N, C, H, W, K, FH, FW, stride, pad} (a conv layer),
+    {N, C, H, W, FH, FW, stride, pad, mode} (a pooling, no K),
+    {x_shape, w_shape, stride, pad[, mode]} or [x_shape, w_shape[, stride[, pad]]].
+    """
+    if isinstance(spec, list):
+        if not 2 <= len(spec) <= 4:
+            raise ValueError(f"a list spec is [x_shape, w_shape[, stride[, pad]]], got {spec!r}")
+        spec = dict(zip(("x_shape", "w_shape", "stride", "pad"), spec))
+    if not isinstance(spec, dict):
+        raise ValueError(f"a layer spec must be a JSON object or list, got {spec!r}")
+    if "dtype" in spec and spec["dtype"] not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {spec['dtype']!r}")
+    if "x_shape" in spec:
+        pool = spec.get("op", "conv" if spec.get("mode") is None else "pool") == "pool"
+        x_shape = _shape(spec["x_shape"], "x_shape", 4)
+        w_shape = _shape(spec.get("w_shape"), "w_shape", 2 if pool else 4)
+        if not pool and w_shape[1] != x_shape[1]:
+            raise ValueError(f"x_shape has C={x_shape[1]} channels but w_shape {list(w_shape)} "
+                             f"expects C={w_shape[1]}")
+        window = w_shape if pool else w_shape[2:]
+    else:
+        pool = "K" not in spec
+        need = ("N", "C", "H", "W", "FH", "FW") + (() if pool else ("K",))
+        missing = [k for k in need if k not in spec]
+        if missing:
+            raise ValueError(f"{'pooling' if pool else 'conv'} spec lacks {', '.join(missing)}")
+        x_shape = tuple(_int(spec[k], k, 1) for k in ("N", "C", "H", "W"))
+        window = tuple(_int(spec[k], k, 1) for k in ("FH", "FW"))
+        if pool:
+            spec = {"mode": "max", **spec}
+    if pool and spec.get("mode") not in ("max", "avg"):
+        raise ValueError(f"a pooling's mode must be 'max' or 'avg', got {spec.get('mode')!r}")
+    stride = _pair(spec.get("stride", 1), "stride", 1)
+    pad = _pair(spec.get("pad", 0), "pad", 0)
+    output_hw(x_shape[2:], window, stride, pad, "floor", "the window" if pool else "the filter")
+
+
+def _label(spec, i):
+    name = spec.get("id") if isinstance(spec, dict) else None
+    return f"spec {i}" + (f" ({name})" if name else "")
+
+
+def _format_times(times_ms):
+    ranked = sorted(times_ms.items(), key=lambda kv: kv[1]["forward"] + kv[1]["backward"])
+    return ", ".join(f"{p} {t['forward'] + t['backward']:.3g} ms" for p, t in ranked)
+
+
+def run_autotune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .. import autotune, clear_cache
+
+    tuning = _tuning()
+    if args.clear:
+        if args.layers is not None or args.force:
+            parser.error("--clear forgets every stored choice: it takes no SUITE.json or --force")
+        print(f"removed {clear_cache()} stored choice(s) under {tuning.cache_root() / 'autotune'}")
+        return 0
+    source = DEFAULT_SUITE if args.layers is None else args.layers
+    try:
+        specs = default_suite() if args.layers is None else _read_suite(args.layers)
+        if not specs:
+            raise ValueError(f"{source} holds no layers")
+        for i, spec in enumerate(specs):
+            try:
+                check_spec(spec)
+            except ValueError as err:
+                raise ValueError(f"{source}, {_label(spec, i)}: {err}") from None
+        decisions = autotune(specs, dtype=args.dtype, force=args.force)
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    print(f"auto choices ({tuning.current_threads()} threads, {args.dtype} unless a layer says "
+          f"otherwise), stored in {tuning.cache_dir()}")
+    for d in decisions:
+        k = d.key
+        shape = (f"{k['op']} x={tuple(k['x_shape'])} w={tuple(k['w_shape'])} "
+                 f"s={tuple(k['stride'])} p={tuple(k['pad'])}")
+        if k["mode"]:
+            shape += f" {k['mode']}"
+        print(f"  {shape:<62} -> {d.path:<7} ({d.source}) {_format_times(d.times_ms)}")
+    return 0
