@@ -166,8 +166,11 @@ def _bytes(n):
     return f"{n} B"
 
 
-def explain(x_shape, w_shape, stride=1, pad=0, dtype="float32", measure=False, *,
-            rounding="floor", paths=None, repeat=3, budget_s=1.0, seed=0):
+def explain(x_shape: tuple[int, int, int, int], w_shape: tuple[int, int, int, int],
+            stride: int | tuple[int, int] = 1, pad: int | tuple[int, int] = 0,
+            dtype="float32", measure: bool = False, *, rounding: str = "floor",
+            paths: list[str] | None = None, repeat: int = 3, budget_s: float = 1.0,
+            seed: int = 0) -> Explanation:
     """Explain the convolution of x: (N, C, H, W) with W: (FN, C, FH, FW) -> Explanation.
 
     Shapes only (no arrays needed). ``measure=True`` also times forward and

@@ -17,6 +17,8 @@ from .geometry import _as_int
 from .spec import FLOAT_DTYPES, POOL_MODES, ConvSpec, PoolSpec, conv_spec, pool_spec
 
 MODES = POOL_MODES
+# an int, or an (h, w) pair
+Pair = int | tuple[int, int]
 
 __all__ = ["conv2d", "pool2d", "conv_forward", "conv_backward", "pool_forward", "pool_backward",
            "im2col", "col2im", "Saved", "FLOAT_DTYPES", "MODES"]
@@ -125,7 +127,8 @@ def check_backend(backend: str) -> str:
 
 # ----------------------------------------------------------------- convolution
 
-def conv_forward(x, W, b, stride=1, pad=0, rounding="floor", backend="auto"):
+def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pair = 1,
+                 pad: Pair = 0, rounding: str = "floor", backend: str = "auto") -> tuple[np.ndarray, Saved]:
     """Checked convolution forward -> (out, saved); ``saved`` feeds conv_backward.
 
     x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) or None -> out (N, FN, OH, OW).
@@ -160,13 +163,15 @@ def _check_dout(dout, saved: Saved):
     return dout
 
 
-def conv_backward(dout, saved: Saved):
+def conv_backward(dout: np.ndarray, saved: Saved) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dout: (N, FN, OH, OW) -> (dx, dW, db) on the path forward used."""
     dout = _check_dout(dout, saved)
     return backends.get_path(saved.path).conv_backward(dout, saved.cache)
 
 
-def conv2d(x, W, b=None, stride=1, pad=0, *, flip=False, rounding="floor", backend="auto"):
+def conv2d(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None, stride: Pair = 1,
+           pad: Pair = 0, *, flip: bool = False, rounding: str = "floor",
+           backend: str = "auto") -> np.ndarray:
     """2-D convolution of a batch: x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) or None.
 
     Returns (N, FN, OH, OW). By default this is cross-correlation, what deep
@@ -182,8 +187,9 @@ def conv2d(x, W, b=None, stride=1, pad=0, *, flip=False, rounding="floor", backe
 
 # --------------------------------------------------------------------- pooling
 
-def pool_forward(x, pool_h, pool_w, stride=1, pad=0, mode="max", rounding="floor",
-                 backend="auto"):
+def pool_forward(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair = 1, pad: Pair = 0,
+                 mode: str = "max", rounding: str = "floor",
+                 backend: str = "auto") -> tuple[np.ndarray, Saved]:
     """Checked pooling forward -> (out, saved); ``saved`` feeds pool_backward."""
     x = check_array(x, "x", 4, "(N, C, H, W)")
     spec = pool_spec(x.shape, pool_h, pool_w, stride, pad, mode, x.dtype, rounding)
@@ -192,13 +198,14 @@ def pool_forward(x, pool_h, pool_w, stride=1, pad=0, mode="max", rounding="floor
     return out, Saved(path, cache, spec)
 
 
-def pool_backward(dout, saved: Saved):
+def pool_backward(dout: np.ndarray, saved: Saved) -> np.ndarray:
     """dout: (N, C, OH, OW) -> dx: (N, C, H, W) on the path forward used."""
     dout = _check_dout(dout, saved)
     return backends.get_path(saved.path).pool_backward(dout, saved.cache)
 
 
-def pool2d(x, pool_h, pool_w, stride=1, pad=0, mode="max", *, rounding="floor", backend="auto"):
+def pool2d(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair = 1, pad: Pair = 0,
+           mode: str = "max", *, rounding: str = "floor", backend: str = "auto") -> np.ndarray:
     """Max or average pooling of x: (N, C, H, W) -> (N, C, OH, OW).
 
     Max pooling pads with -inf; average pooling pads with zeros and divides by
@@ -211,7 +218,8 @@ def pool2d(x, pool_h, pool_w, stride=1, pad=0, mode="max", *, rounding="floor", 
 
 # ------------------------------------------------------- im2col, book layout
 
-def im2col(x, filter_h, filter_w, stride=1, pad=0, rounding="floor"):
+def im2col(x: np.ndarray, filter_h: int, filter_w: int, stride: Pair = 1, pad: Pair = 0,
+           rounding: str = "floor") -> np.ndarray:
     """x: (N, C, H, W) -> col: (N*OH*OW, C*FH*FW), the layout of "Deep Learning from Scratch".
 
     Rows are output positions, batch-major; columns run over (channel, filter
@@ -225,7 +233,8 @@ def im2col(x, filter_h, filter_w, stride=1, pad=0, rounding="floor"):
     return unroll.im2col(x, spec)
 
 
-def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0, rounding="floor"):
+def col2im(col: np.ndarray, input_shape: tuple[int, int, int, int], filter_h: int, filter_w: int,
+           stride: Pair = 1, pad: Pair = 0, rounding: str = "floor") -> np.ndarray:
     """col: (N*OH*OW, C*FH*FW) -> (N, C, H, W): the adjoint of im2col (overlaps add)."""
     from .kernels import unroll
 

@@ -55,7 +55,8 @@ class Convolution(Layer):
     last, and ``path_counts`` how many forward calls ran on each path.
     """
 
-    def __init__(self, W, b=None, stride=1, pad=0, backend="auto", rounding="floor"):
+    def __init__(self, W: np.ndarray, b: np.ndarray | None = None, stride: F.Pair = 1,
+                 pad: F.Pair = 0, backend: str = "auto", rounding: str = "floor"):
         F.check_array(W, "W", 4, "(FN, C, FH, FW)")
         if b is None:
             b = np.zeros(W.shape[0], dtype=W.dtype)
@@ -70,7 +71,7 @@ class Convolution(Layer):
         self.path_counts = Counter()
         self._saved = None
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._saved = F.conv_forward(x, self.W, self.b, self.stride, self.pad,
                                           self.rounding, self.backend)
         self.path = self._saved.path
@@ -90,8 +91,8 @@ class Pooling(Layer):
     the pool_h*pool_w cells.
     """
 
-    def __init__(self, pool_h, pool_w, stride=1, pad=0, mode="max", backend="auto",
-                 rounding="floor"):
+    def __init__(self, pool_h: int, pool_w: int, stride: F.Pair = 1, pad: F.Pair = 0,
+                 mode: str = "max", backend: str = "auto", rounding: str = "floor"):
         self.pool_h, self.pool_w = _as_int(pool_h, "pool_h"), _as_int(pool_w, "pool_w")
         if min(self.pool_h, self.pool_w) < 1:
             raise ValueError(f"pool window (pool_h, pool_w) must be >= 1, got "
@@ -106,7 +107,7 @@ class Pooling(Layer):
         self.path_counts = Counter()
         self._saved = None
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._saved = F.pool_forward(x, self.pool_h, self.pool_w, self.stride, self.pad,
                                           self.mode, self.rounding, self.backend)
         self.path = self._saved.path

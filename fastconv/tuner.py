@@ -545,7 +545,7 @@ def _spec_to_args(spec, dtype):
         f"or x_shape, w_shape) or a tuple (x_shape, w_shape[, stride[, pad]]), got {spec!r}")
 
 
-def autotune(layers, dtype="float32", force=False):
+def autotune(layers, dtype="float32", force: bool = False) -> list[Decision]:
     """Measure and store the "auto" choice for each layer ahead of time -> list of Decisions.
 
     layers: a path to a JSON file shaped like ``bench/layers.json`` (its
@@ -570,7 +570,7 @@ def autotune(layers, dtype="float32", force=False):
     return decisions
 
 
-def clear_cache():
+def clear_cache() -> int:
     """Forget every stored choice (all namespaces) and this process's memory -> files removed."""
     removed = 0
     root = cache_root() / "autotune"
