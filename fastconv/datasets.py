@@ -343,6 +343,13 @@ def _latin1_bytes(text, encoding):
     return text.encode("latin1")
 
 
+def _empty_bytes(*args):
+    # protocol 0-2 pickles write b"" as bytes(); bytes(n) would allocate n bytes
+    if args:
+        _refuse(f"refusing bytes{_short(args)}: only bytes() is accepted")
+    return b""
+
+
 _GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct_stand_in,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct_stand_in,
@@ -351,6 +358,8 @@ _GLOBALS = {
     ("numpy", "ndarray"): _RefusedNdarray,
     ("numpy", "dtype"): _dtype_stand_in,
     ("_codecs", "encode"): _latin1_bytes,   # how Python 3 writes bytes in protocol 0-2
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 _LEAVES = (type(None), bool, int, float, complex, str, bytes)
 
