@@ -57,6 +57,8 @@ def _temp_owner(name: str):
 
 
 def _process_alive(pid: int) -> bool:
+    if os.name == "nt":
+        return True         # os.kill(pid, 0) would terminate it there: rely on the age
     if pid <= 0:
         return False
     try:
@@ -94,8 +96,8 @@ def remove_stale_temp_files(directory, max_age: float = STALE_TEMP_SECONDS) -> i
             if dead or age > max_age:
                 os.unlink(entry.path)
                 removed += 1
-        except FileNotFoundError:
-            pass            # another writer cleaned it first
+        except OSError:
+            pass            # cleaned by another writer first, or not ours to delete
     return removed
 
 
@@ -139,7 +141,7 @@ def atomic_write(path, write: Callable[[BinaryIO], object], suffix: str = "") ->
     os.makedirs(directory, exist_ok=True)
     remove_stale_temp_files(directory)
     try:
-        keep_mode = os.stat(target).st_mode & 0o7777
+        keep_mode = os.stat(target).st_mode & 0o777
     except FileNotFoundError:
         keep_mode = None
     prefix = f"{TEMP_PREFIX}{_host_tag()}-{os.getpid()}-"
@@ -216,7 +218,7 @@ def _open_archive(path: str) -> zipfile.ZipFile:
         raise ValueError(f"{path} is not a readable .npz archive: {err}") from None
 
 
-def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str):
+def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, archive_size: int):
     """(shape, fortran_order, dtype) from a member's .npy header, checked against the
     member's size in the archive before any data is read."""
     name = info.filename[:-4]
@@ -224,6 +226,9 @@ def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str):
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise ValueError(f"{where} uses zip compression method {info.compress_type}; only "
                          f"stored and deflated members are read")
+    if info.compress_size > archive_size:
+        raise ValueError(f"{where} claims {info.compress_size} compressed bytes in a file of "
+                         f"{archive_size} bytes: the archive is damaged")
     limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED
                                   else _DEFLATE_MAX_RATIO) + 1024
     if info.file_size > limit:
@@ -255,11 +260,12 @@ def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str):
 def _read_archive(path, expected=None, source=None):
     path = os.fspath(path)
     with _open_archive(path) as zf:
+        archive_size = os.path.getsize(path)
         members = {}
         for info in zf.infolist():
             if not info.filename.endswith(".npy"):
                 raise ValueError(f"{path}: member {info.filename!r} is not a .npy array")
-            members[info.filename[:-4]] = (info, _member_header(zf, info, path))
+            members[info.filename[:-4]] = (info, _member_header(zf, info, path, archive_size))
         if expected is not None:
             declared = {name: _Declared(shape, dtype)
                         for name, (_, (shape, _, dtype)) in members.items()}

@@ -182,3 +182,30 @@ def test_stale_cleanup_only_matches_its_own_naming(tmp_path):
         os.utime(tmp_path / name, (old, old))
     assert io.remove_stale_temp_files(tmp_path) == 0
     assert sorted(os.listdir(tmp_path)) == sorted(names)
+
+
+def test_a_leftover_that_cannot_be_deleted_does_not_stop_the_save(tmp_path, monkeypatch):
+    # say, another user's file in a shared directory with the sticky bit
+    stale = tmp_path / f"{io.TEMP_PREFIX}{io._host_tag()}-1-0123456789ab.npz"
+    stale.write_bytes(b"")
+    old = time.time() - io.STALE_TEMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if os.path.basename(path) == stale.name:
+            raise PermissionError(1, "Operation not permitted", path)
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    io.save_params(tmp_path / "p.npz", {"W": np.ones(2)})
+    assert sorted(os.listdir(tmp_path)) == sorted([stale.name, "p.npz"])
+
+
+def test_liveness_is_probed_with_signal_0_and_never_on_windows(monkeypatch):
+    # on Windows os.kill(pid, 0) terminates the process: there only the age counts
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    assert io._process_alive(12345) and sent == [(12345, 0)]
+    monkeypatch.setattr(os, "name", "nt")
+    assert io._process_alive(12345) and sent == [(12345, 0)]

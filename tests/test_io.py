@@ -156,3 +156,15 @@ def test_compressed_archives_still_load(tmp_path):
     back = io.load_arrays(tmp_path / "c.npz")
     for k, v in arrays.items():
         assert back[k].dtype == v.dtype and np.array_equal(back[k], v)
+
+
+def test_a_member_claiming_more_than_the_file_holds_is_refused(tmp_path):
+    path = tmp_path / "p.npz"
+    npz_with_member(path, "W1", (4,), np.zeros(4).tobytes(), compress=True)
+    raw = bytearray(path.read_bytes())
+    cd = raw.rindex(b"PK\x01\x02")
+    raw[cd + 20:cd + 24] = (1 << 31).to_bytes(4, "little")    # compressed size: 2 GiB
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"{path}: array 'W1' claims 2147483648 compressed "
+                                         r"bytes in a file of \d+ bytes"):
+        io.load_arrays(path)
