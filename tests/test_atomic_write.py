@@ -5,7 +5,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import textwrap
 import time
 

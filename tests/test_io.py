@@ -80,7 +80,7 @@ def test_lenet_params_do_not_load_into_simple_conv_net(tmp_path):
         SimpleConvNet(seed=0).load_params(tmp_path / "lenet.npz")
 
 
-# ----------------------------------------------------------------- files that are not what they claim
+# ----------------------------------------------------- files that are not what they claim
 
 def test_a_npy_file_is_named_as_such(tmp_path):
     path = tmp_path / "W1.npy"
