@@ -1,5 +1,7 @@
 """Parameter files: bit-exact round trips, atomic writes, no pickle, checked loads."""
 import os
+import zipfile
+from io import BytesIO
 
 import numpy as np
 import pytest
@@ -76,3 +78,93 @@ def test_lenet_params_do_not_load_into_simple_conv_net(tmp_path):
     LeNet(seed=0).save_params(tmp_path / "lenet.npz")
     with pytest.raises(ValueError, match="missing|unexpected|shape"):
         SimpleConvNet(seed=0).load_params(tmp_path / "lenet.npz")
+
+
+# ----------------------------------------------------- files that are not what they claim
+
+def test_a_npy_file_is_named_as_such(tmp_path):
+    path = tmp_path / "W1.npy"
+    np.save(path, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=rf"{path} is a \.npy file"):
+        small(0).load_params(path)
+    with pytest.raises(ValueError, match=rf"{path} is a \.npy file"):
+        io.load_arrays(path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"just some text", "is not an .npz archive"),
+    (b"", "is not an .npz archive"),
+    (b"PK\x03\x04 half a zip", "not a readable .npz archive"),
+])
+def test_files_that_are_not_archives_name_the_file(tmp_path, content, message):
+    path = tmp_path / "p.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{path}.*{message}|{path} {message}"):
+        io.load_arrays(path)
+
+
+def npz_with_member(path, name, header_shape, data, dtype="<f8", compress=False):
+    """An .npz whose member's .npy header declares header_shape, followed by data."""
+    header = {"descr": dtype, "fortran_order": False, "shape": header_shape}
+    buf = BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=method) as zf:
+        zf.writestr(name + ".npy", buf.getvalue() + data)   # the header carries the magic
+
+
+def test_a_header_claiming_a_terabyte_is_refused_before_reading(tmp_path):
+    path = tmp_path / "p.npz"
+    npz_with_member(path, "W1", (1 << 37,), b"\0" * 16)
+    with pytest.raises(ValueError, match=rf"{path}: array 'W1': its header promises shape "
+                                         r"\(137438953472,\)"):
+        io.load_arrays(path)
+
+
+def test_load_params_checks_declared_shapes_before_reading_data(tmp_path, monkeypatch):
+    params = {k: v.copy() for k, v in small(0).params.items()}
+    params["W1"] = np.zeros((300, 1, 5, 5), np.float32)
+    io.save_params(tmp_path / "big.npz", params)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("array data was read before the shapes were checked")
+
+    monkeypatch.setattr(np.lib.format, "read_array", no_reading)
+    with pytest.raises(ValueError, match=r"'W1'.*shape \(300, 1, 5, 5\)"):
+        small(0).load_params(tmp_path / "big.npz")
+
+
+def test_a_deflated_member_claiming_too_much_is_refused(tmp_path):
+    path = tmp_path / "p.npz"
+    npz_with_member(path, "W1", (4,), np.zeros(4).tobytes(), compress=True)
+    # rewrite the central directory's uncompressed size to 1 GiB
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("W1.npy")
+    cd = raw.rindex(b"PK\x01\x02")
+    raw[cd + 24:cd + 28] = (1 << 30).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"{path}: array 'W1' claims 1073741824 bytes from "
+                                         rf"{info.compress_size} compressed bytes"):
+        io.load_arrays(path)
+
+
+def test_compressed_archives_still_load(tmp_path):
+    arrays = {"a": np.arange(12.0).reshape(3, 4),
+              "b": np.asfortranarray(np.eye(3, dtype=np.float32))}
+    np.savez_compressed(tmp_path / "c.npz", **arrays)
+    back = io.load_arrays(tmp_path / "c.npz")
+    for k, v in arrays.items():
+        assert back[k].dtype == v.dtype and np.array_equal(back[k], v)
+
+
+def test_a_member_claiming_more_than_the_file_holds_is_refused(tmp_path):
+    path = tmp_path / "p.npz"
+    npz_with_member(path, "W1", (4,), np.zeros(4).tobytes(), compress=True)
+    raw = bytearray(path.read_bytes())
+    cd = raw.rindex(b"PK\x01\x02")
+    raw[cd + 20:cd + 24] = (1 << 31).to_bytes(4, "little")    # compressed size: 2 GiB
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"{path}: array 'W1' claims 2147483648 compressed "
+                                         r"bytes in a file of \d+ bytes"):
+        io.load_arrays(path)
