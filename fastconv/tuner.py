@@ -56,9 +56,7 @@ import platform
 import re
 import stat
 import sys
-import tempfile
 import threading
-import time
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -67,7 +65,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from . import backends, timing
+from . import backends, io, timing
 from .geometry import as_pair
 from .spec import ConvSpec, PoolSpec, batch_bucket, conv_spec, pool_spec
 
@@ -376,7 +374,7 @@ def _read(path, key, cands):
 
 
 def _write(directory, key, cands, decision):
-    """Store a decision atomically: write a temporary file, then os.replace it into place."""
+    """Store a decision atomically (``fastconv.io.atomic_write_text``)."""
     payload = {
         "format": FILE_FORMAT, "key": key, "candidates": cands, "path": decision.path,
         "times_ms": decision.times_ms, "measured_at": decision.measured_at,
@@ -384,21 +382,12 @@ def _write(directory, key, cands, decision):
         "cpu": cpu_model(), "numba": numba.__version__, "numpy": np.__version__,
         "fastconv": _fastconv_version(),
     }
-    tmp = None
     try:
-        directory.mkdir(parents=True, exist_ok=True)
         target = directory / _key_file(key)
         if target.is_dir():             # a directory in the way is not ours to remove
             raise IsADirectoryError(f"{target} is a directory")
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        io.atomic_write_text(target, json.dumps(payload, indent=1, sort_keys=True), suffix=".json")
     except OSError as err:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         _warn_once("unwritable", f"fastconv could not store its auto-tuning choice in "
                                  f"{directory} ({err}); choices are kept in memory for this "
                                  f"process only. Set {ENV_CACHE_DIR} to a writable directory.")
@@ -588,13 +577,9 @@ def clear_cache() -> int:
                     pass  # another process removed it first
             for d in root.iterdir():
                 if d.is_dir():
-                    for leftover in d.glob(".tmp-*"):
-                        # Only stale ones: a young one may be a concurrent write.
-                        try:
-                            if time.time() - leftover.stat().st_mtime > 60:
-                                leftover.unlink()
-                        except FileNotFoundError:
-                            pass
+                    # only leftovers: a young temporary file of a live process may
+                    # be a concurrent write
+                    io.remove_stale_temp_files(d, max_age=60)
                     try:
                         d.rmdir()
                     except OSError:

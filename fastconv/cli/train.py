@@ -212,6 +212,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _train(args, parser, checkpoint, saved):
+    from .. import io
     from ..datasets import DATASETS, DatasetNotFoundError
     from ..plots import plot_feature_maps, plot_filters, plot_history
     from ..trainer import Trainer
@@ -269,8 +270,7 @@ def _train(args, parser, checkpoint, saved):
               "train_size": len(x_train), "test_size": len(x_test), "history": history,
               "epoch_seconds": trainer.epoch_seconds,
               "images_per_second": trainer.images_per_second, "wall_seconds": wall}
-    with open(out("history.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    io.atomic_write_text(out("history.json"), json.dumps(report, indent=1))
     paths = trainer.paths_summary()
     speed = (f"mean {np.mean(trainer.images_per_second):.0f} images/s while training"
              if trainer.images_per_second else "no timed epoch")
