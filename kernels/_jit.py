@@ -1,6 +1,9 @@
 """The one place where Numba compile options for the CPU paths are chosen."""
+import ctypes
 import functools
+import importlib.metadata
 import os
+import sys
 import threading
 
 import numba
@@ -34,24 +37,42 @@ def jit(fn=None, *, parallel=False):
 # finished keeps its threads spinning, and on a machine with as many threads
 # as cores the spinners steal the cores the other pool needs.
 #
-# The arrangement: Numba's 'workqueue' layer, whose threads sleep as soon as a
-# parallel loop ends, unless the user chose a layer (NUMBA_THREADING_LAYER).
-# Measured here (2 cores, numpy's OpenBLAS, ResNet-18 stage 1 forward as a
-# fraction of the sgemm rate of the same shape, fresh processes, best of 8-10;
-# the machine was shared, so single runs scatter widely): Numba's default
-# OpenMP layer 16-18% in every run, OpenMP with OMP_WAIT_POLICY=PASSIVE mostly
-# 20-40%, workqueue mostly 70-100%. Workqueue is also fork-safe, which GNU
-# OpenMP is not.
+# Three of Numba's layers avoid the spinning, and they differ in what they
+# allow a program to do:
+#   workqueue  threads sleep at once; aborts the process ("Concurrent access")
+#              when two Python threads launch parallel code at the same time,
+#              e.g. a program's own @njit(parallel=True) function.
+#   omp        (GNU OpenMP) safe under threads, spins unless OMP_WAIT_POLICY
+#              is PASSIVE, and terminates a forked child that launches
+#              parallel code after its parent did ("fork() called from a
+#              process already using GNU OpenMP").
+#   tbb        safe under threads and after fork; workers sleep when idle.
+#              Numba only finds the runtime of the 'tbb' package from PyPI
+#              when its lib folder is on the loader's path, which it is not
+#              in a virtual environment.
+# A library must not choose for the program a layer that aborts valid
+# programs, so fastconv no longer forces workqueue. It (1) loads the runtime
+# of an installed 'tbb' package, so that Numba's own default order (tbb,
+# then omp, then workqueue) finds it; (2) sets OMP_WAIT_POLICY=PASSIVE, only
+# if the program has not set it, so that where OpenMP is the layer its
+# threads sleep after a loop. A layer the program chose
+# (NUMBA_THREADING_LAYER, numba.config) is kept, and nothing changes once
+# Numba's threads run.
 #
-# Its one restriction: two Python threads must never launch parallel kernels
-# at the same time (workqueue aborts the process). fastconv's kernels hold
-# ``launch_lock`` around their launches; user code that calls its own
-# parallel Numba functions from several threads should choose
-# NUMBA_THREADING_LAYER=omp (or tbb) itself, which fastconv then keeps.
+# Measured here (2 shared cores, numpy's OpenBLAS; im2col forward of an
+# 8x64x56x56 float32 layer, 64 3x3 filters, pad 1, as a fraction of numpy
+# sgemm on the same GEMM shape; fresh processes, medians of 5 interleaved
+# rounds; the machine was shared by several busy users, so single runs
+# scatter widely):
+#   workqueue 1.51, omp (default spinning) 0.58, omp + PASSIVE 0.93,
+#   tbb 1.09, omp with BLAS held to one thread by threadpoolctl 1.38.
+# Spinning OpenMP is the one clearly slow arrangement; the passive policy
+# recovers most of it and tbb is on a par with workqueue. Holding BLAS to one
+# thread only looks good because the shared machine rarely had two free
+# cores; it would halve the products' speed on an idle machine.
 #
-# The other direction, OpenBLAS spinning (~0.1 s) after a product, can only be
-# shortened before numpy loads OpenBLAS (export OPENBLAS_THREAD_TIMEOUT=1) or
-# with a new dependency (threadpoolctl); neither is done here.
+# ``launch_lock`` still serialises fastconv's own launches: the scratch store
+# (``_workspace``) is one per process and used under it.
 
 launch_lock = threading.RLock()
 
@@ -73,11 +94,43 @@ def _threads_started():
     return True
 
 
+# file names of the TBB runtime Numba's tbb layer links against, per system
+_TBB_RUNTIME = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib", "win32": "tbb12.dll"}
+
+
+def _load_tbb_runtime():
+    """Load the runtime of an installed 'tbb' package; True if it is loaded.
+
+    Loaded globally, it satisfies Numba's tbb layer, which looks the library
+    up by name when its threads start.
+    """
+    name = _TBB_RUNTIME.get(sys.platform)
+    if name is None:
+        return False
+    try:
+        dist = importlib.metadata.distribution("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    for entry in dist.files or ():
+        if entry.name == name:
+            try:
+                ctypes.CDLL(str(dist.locate_file(entry)), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                return False
+            return True
+    return False
+
+
 def arrange_threads():
-    """Choose the workqueue layer unless the user chose one or Numba's threads already run."""
-    if "NUMBA_THREADING_LAYER" in os.environ or _threads_started():
+    """Make Numba's threads sleep when idle, without choosing a layer that aborts programs.
+
+    Nothing is changed when the program chose a layer or Numba's threads already run.
+    """
+    if _threads_started():
         return
-    numba.config.THREADING_LAYER = "workqueue"
+    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+        _load_tbb_runtime()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 arrange_threads()

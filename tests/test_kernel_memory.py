@@ -180,3 +180,36 @@ def test_idle_threads_hold_no_scratch_memory_of_their_own(path):
         module.release_workspace()
     # thread stacks and bookkeeping are small next to one store
     assert held <= one_store * 1.5 + 256 * 1024, (held, one_store)
+
+
+# ------------------------------------------- lengths past the kernels' integers
+
+@pytest.mark.parametrize("path", ["naive", *FAST_PATHS])
+@pytest.mark.parametrize("argument, value", [("stride", 2**62), ("stride", (1, 2**63)),
+                                             ("stride", 2**64), ("stride", 2**31),
+                                             ("pad", 2**62), ("pad", (2**63, 0)),
+                                             ("pad", 2**30)])
+def test_oversized_stride_or_pad_is_a_value_error_naming_it(path, argument, value):
+    # such lengths overflow the kernels' 64-bit index arithmetic (or ask numpy
+    # for an impossible array): they must be refused before any kernel runs
+    x = np.ones((1, 2, 8, 8))
+    W = np.ones((3, 2, 3, 3))
+    kwargs = {"stride": 1, "pad": 0, argument: value}
+    with pytest.raises(ValueError, match=argument):
+        fastconv.conv2d(x, W, backend=path, **kwargs)
+    conv = fastconv.Convolution(W, backend=path, **kwargs)
+    with pytest.raises(ValueError, match=argument):
+        conv.forward(x)
+    with pytest.raises(ValueError, match=argument):
+        fastconv.pool2d(x, 3, 3, backend=path, **kwargs)
+
+
+def test_the_largest_lengths_still_work():
+    # stride 2**31 - 1: one output per axis, on every path alike
+    x = np.arange(2 * 9 * 7, dtype=np.float64).reshape(1, 2, 9, 7)
+    W = np.ones((1, 2, 3, 3))
+    big = fastconv.geometry.MAX_LENGTH
+    results = [fastconv.conv2d(x, W, stride=big, backend=p) for p in ["naive", *FAST_PATHS]]
+    for r in results:
+        np.testing.assert_array_equal(r, results[0])
+    assert results[0].shape == (1, 1, 1, 1)
