@@ -34,7 +34,8 @@ from .autotune import (Decision, autotune_enabled, candidates, current_threads, 
 from .functional import FLOAT_DTYPES
 from .geometry import _as_int, as_pair, check_rounding, output_hw
 
-DEFAULT_IM2COL_BUDGET = 256 * 2**20
+# the one definition of the budget lives with the workspace it caps
+from .kernels._workspace import DEFAULT_WORKSPACE_BUDGET as DEFAULT_IM2COL_BUDGET
 
 
 def _im2col_module():

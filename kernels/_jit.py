@@ -51,7 +51,7 @@ def jit(fn=None, *, parallel=False):
 #              when its lib folder is on the loader's path, which it is not
 #              in a virtual environment.
 # A library must not choose for the program a layer that aborts valid
-# programs, so fastconv no longer forces workqueue. It (1) loads the runtime
+# programs, so fastconv does not force workqueue. It (1) loads the runtime
 # of an installed 'tbb' package, so that Numba's own default order (tbb,
 # then omp, then workqueue) finds it; (2) sets OMP_WAIT_POLICY=PASSIVE, only
 # if the program has not set it, so that where OpenMP is the layer its
@@ -59,17 +59,20 @@ def jit(fn=None, *, parallel=False):
 # (NUMBA_THREADING_LAYER, numba.config) is kept, and nothing changes once
 # Numba's threads run.
 #
-# Measured here (2 shared cores, numpy's OpenBLAS; im2col forward of an
-# 8x64x56x56 float32 layer, 64 3x3 filters, pad 1, as a fraction of numpy
-# sgemm on the same GEMM shape; fresh processes, medians of 5 interleaved
-# rounds; the machine was shared by several busy users, so single runs
-# scatter widely):
-#   workqueue 1.51, omp (default spinning) 0.58, omp + PASSIVE 0.93,
-#   tbb 1.09, omp with BLAS held to one thread by threadpoolctl 1.38.
-# Spinning OpenMP is the one clearly slow arrangement; the passive policy
-# recovers most of it and tbb is on a par with workqueue. Holding BLAS to one
-# thread only looks good because the shared machine rarely had two free
-# cores; it would halve the products' speed on an idle machine.
+# Measured here (2 cores shared with several busy users, numpy's OpenBLAS;
+# im2col forward of an 8x64x56x56 float32 layer, 64 3x3 filters, pad 1, as
+# a fraction of numpy sgemm on the same GEMM shape timed in the same process
+# before Numba's threads started; fresh processes, 5 interleaved rounds,
+# median [range]; load average 8-10 on the 2 cores, so single runs scatter
+# widely):
+#   workqueue 1.16 [0.30-3.14]    omp, default spinning 0.62 [0.19-0.85]
+#   omp + OMP_WAIT_POLICY=PASSIVE 0.92 [0.57-1.16]    tbb 1.09 [0.77-1.22]
+#   omp, BLAS held to one thread around the call (threadpoolctl) 1.26 [0.80-1.51]
+# Spinning OpenMP is the one clearly slow arrangement (conv 927 ms against
+# 574-595 ms for the others); the passive policy and tbb are on a par with
+# workqueue within the scatter. Holding BLAS to one thread only looks good
+# because the shared machine rarely had two free cores; on an idle machine it
+# would halve the speed of the products, so it is not done.
 #
 # ``launch_lock`` still serialises fastconv's own launches: the scratch store
 # (``_workspace``) is one per process and used under it.
