@@ -23,11 +23,45 @@ JIT_OPTIONS = dict(
 
 
 def jit(fn=None, *, parallel=False):
-    """``@jit`` / ``@jit(parallel=True)``: ``numba.njit`` with fastconv's options."""
+    """``@jit`` / ``@jit(parallel=True)``: ``numba.njit`` with fastconv's options.
+
+    A parallel kernel is wrapped in ``ParallelKernel`` and must be called from
+    Python, not from other compiled code.
+    """
     def wrap(f):
-        return numba.njit(parallel=parallel, **JIT_OPTIONS)(f)
+        if parallel:
+            return ParallelKernel(f)
+        return numba.njit(**JIT_OPTIONS)(f)
 
     return wrap(fn) if fn is not None else wrap
+
+
+# True in a child forked from a process whose GNU OpenMP threads had run:
+# Numba terminates such a child as soon as it launches parallel code, so
+# fastconv's kernels run a serial compile of themselves there instead.
+_serial_only = False
+
+
+class ParallelKernel:
+    """A ``parallel=True`` kernel that falls back to a serial compile of itself
+    where parallel launches are impossible (see ``_serial_only``)."""
+
+    def __init__(self, f):
+        self.parallel = numba.njit(parallel=True, **JIT_OPTIONS)(f)
+        self._serial = None
+        functools.update_wrapper(self, f)
+
+    def __call__(self, *args):
+        if not _serial_only:
+            return self.parallel(*args)
+        if self._serial is None:
+            # not from the cache: it could hand back the parallel machine code
+            self._serial = numba.njit(**dict(JIT_OPTIONS, cache=False))(self.parallel.py_func)
+        return self._serial(*args)
+
+    def __getattr__(self, name):
+        # signatures, py_func, ...: those of the parallel dispatcher
+        return getattr(self.parallel, name)
 
 
 # ------------------------------------------------------------------ threads
@@ -45,7 +79,9 @@ def jit(fn=None, *, parallel=False):
 #   omp        (GNU OpenMP) safe under threads, spins unless OMP_WAIT_POLICY
 #              is PASSIVE, and terminates a forked child that launches
 #              parallel code after its parent did ("fork() called from a
-#              process already using GNU OpenMP").
+#              process already using GNU OpenMP"); in such a child
+#              fastconv's kernels run serial compiles instead
+#              (``ParallelKernel``), slower but alive.
 #   tbb        safe under threads and after fork; workers sleep when idle.
 #              Numba only finds the runtime of the 'tbb' package from PyPI
 #              when its lib folder is on the loader's path, which it is not
@@ -122,6 +158,16 @@ def _load_tbb_runtime():
                 return False
             return True
     return False
+
+
+def _after_fork_in_child():
+    global _serial_only
+    if _threads_started() and numba.threading_layer() == "omp":
+        from numba.np.ufunc import omppool
+        _serial_only = getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def arrange_threads():
