@@ -3,6 +3,12 @@ import numbers
 
 ROUNDINGS = ("floor", "exact")
 
+# The largest length along one axis, padded input included, and the largest
+# stride. The compiled kernels index in 64-bit integers and multiply two
+# lengths (a plane's rows by its columns); lengths below 2**31 keep every such
+# product and sum far from overflow. No array that fits in memory comes near.
+MAX_LENGTH = 2**31 - 1
+
 
 def _as_int(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -31,8 +37,9 @@ def conv_output_size(input_size, filter_size, stride=1, pad=0, rounding="floor")
 
     rounding="floor" (default, what frameworks do) drops the trailing rows or
     columns a window does not fit in; rounding="exact" raises ``ValueError``
-    unless the division is exact, as the seed notes ask. An output below 1 is
-    always an error.
+    unless the division is exact, as the reference notes ask. An output below 1
+    is always an error, and so is a length (input, filter, stride, padded
+    input) above ``MAX_LENGTH`` = 2**31 - 1.
 
     >>> conv_output_size(28, 5, stride=3, pad=2)
     10
@@ -50,6 +57,14 @@ def conv_output_size(input_size, filter_size, stride=1, pad=0, rounding="floor")
         raise ValueError(f"stride must be >= 1, got {stride}")
     if pad < 0:
         raise ValueError(f"pad must be >= 0, got {pad}")
+    for name, value in (("input_size", input_size), ("filter_size", filter_size),
+                        ("stride", stride), ("pad", pad)):
+        if value > MAX_LENGTH:
+            raise ValueError(f"{name} must be <= 2**31 - 1 = {MAX_LENGTH}, got {value}")
+    if input_size + 2 * pad > MAX_LENGTH:
+        raise ValueError(
+            f"pad {pad} is too large: the padded input {input_size} + 2*{pad} = "
+            f"{input_size + 2 * pad} must be <= 2**31 - 1 = {MAX_LENGTH}")
     span = input_size + 2 * pad - filter_size
     if span < 0:
         raise ValueError(

@@ -1,6 +1,9 @@
 """The one place where Numba compile options for the CPU paths are chosen."""
+import ctypes
 import functools
+import importlib.metadata
 import os
+import sys
 import threading
 
 import numba
@@ -20,11 +23,45 @@ JIT_OPTIONS = dict(
 
 
 def jit(fn=None, *, parallel=False):
-    """``@jit`` / ``@jit(parallel=True)``: ``numba.njit`` with fastconv's options."""
+    """``@jit`` / ``@jit(parallel=True)``: ``numba.njit`` with fastconv's options.
+
+    A parallel kernel is wrapped in ``ParallelKernel`` and must be called from
+    Python, not from other compiled code.
+    """
     def wrap(f):
-        return numba.njit(parallel=parallel, **JIT_OPTIONS)(f)
+        if parallel:
+            return ParallelKernel(f)
+        return numba.njit(**JIT_OPTIONS)(f)
 
     return wrap(fn) if fn is not None else wrap
+
+
+# True in a child forked from a process whose GNU OpenMP threads had run:
+# Numba terminates such a child as soon as it launches parallel code, so
+# fastconv's kernels run a serial compile of themselves there instead.
+_serial_only = False
+
+
+class ParallelKernel:
+    """A ``parallel=True`` kernel that falls back to a serial compile of itself
+    where parallel launches are impossible (see ``_serial_only``)."""
+
+    def __init__(self, f):
+        self.parallel = numba.njit(parallel=True, **JIT_OPTIONS)(f)
+        self._serial = None
+        functools.update_wrapper(self, f)
+
+    def __call__(self, *args):
+        if not _serial_only:
+            return self.parallel(*args)
+        if self._serial is None:
+            # not from the cache: it could hand back the parallel machine code
+            self._serial = numba.njit(**dict(JIT_OPTIONS, cache=False))(self.parallel.py_func)
+        return self._serial(*args)
+
+    def __getattr__(self, name):
+        # signatures, py_func, ...: those of the parallel dispatcher
+        return getattr(self.parallel, name)
 
 
 # ------------------------------------------------------------------ threads
@@ -34,24 +71,47 @@ def jit(fn=None, *, parallel=False):
 # finished keeps its threads spinning, and on a machine with as many threads
 # as cores the spinners steal the cores the other pool needs.
 #
-# The arrangement: Numba's 'workqueue' layer, whose threads sleep as soon as a
-# parallel loop ends, unless the user chose a layer (NUMBA_THREADING_LAYER).
-# Measured here (2 cores, numpy's OpenBLAS, ResNet-18 stage 1 forward as a
-# fraction of the sgemm rate of the same shape, fresh processes, best of 8-10;
-# the machine was shared, so single runs scatter widely): Numba's default
-# OpenMP layer 16-18% in every run, OpenMP with OMP_WAIT_POLICY=PASSIVE mostly
-# 20-40%, workqueue mostly 70-100%. Workqueue is also fork-safe, which GNU
-# OpenMP is not.
+# Three of Numba's layers avoid the spinning, and they differ in what they
+# allow a program to do:
+#   workqueue  threads sleep at once; aborts the process ("Concurrent access")
+#              when two Python threads launch parallel code at the same time,
+#              e.g. a program's own @njit(parallel=True) function.
+#   omp        (GNU OpenMP) safe under threads, spins unless OMP_WAIT_POLICY
+#              is PASSIVE, and terminates a forked child that launches
+#              parallel code after its parent did ("fork() called from a
+#              process already using GNU OpenMP"); in such a child
+#              fastconv's kernels run serial compiles instead
+#              (``ParallelKernel``), slower but alive.
+#   tbb        safe under threads and after fork; workers sleep when idle.
+#              Numba only finds the runtime of the 'tbb' package from PyPI
+#              when its lib folder is on the loader's path, which it is not
+#              in a virtual environment.
+# A library must not choose for the program a layer that aborts valid
+# programs, so fastconv does not force workqueue. It (1) loads the runtime
+# of an installed 'tbb' package, so that Numba's own default order (tbb,
+# then omp, then workqueue) finds it; (2) sets OMP_WAIT_POLICY=PASSIVE, only
+# if the program has not set it, so that where OpenMP is the layer its
+# threads sleep after a loop. A layer the program chose
+# (NUMBA_THREADING_LAYER, numba.config) is kept, and nothing changes once
+# Numba's threads run.
 #
-# Its one restriction: two Python threads must never launch parallel kernels
-# at the same time (workqueue aborts the process). fastconv's kernels hold
-# ``launch_lock`` around their launches; user code that calls its own
-# parallel Numba functions from several threads should choose
-# NUMBA_THREADING_LAYER=omp (or tbb) itself, which fastconv then keeps.
+# Measured here (2 cores shared with several busy users, numpy's OpenBLAS;
+# im2col forward of an 8x64x56x56 float32 layer, 64 3x3 filters, pad 1, as
+# a fraction of numpy sgemm on the same GEMM shape timed in the same process
+# before Numba's threads started; fresh processes, 5 interleaved rounds,
+# median [range]; load average 8-10 on the 2 cores, so single runs scatter
+# widely):
+#   workqueue 1.16 [0.30-3.14]    omp, default spinning 0.62 [0.19-0.85]
+#   omp + OMP_WAIT_POLICY=PASSIVE 0.92 [0.57-1.16]    tbb 1.09 [0.77-1.22]
+#   omp, BLAS held to one thread around the call (threadpoolctl) 1.26 [0.80-1.51]
+# Spinning OpenMP is the one clearly slow arrangement (conv 927 ms against
+# 574-595 ms for the others); the passive policy and tbb are on a par with
+# workqueue within the scatter. Holding BLAS to one thread only looks good
+# because the shared machine rarely had two free cores; on an idle machine it
+# would halve the speed of the products, so it is not done.
 #
-# The other direction, OpenBLAS spinning (~0.1 s) after a product, can only be
-# shortened before numpy loads OpenBLAS (export OPENBLAS_THREAD_TIMEOUT=1) or
-# with a new dependency (threadpoolctl); neither is done here.
+# ``launch_lock`` still serialises fastconv's own launches: the scratch store
+# (``_workspace``) is one per process and used under it.
 
 launch_lock = threading.RLock()
 
@@ -73,11 +133,53 @@ def _threads_started():
     return True
 
 
+# file names of the TBB runtime Numba's tbb layer links against, per system
+_TBB_RUNTIME = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib", "win32": "tbb12.dll"}
+
+
+def _load_tbb_runtime():
+    """Load the runtime of an installed 'tbb' package; True if it is loaded.
+
+    Loaded globally, it satisfies Numba's tbb layer, which looks the library
+    up by name when its threads start.
+    """
+    name = _TBB_RUNTIME.get(sys.platform)
+    if name is None:
+        return False
+    try:
+        dist = importlib.metadata.distribution("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    for entry in dist.files or ():
+        if entry.name == name:
+            try:
+                ctypes.CDLL(str(dist.locate_file(entry)), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                return False
+            return True
+    return False
+
+
+def _after_fork_in_child():
+    global _serial_only
+    if _threads_started() and numba.threading_layer() == "omp":
+        from numba.np.ufunc import omppool
+        _serial_only = getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def arrange_threads():
-    """Choose the workqueue layer unless the user chose one or Numba's threads already run."""
-    if "NUMBA_THREADING_LAYER" in os.environ or _threads_started():
+    """Make Numba's threads sleep when idle, without choosing a layer that aborts programs.
+
+    Nothing is changed when the program chose a layer or Numba's threads already run.
+    """
+    if _threads_started():
         return
-    numba.config.THREADING_LAYER = "workqueue"
+    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+        _load_tbb_runtime()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 arrange_threads()

@@ -4,7 +4,9 @@ Everything here rests on one data layout, the *phase planes* of a padded image.
 With stride (sh, sw), padded pixel (r, s) lives in plane (r % sh, s % sw) at row
 r // sh, column s // sw. An output pixel (i, j) then reads filter tap (fy, fx)
 from plane (fy % sh, fx % sw) at (i + fy // sh, j + fx // sw): for every stride,
-a tap is a plain shift. Each plane is stored flat with row pitch Wq, and outputs
+a tap is a plain shift. Only the phases some tap reads get a plane:
+min(sh, FH) x min(sw, FW) per channel, so a stride larger than the image costs
+no memory beyond what the output needs. Each plane is stored flat with row pitch Wq, and outputs
 are computed on a *wide* grid of the same pitch (Wq >= OW columns, the extra
 columns are thrown away), so a tap is one shift of one long contiguous run:
 ``acc[m] += w * plane[m + offset]`` for all output rows at once. That loop is
@@ -30,10 +32,13 @@ Python threads may call them at once.
 Conventions (cross-correlation, padding values, PH*PW divisor, first maximum
 wins) are those of ``fastconv.kernels.naive``.
 
-dW multiplies the wide grid's spare columns (zero dout cells) by x cells that
-windows do read; with an inf in x, such a product is nan, and dW then holds nan
-where the naive path may hold inf. Cells that no window reads (dropped by floor
-rounding) never touch a result.
+Non-finite values: the zero borders and spare columns stand for "no term",
+which is exact only while the factor they meet is finite (0 * inf and 0 * nan
+are nan). So dx sums only the taps that read inside dout when a weight is
+not finite, and dW sums only the real output columns when x holds nan or
+inf; either way every result cell has the same terms as in the naive path,
+and nan and +-inf land in the same cells. Cells that no window reads
+(dropped by floor rounding) never touch a result.
 """
 
 from typing import NamedTuple
@@ -93,26 +98,40 @@ def _rows_per_block(pitch, itemsize):
 
 # ---------------------------------------------------------------- phase planes
 
-@jit(parallel=True)
-def _to_planes(x, sh, sw, ph, pw, Hq, Wq, r_end, s_end, fill):
-    """x: (N, C, H, W) -> (N, C*sh*sw, Hq*Wq): padded x split into stride phases.
+@jit
+def _phases(stride, window):
+    """Stride phases along one axis that a window of this size reads: min(stride, window).
 
-    Plane c*sh*sw + a*sw + b, row u, column v holds padded pixel
+    Tap f reads phase f % stride; with a stride larger than the window the
+    phases window..stride-1 are never read, so they get no plane at all and
+    the planes' memory does not grow with the stride.
+    """
+    return min(stride, window)
+
+
+@jit(parallel=True)
+def _to_planes(x, sh, sw, ph, pw, Hq, Wq, r_end, s_end, fill, FH, FW):
+    """x: (N, C, H, W) -> (N, C*Ph*Pw, Hq*Wq): padded x split into the stride phases an
+    FH x FW window reads (Ph = min(sh, FH), Pw = min(sw, FW); see ``_phases``).
+
+    Plane c*Ph*Pw + a*Pw + b, row u, column v holds padded pixel
     (u*sh + a, v*sw + b). Cells outside x, and cells at padded row >= r_end or
     column >= s_end (which no window reads: floor rounding dropped them), hold
     ``fill``, so what the wide grid's spare columns read is always harmless.
     """
     N, C, H, W = x.shape
-    P = sh * sw
+    Ph = _phases(sh, FH)
+    Pw = _phases(sw, FW)
+    P = Ph * Pw
     h_end = min(H, r_end - ph)
     w_end = min(W, s_end - pw)
     xq = np.empty((N, C * P, Hq * Wq), dtype=x.dtype)
     for task in prange(N * C):
         n = task // C
         c = task % C
-        for a in range(sh):
-            for bq in range(sw):
-                plane = xq[n, c * P + a * sw + bq]
+        for a in range(Ph):
+            for bq in range(Pw):
+                plane = xq[n, c * P + a * Pw + bq]
                 for u in range(Hq):
                     h = u * sh + a - ph
                     row = plane[u * Wq:(u + 1) * Wq]
@@ -227,14 +246,16 @@ def _forward_ops(C, FH, FW, sh, sw, Wq):
     (c, fy % sh, fx % sw) at offset (fy // sh)*Wq + fx // sw. Taps fx, fx+sw,
     fx+2*sw of one phase sit one cell apart: one group.
     """
+    Ph = _phases(sh, FH)
+    Pw = _phases(sw, FW)
     ops = np.full((C * FH * FW, 6), -1, dtype=np.int64)
     n = 0
     for c in range(C):
         for fy in range(FH):
-            for b in range(min(sw, FW)):
+            for b in range(Pw):
                 fx = b
                 while fx < FW:
-                    ops[n, 0] = c * sh * sw + (fy % sh) * sw + b
+                    ops[n, 0] = (c * Ph + fy % sh) * Pw + b
                     ops[n, 1] = (fy // sh) * Wq + fx // sw
                     count = 0
                     while count < GROUP and fx < FW:
@@ -281,7 +302,7 @@ def conv_forward(x, W, b, spec):
     # one spare row: the wide grid's last row reads up to a row past OH
     Hq = OH + (FH - 1) // sh + 1
     xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, (OH - 1) * sh + FH, (OW - 1) * sw + FW,
-                    x.dtype.type(0))
+                    x.dtype.type(0), FH, FW)
     wt = _weight_blocks(W.reshape(FN, C * FH * FW))
     ops = _forward_ops(C, FH, FW, sh, sw, Wq)
     out = _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, _rows_per_block(Wq, x.itemsize))
@@ -334,17 +355,20 @@ def _backward_ops(K, FH, FW, sh, sw, Wq, Ty, Tx):
     dx phase (a, b) at (u, v) gathers dout(u - ty, v - tx) * W[k, c, a + ty*sh,
     b + tx*sw]; in the zero-bordered dout planes that is offset
     (Ty-1-ty)*Wq + (Tx-1-tx). Taps tx, tx-1, tx-2 sit one cell apart: one group.
+    Only the phases some tap reaches have a table, p = a*Pw + b for a < Ph,
+    b < Pw (see ``_phases``); dx cells of the other phases get no gradient.
     """
-    P = sh * sw
+    Ph = _phases(sh, FH)
+    Pw = _phases(sw, FW)
     ops = np.full((K * FH * FW, 6), -1, dtype=np.int64)
-    starts = np.zeros(P + 1, dtype=np.int64)
+    starts = np.zeros(Ph * Pw + 1, dtype=np.int64)
     n = 0
-    for a in range(sh):
-        for b in range(sw):
+    for a in range(Ph):
+        for b in range(Pw):
             for k in range(K):
                 for fy in range(a, FH, sh):
                     ty = (fy - a) // sh
-                    tx = (FW - 1 - b) // sw if b < FW else -1
+                    tx = (FW - 1 - b) // sw
                     while tx >= 0:
                         ops[n, 0] = k
                         ops[n, 1] = (Ty - 1 - ty) * Wq + Tx - 1 - tx
@@ -355,31 +379,76 @@ def _backward_ops(K, FH, FW, sh, sw, Wq, Ty, Tx):
                             count += 1
                         ops[n, 2] = count
                         n += 1
-            starts[a * sw + b + 1] = n
+            starts[a * Pw + b + 1] = n
     return ops[:n].copy(), starts
 
 
 @jit
-def _dx_block(dx_n, dp_n, wt_cb, ops, starts, phase, rb, c0, sh, sw, ph, pw, Wq, RB):
+def _accumulate_within(acc, nb, src, ops, o_start, o_end, wt, base, Wq, r_lo, r_hi, c_lo, c_hi):
+    """``_accumulate`` restricted to the terms whose source cell lies inside the
+    rectangle rows r_lo..r_hi, columns c_lo..c_hi of src's planes (row pitch Wq).
+
+    The zero border around that rectangle stands for "no term here"; that is
+    exact only while every weight is finite (0 * nan and 0 * inf are nan).
+    This variant reads inside the rectangle only, one tap and one source row
+    at a time, so every cell sums exactly the terms the naive path has.
+    """
+    M = acc.shape[1]
+    for o in range(o_start, o_end):
+        plane = src[ops[o, 0]]
+        for g in range(ops[o, 2]):
+            t = ops[o, 3 + g]
+            s0 = base + ops[o, 1] + g           # the source cell of acc[:, 0]
+            for rr in range(max(r_lo, s0 // Wq), min(r_hi, (s0 + M - 1) // Wq + 1)):
+                lo = max(s0, rr * Wq + c_lo)
+                hi = min(s0 + M, rr * Wq + c_hi)
+                if hi <= lo:
+                    continue
+                s = plane[lo:hi]
+                for r in range(nb):
+                    u = wt[t, r]
+                    ar = acc[r, lo - s0:hi - s0]
+                    for m in range(hi - lo):
+                        ar[m] += u * s[m]
+
+
+@jit
+def _all_finite(a):
+    """True when no element of the contiguous array a is nan or +-inf."""
+    flat = a.reshape(a.size)
+    for i in range(flat.size):
+        if not np.isfinite(flat[i]):
+            return False
+    return True
+
+
+@jit
+def _dx_block(dx_n, dp_n, wt_cb, ops, starts, phase, rb, c0, sh, sw, Pw, ph, pw, Wq, RB,
+              within, Ty, Tx, OH, OW):
     """dx of one image, channels c0.. (one block), one phase, one block of rows.
 
-    dx_n: (C, H, W) written; dp_n: (K, Hd*Wq) dout planes of that image.
+    dx_n: (C, H, W) written; dp_n: (K, Hd*Wq) dout planes of that image, dout
+    at rows Ty-1.., columns Tx-1.. (OH x OW). within: sum only the taps that
+    read inside dout (``_accumulate_within``), needed when a weight is not finite.
     """
     C, H, W = dx_n.shape
-    a = phase // sw
-    bq = phase % sw
+    a = phase // Pw
+    bq = phase % Pw
     u_lo = (ph - a + sh - 1) // sh if ph > a else 0
     u_hi = (ph + H - 1 - a) // sh + 1 if ph + H - 1 >= a else 0
     u0 = u_lo + rb * RB
     u1 = min(u_hi, u0 + RB)
     if u0 >= u1:
         return
-    # a phase that no tap reaches (stride > filter) still writes its zeros
     v_lo = (pw - bq + sw - 1) // sw if pw > bq else 0
     v_hi = min(Wq, (pw + W - 1 - bq) // sw + 1) if pw + W - 1 >= bq else 0
     nb = min(KB, C - c0)
     acc = np.zeros((KB, (u1 - u0) * Wq), dtype=dp_n.dtype)
-    _accumulate(acc, nb, dp_n, ops, starts[phase], starts[phase + 1], wt_cb, u0 * Wq)
+    if within:
+        _accumulate_within(acc, nb, dp_n, ops, starts[phase], starts[phase + 1], wt_cb, u0 * Wq,
+                           Wq, Ty - 1, Ty - 1 + OH, Tx - 1, Tx - 1 + OW)
+    else:
+        _accumulate(acc, nb, dp_n, ops, starts[phase], starts[phase + 1], wt_cb, u0 * Wq)
     for r in range(nb):
         for u in range(u0, u1):
             h = u * sh + a - ph
@@ -394,34 +463,65 @@ def _dx_row_blocks(H, sh, RB):
 
 
 @jit(parallel=True)
-def _conv_dx(dp, wt, ops, starts, C, H, W, sh, sw, ph, pw, Wq, RB, nrb):
+def _conv_dx(dp, wt, ops, starts, C, H, W, sh, sw, ph, pw, Wq, RB, nrb, FH, FW, OH, OW):
     """dp: dout planes (N, K, Hd*Wq), wt: (C/KB, K*FH*FW, KB) -> dx: (N, C, H, W)."""
     N = dp.shape[0]
     ncb = wt.shape[0]
-    P = sh * sw
-    # every dx cell lies in exactly one task's (phase, row block): no zero fill
-    dx = np.empty((N, C, H, W), dtype=dp.dtype)
+    Pw = _phases(sw, FW)
+    P = _phases(sh, FH) * Pw
+    # every dx cell of a phase that some tap reaches lies in exactly one task's
+    # (phase, row block); the other phases (stride > filter) get no gradient
+    if P < sh * sw:
+        dx = np.zeros((N, C, H, W), dtype=dp.dtype)
+    else:
+        dx = np.empty((N, C, H, W), dtype=dp.dtype)
+    within = not _all_finite(wt)
+    Ty = (FH - 1) // sh + 1
+    Tx = (FW - 1) // sw + 1
     for task in prange(N * ncb * P * nrb):
         n = task // (ncb * P * nrb)
         cb = (task // (P * nrb)) % ncb
         _dx_block(dx[n], dp[n], wt[cb], ops, starts, (task // nrb) % P, task % nrb,
-                  cb * KB, sh, sw, ph, pw, Wq, RB)
+                  cb * KB, sh, sw, Pw, ph, pw, Wq, RB, within, Ty, Tx, OH, OW)
     return dx
 
 
 @jit
-def _dw_image(acc, xq_n, dp_n, ops, C, c, k0, nb, M, base):
+def _dw_segments(OH, OW, Wq, within):
+    """(start, length) runs of the wide grid (OH rows of pitch Wq) that dW sums over.
+
+    Normally the whole grid in DW_CHUNK pieces: its spare columns (OW..Wq-1)
+    hold zero dout, and zero times a finite x adds nothing. within=True (x
+    holds nan or inf, and 0 * inf is nan): the OW real columns of each row only.
+    """
+    M = OH * Wq
+    rows, run, pitch = (OH, OW, Wq) if within else (1, M, M)
+    per_run = (run + DW_CHUNK - 1) // DW_CHUNK
+    segs = np.empty((rows * per_run, 2), dtype=np.int64)
+    n = 0
+    for i in range(rows):
+        for m0 in range(0, run, DW_CHUNK):
+            segs[n, 0] = i * pitch + m0
+            segs[n, 1] = min(DW_CHUNK, run - m0)
+            n += 1
+    return segs
+
+
+@jit
+def _dw_image(acc, xq_n, dp_n, ops, C, c, k0, nb, segs, base):
     """acc[r, t] += dW[k0 + r, c] contribution of one image: (KB, FH*FW).
 
     xq_n: x planes of the image, dp_n: its dout planes, ops: the forward tap
-    table (same number of rows per channel). The grid is walked in chunks so
-    the KB dout rows of a chunk stay in L1 across all taps.
+    table (same number of rows per channel), segs: the runs of the wide grid
+    to sum over (``_dw_segments``), each short enough that the KB dout rows
+    of a run stay in L1 across all taps.
     """
     T = acc.shape[1]
     per_c = ops.shape[0] // C
     zero = acc.dtype.type(0)
-    for m0 in range(0, M, DW_CHUNK):
-        L = min(DW_CHUNK, M - m0)
+    for seg in range(segs.shape[0]):
+        m0 = segs[seg, 0]
+        L = segs[seg, 1]
         lo = base + m0
         d0 = dp_n[k0, lo:lo + L]
         d1 = dp_n[k0 + min(1, nb - 1), lo:lo + L]
@@ -484,7 +584,7 @@ def _dw_image(acc, xq_n, dp_n, ops, C, c, k0, nb, M, base):
 
 
 @jit(parallel=True)
-def _conv_dw(xq, dp, ops, C, FN, FH, FW, OH, Wq, base):
+def _conv_dw(xq, dp, ops, C, FN, FH, FW, OH, Wq, base, OW):
     """dW[k, c, fy, fx] = sum over n and the wide grid of dout * shifted x planes.
 
     xq: (N, C*sh*sw, Hq*Wq), dp: (N, FN, Hd*Wq), ops: the forward tap table
@@ -495,6 +595,7 @@ def _conv_dw(xq, dp, ops, C, FN, FH, FW, OH, Wq, base):
     T = FH * FW
     nkb = (FN + KB - 1) // KB
     dW = np.empty((FN, C, FH, FW), dtype=xq.dtype)
+    segs = _dw_segments(OH, OW, Wq, not _all_finite(xq))
     for task in prange(nkb * C):
         kb = task // C
         c = task % C
@@ -502,7 +603,7 @@ def _conv_dw(xq, dp, ops, C, FN, FH, FW, OH, Wq, base):
         nb = min(KB, FN - k0)
         acc = np.zeros((KB, T), dtype=xq.dtype)
         for n in range(N):
-            _dw_image(acc, xq[n], dp[n], ops, C, c, k0, nb, OH * Wq, base)
+            _dw_image(acc, xq[n], dp[n], ops, C, c, k0, nb, segs, base)
         for r in range(nb):
             for t in range(T):
                 dW[k0 + r, c, t // FW, t % FW] = acc[r, t]
@@ -536,8 +637,8 @@ def conv_backward(dout, cache):
     fops = _forward_ops(C, FH, FW, sh, sw, Wq)
     scratch = _workspace.get(N * FN * Hd * Wq, dout.dtype).reshape(N, FN, Hd * Wq)
     dp, sums = _dout_planes(dout, Ty, Tx, Wq, scratch)
-    dx = _conv_dx(dp, wt, ops, starts, C, H, Wd, sh, sw, ph, pw, Wq, RB, nrb)
-    dW = _conv_dw(xq, dp, fops, C, FN, FH, FW, OH, Wq, (Ty - 1) * Wq + Tx - 1)
+    dx = _conv_dx(dp, wt, ops, starts, C, H, Wd, sh, sw, ph, pw, Wq, RB, nrb, FH, FW, OH, OW)
+    dW = _conv_dw(xq, dp, fops, C, FN, FH, FW, OH, Wq, (Ty - 1) * Wq + Tx - 1, OW)
     return dx, dW, _conv_db(sums)
 
 
@@ -547,7 +648,8 @@ def conv_backward(dout, cache):
 def _max_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
     """xq: -inf padded planes -> out, argmax: (N, C, OH, OW); argmax = py*PW + px."""
     N = xq.shape[0]
-    P = sh * sw
+    Pw = _phases(sw, PW)
+    P = _phases(sh, PH) * Pw
     M = OH * Wq
     out = np.empty((N, C, OH, OW), dtype=xq.dtype)
     arg = np.empty((N, C, OH, OW), dtype=np.int32)
@@ -563,7 +665,7 @@ def _max_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
                     continue
                 k = np.int32(py * PW + px)
                 off = (py // sh) * Wq + px // sw
-                src = xq[n, c * P + (py % sh) * sw + px % sw, off:off + M]
+                src = xq[n, c * P + (py % sh) * Pw + px % sw, off:off + M]
                 for m in range(M):
                     v = src[m]
                     # strictly greater keeps the first maximum; nan wins as in np.argmax
@@ -581,7 +683,8 @@ def _max_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
 def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
     """xq: zero padded planes -> out: (N, C, OH, OW), window sums over PH*PW."""
     N = xq.shape[0]
-    P = sh * sw
+    Pw = _phases(sw, PW)
+    P = _phases(sh, PH) * Pw
     M = OH * Wq
     area = xq.dtype.type(PH * PW)  # a float of x's dtype: float32 stays float32
     out = np.empty((N, C, OH, OW), dtype=xq.dtype)
@@ -592,7 +695,7 @@ def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
         for py in range(PH):
             for px in range(PW):
                 off = (py // sh) * Wq + px // sw
-                src = xq[n, c * P + (py % sh) * sw + px % sw, off:off + M]
+                src = xq[n, c * P + (py % sh) * Pw + px % sw, off:off + M]
                 for m in range(M):
                     acc[m] += src[m]
         for i in range(OH):
@@ -610,7 +713,8 @@ def pool_forward(x, spec):
     Wq = -(-(Wd + 2 * pw) // sw)
     Hq = OH + (PH - 1) // sh + 1
     fill = x.dtype.type(-np.inf if mode == "max" else 0)
-    xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, (OH - 1) * sh + PH, (OW - 1) * sw + PW, fill)
+    xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, (OH - 1) * sh + PH, (OW - 1) * sw + PW, fill,
+                    PH, PW)
     if mode == "max":
         out, arg = _max_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq)
     else:
@@ -642,7 +746,8 @@ def _max_pool_backward(dout, arg, H, W, PW, sh, sw, ph, pw):
 def _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw):
     """Each output's gradient / (PH*PW) to every cell of its window; one plane per task."""
     N, C, OH, OW = dout.shape
-    P = sh * sw
+    Ph = _phases(sh, PH)
+    Pw = _phases(sw, PW)
     Wq = -(-(W + 2 * pw) // sw)
     Hq = OH + (PH - 1) // sh + 1
     area = dout.dtype.type(PH * PW)
@@ -651,20 +756,23 @@ def _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw):
         n = task // C
         c = task % C
         share = dout[n, c] / area
+        # cells no window covers (below the last window, or in a stride phase
+        # no tap reads) get no gradient
+        dx[n, c] = 0
         # phase planes of the padded dx: each window tap is a contiguous row shift
-        buf = np.zeros((P, Hq * Wq), dtype=dout.dtype)
+        buf = np.zeros((Ph * Pw, Hq * Wq), dtype=dout.dtype)
         for py in range(PH):
             for px in range(PW):
-                plane = buf[(py % sh) * sw + px % sw]
+                plane = buf[(py % sh) * Pw + px % sw]
                 for i in range(OH):
                     start = (i + py // sh) * Wq + px // sw
                     row = plane[start:start + OW]
                     g = share[i]
                     for j in range(OW):
                         row[j] += g[j]
-        for a in range(sh):
-            for b in range(sw):
-                plane = buf[a * sw + b]
+        for a in range(Ph):
+            for b in range(Pw):
+                plane = buf[a * Pw + b]
                 for u in range(Hq):
                     h = u * sh + a - ph
                     if h < 0 or h >= H:
@@ -673,9 +781,6 @@ def _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw):
                         w = v * sw + b - pw
                         if 0 <= w < W:
                             dx[n, c, h, w] = plane[u * Wq + v]
-        # rows below the last window get no gradient
-        for h in range(min(H, Hq * sh - ph), H):
-            dx[n, c, h, :] = 0
     return dx
 
 

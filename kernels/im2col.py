@@ -24,12 +24,14 @@ Memory: the unrolled matrix is bounded by a workspace budget (default 256 MiB,
 see ``set_workspace_budget`` and the ``FASTCONV_IM2COL_BUDGET`` environment
 variable): the batch is processed in chunks of whole images that fit in it, and
 a single image whose unrolled matrix is larger than the budget is processed in
-bands of output rows. Below the budget, chunks are kept near 8 MiB (one image
+bands of output positions (whole output rows while one row fits the budget,
+else pieces of a row). Below the budget, chunks are kept near 8 MiB (one image
 at least) so that the product reads the unrolled matrix from cache. Besides the
 unrolled matrix, the side-by-side layouts need a buffer for the product or for
 the rearranged ``dout``, ``FN / (C*FH*FW + 1)`` times its size. The workspace
-is kept per thread and reused from call to call, because touching freshly
-allocated memory (page faults) costs about three times as much as reusing it.
+(``fastconv.kernels._workspace``, one store for the process, used under the
+launch lock) is reused from call to call, because touching freshly allocated
+memory (page faults) costs about three times as much as reusing it.
 Arrays returned to the caller are always freshly allocated and never alias the
 workspace.
 
@@ -44,14 +46,15 @@ matrix product to gain by unrolling; the im2col path pools with the direct
 path's compiled loops (``fastconv.kernels.direct.pool_forward`` and
 ``pool_backward``), one implementation for both.
 """
-import os
 from typing import NamedTuple
 
 import numpy as np
 from numba import prange
 
+from . import _workspace as _store
 from ._jit import jit, one_launch_at_a_time
-from ._workspace import Workspace
+from ._workspace import (DEFAULT_WORKSPACE_BUDGET, Workspace,  # noqa: F401  (re-exported)
+                         _budget_from_env, get_workspace_budget, set_workspace_budget)
 from .direct import PoolCache, pool_backward, pool_forward  # noqa: F401  (this path's pooling)
 
 SCOPE = "every convolution and pooling"
@@ -67,7 +70,6 @@ def supports(spec):
     """Every spec fastconv can describe."""
     return True
 
-DEFAULT_WORKSPACE_BUDGET = 256 * 2**20
 # Below this many output positions per image, one product per image is too
 # narrow for BLAS to split over threads, so the forward pass lays a chunk's
 # images side by side instead. Measured (2 threads, forward): ResNet's 7x7
@@ -83,49 +85,11 @@ _MIN_COLUMNS_PER_IMAGE = 256
 _CACHE_TARGET = 8 * 2**20
 
 
-def _budget_from_env():
-    text = os.environ.get("FASTCONV_IM2COL_BUDGET")
-    if text is None or not text.strip():
-        return DEFAULT_WORKSPACE_BUDGET
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(
-            f"FASTCONV_IM2COL_BUDGET must be a whole number of bytes, got {text!r}") from None
-    if value < 1:
-        raise ValueError(f"FASTCONV_IM2COL_BUDGET must be >= 1 byte, got {value}")
-    return value
-
-
-_budget = _budget_from_env()
 _workspace = Workspace()
 
 
-def set_workspace_budget(nbytes):
-    """Cap the unrolled matrix of the im2col path at ``nbytes`` bytes (default 256 MiB).
-
-    The batch is then processed in chunks of images whose unrolled matrix fits;
-    one image that alone exceeds the budget is processed in bands of output
-    rows (one output row at least, whatever the budget). The setting is
-    process-wide; ``FASTCONV_IM2COL_BUDGET`` sets its initial value. Returns
-    the previous budget.
-    """
-    global _budget
-    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
-        raise TypeError(f"nbytes must be an int, got {nbytes!r}")
-    if nbytes < 1:
-        raise ValueError(f"nbytes must be >= 1, got {nbytes}")
-    previous, _budget = _budget, int(nbytes)
-    return previous
-
-
-def get_workspace_budget():
-    """The current cap, in bytes, on the im2col path's unrolled matrix."""
-    return _budget
-
-
 def release_workspace():
-    """Free this thread's reusable workspace (it is reallocated on the next call)."""
+    """Free the path's reusable workspace (it is reallocated on the next call)."""
     _workspace.release()
 
 
@@ -137,19 +101,36 @@ def release_workspace():
 # parallel body does not vectorize it), while the same copy through views
 # taken per iteration runs at memcpy speed.
 
-@jit(parallel=True)
-def _unroll(x, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, col, s_img, s_row):
-    """Unroll output rows r0..r1 of images n0..n0+n_imgs of x: (N, C, H, W) into col.
+@jit
+def _row_piece(i, OW, p0, p1):
+    """Columns j0..j1 of output row i that fall in positions p0..p1 (p = i*OW + j)."""
+    return max(0, p0 - i * OW), min(OW, p1 - i * OW)
 
-    col is flat; entry (image ii, row k, output position q) lives at
-    ``ii*s_img + k*s_row + q`` with q = (i - r0)*OW + j. Rows k < C*FH*FW are
-    the receptive fields in (c, fy, fx) order, padding as zeros; row C*FH*FW is
-    all ones (the bias row).
+
+@jit
+def _inside(fx, W, OW, sw, pw):
+    """Output columns j_lo..j_hi whose tap fx reads a column j*sw + fx - pw inside the image."""
+    j_lo = min(OW, max(0, (pw - fx + sw - 1) // sw))
+    j_hi = j_lo
+    if W - 1 + pw - fx >= 0:
+        j_hi = max(j_lo, min(OW, (W - 1 + pw - fx) // sw + 1))
+    return j_lo, j_hi
+
+
+@jit(parallel=True)
+def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, col, s_img, s_row):
+    """Unroll output positions p0..p1 (p = i*OW + j) of images n0..n0+n_imgs of
+    x: (N, C, H, W) into col.
+
+    col is flat; entry (image ii, row k, position p) lives at
+    ``ii*s_img + k*s_row + p - p0``. Rows k < C*FH*FW are the receptive
+    fields in (c, fy, fx) order, padding as zeros; row C*FH*FW is all ones
+    (the bias row). A band of positions may start and end inside a row.
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     K = C * FH * FW
     n_rows = K + 1
-    width = (r1 - r0) * OW
+    width = p1 - p0
     for t in prange(n_imgs * n_rows):
         ii = t // n_rows
         k = t - ii * n_rows
@@ -160,21 +141,21 @@ def _unroll(x, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, col, s_img, s_row
         c = k // (FH * FW)
         fy = (k // FW) % FH
         fx = k % FW
-        # output columns j_lo..j_hi read input columns j*sw + fx - pw inside the image
-        j_lo = min(OW, max(0, (pw - fx + sw - 1) // sw))
-        j_hi = j_lo
-        if W - 1 + pw - fx >= 0:
-            j_hi = max(j_lo, min(OW, (W - 1 + pw - fx) // sw + 1))
+        j_in, j_out = _inside(fx, W, OW, sw, pw)
         plane = x[n0 + ii, c].reshape(H * W)
         off = fx - pw
-        for i in range(r0, r1):
-            q = (i - r0) * OW
+        for i in range(p0 // OW, (p1 - 1) // OW + 1):
+            a, e = _row_piece(i, OW, p0, p1)
+            # position (i, j) lands at dst[q + j]
+            q = i * OW - p0
             y = i * sh + fy - ph
             if y < 0 or y >= H:
-                for j in range(OW):
+                for j in range(a, e):
                     dst[q + j] = 0
                 continue
-            for j in range(j_lo):
+            j_lo = min(max(j_in, a), e)
+            j_hi = max(j_lo, min(j_out, e))
+            for j in range(a, j_lo):
                 dst[q + j] = 0
             src = y * W + off
             if sw == 1:
@@ -186,20 +167,22 @@ def _unroll(x, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, col, s_img, s_row
                 dst_s = dst[q + j_lo:q + j_hi]
                 for j in range(j_hi - j_lo):
                     dst_s[j] = src_s[j]
-            for j in range(j_hi, OW):
+            for j in range(j_hi, e):
                 dst[q + j] = 0
 
 
 @jit(parallel=True)
-def _col2im(dcol, s_img, s_row, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, dx):
-    """Add dcol (flat, layout as in ``_unroll``, output rows r0..r1) into dx[n0:n0+n_imgs].
+def _col2im(dcol, s_img, s_row, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, dx):
+    """Add dcol (flat, layout as in ``_unroll``, positions p0..p1) into dx[n0:n0+n_imgs].
 
     Gather form: each (image, channel) plane of dx is owned by one parallel
     iteration and each pixel sums, in a fixed order, the unrolled entries that
     were copied from it, so the result is race-free and bit-reproducible.
-    dx must hold zeros (or the sum of earlier row bands) on entry.
+    dx must hold zeros (or the sum of earlier bands) on entry.
     """
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    i_first = p0 // OW
+    i_last = (p1 - 1) // OW
     for t in prange(n_imgs * C):
         ii = t // C
         c = t - ii * C
@@ -211,16 +194,17 @@ def _col2im(dcol, s_img, s_row, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, 
                 if iy < 0 or iy % sh != 0:
                     continue
                 i = iy // sh
-                if i < r0 or i >= r1:
+                if i < i_first or i > i_last:
                     continue
+                a, e = _row_piece(i, OW, p0, p1)
                 for fx in range(FW):
                     k = (c * FH + fy) * FW + fx
-                    row = ii * s_img + k * s_row + (i - r0) * OW
+                    # entry of position (i, j) is dcol[row + j]
+                    row = ii * s_img + k * s_row + i * OW - p0
                     # pixels xx = j*sw + fx - pw for output columns j inside the image
-                    j_lo = min(OW, max(0, (pw - fx + sw - 1) // sw))
-                    if W - 1 + pw - fx < 0:
-                        continue
-                    j_hi = min(OW, (W - 1 + pw - fx) // sw + 1)
+                    j_lo, j_hi = _inside(fx, W, OW, sw, pw)
+                    j_lo = max(j_lo, a)
+                    j_hi = min(j_hi, e)
                     if j_hi <= j_lo:
                         continue
                     off = fx - pw
@@ -307,7 +291,7 @@ def plan(spec):
     ones that carries the bias), ``budget`` (bytes one piece may take),
     ``pieces`` (unroll-and-multiply steps), ``images_per_piece`` (in the first
     piece) and ``bands`` (True when one image exceeds the budget and is split
-    into bands of output rows).
+    into bands of output positions).
     """
     if spec.op != "conv":
         return {"method": "pooling with the direct path's loops (no matrix product to gain)"}
@@ -316,32 +300,39 @@ def plan(spec):
     rows = spec.field + 1
     result = {"method": "unroll (im2col) + one BLAS matrix product per piece",
               "unrolls": _unrolls(spec), "matrix_shape": (rows, N * OH * OW),
-              "budget": _budget, "pieces": 0, "images_per_piece": N, "bands": False}
+              "budget": _store.get_workspace_budget(), "pieces": 0, "images_per_piece": N,
+              "bands": False}
     if result["unrolls"]:
         pieces = list(_chunks(N, rows, OH, OW, spec.dtype.itemsize))
         result.update(pieces=len(pieces), images_per_piece=pieces[0][1],
-                      bands=any(r1 - r0 < OH for _, _, r0, r1 in pieces))
+                      bands=any(p1 - p0 < OH * OW for _, _, p0, p1 in pieces))
     return result
 
 
 def _chunks(n_images, n_rows, OH, OW, itemsize):
     """Pieces of work whose unrolled matrix (n_rows x positions) fits the budget.
 
-    Yields (n0, n_imgs, r0, r1): images n0..n0+n_imgs, output rows r0..r1.
-    Whole images are grouped up to _CACHE_TARGET bytes (or the budget, if
-    smaller); an image that alone exceeds the budget is split into bands of
-    output rows (one row at least).
+    Yields (n0, n_imgs, p0, p1): images n0..n0+n_imgs, output positions
+    p0..p1 (position p is output row p // OW, column p % OW). Whole images
+    are grouped up to _CACHE_TARGET bytes (or the budget, if smaller); an
+    image that alone exceeds the budget is split into bands of whole output
+    rows while one row fits, else into pieces of a row (one position, the
+    n_rows values of one receptive field, at least).
     """
-    per_image = n_rows * OH * OW * itemsize
-    if per_image <= _budget:
-        per_chunk = max(1, min(n_images, min(_budget, _CACHE_TARGET) // per_image))
+    budget = _store.get_workspace_budget()
+    P = OH * OW
+    per_image = n_rows * P * itemsize
+    if per_image <= budget:
+        per_chunk = max(1, min(n_images, min(budget, _CACHE_TARGET) // per_image))
         for n0 in range(0, n_images, per_chunk):
-            yield n0, min(per_chunk, n_images - n0), 0, OH
+            yield n0, min(per_chunk, n_images - n0), 0, P
         return
-    rows = max(1, _budget // (n_rows * OW * itemsize))
+    band = max(1, budget // (n_rows * itemsize))
+    if band >= OW:
+        band -= band % OW               # whole rows: fewer, more regular pieces
     for n in range(n_images):
-        for r0 in range(0, OH, rows):
-            yield n, 1, r0, min(OH, r0 + rows)
+        for p0 in range(0, P, band):
+            yield n, 1, p0, min(P, p0 + band)
 
 
 @one_launch_at_a_time
@@ -368,20 +359,20 @@ def conv_forward(x, W, b, spec):
     Wb = np.empty((FN, K + 1), dtype=x.dtype)
     Wb[:, :K] = W.reshape(FN, K)
     Wb[:, K] = b
-    for n0, n_imgs, r0, r1 in _chunks(N, K + 1, OH, OW, x.itemsize):
-        width = (r1 - r0) * OW
+    for n0, n_imgs, p0, p1 in _chunks(N, K + 1, OH, OW, x.itemsize):
+        width = p1 - p0
         col = _workspace.get(n_imgs * (K + 1) * width, x.dtype)
         if P >= _MIN_COLUMNS_PER_IMAGE or n_imgs == 1:
             # (n_imgs, K+1, width): each image's product lands in its NCHW block
-            _unroll(x, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, col, (K + 1) * width, width)
+            _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, col, (K + 1) * width, width)
             col3 = col.reshape(n_imgs, K + 1, width)
             if width == P:
                 np.matmul(Wb, col3, out=out3[n0:n0 + n_imgs])
             else:
-                out3[n0, :, r0 * OW:r1 * OW] = Wb @ col3[0]
+                out3[n0, :, p0:p1] = Wb @ col3[0]
         else:
             # (K+1, n_imgs*P): one wide product, then a small copy back to NCHW
-            _unroll(x, n0, n_imgs, 0, OH, FH, FW, sh, sw, ph, pw, OW, col, P, n_imgs * P)
+            _unroll(x, n0, n_imgs, 0, P, FH, FW, sh, sw, ph, pw, OW, col, P, n_imgs * P)
             prod = _workspace.get(FN * n_imgs * P, x.dtype, slot=1)
             np.matmul(Wb, col.reshape(K + 1, n_imgs * P), out=prod.reshape(FN, n_imgs * P))
             _side_by_side_to_images(prod, n0, n_imgs, out3)
@@ -419,19 +410,19 @@ def conv_backward(dout, cache):
 
     # [dW | db] = sum over positions of dout times [col ; ones]
     dWb = np.empty((FN, K + 1), dtype=x.dtype)
-    for n0, n_imgs, r0, r1 in _chunks(N, K + 1, OH, OW, x.itemsize):
-        width = (r1 - r0) * OW
+    for n0, n_imgs, p0, p1 in _chunks(N, K + 1, OH, OW, x.itemsize):
+        width = p1 - p0
         cols = n_imgs * width
         col = _workspace.get((K + 1) * cols, x.dtype)
         # images side by side: col (K+1, n_imgs*width), dout_t (FN, n_imgs*width)
-        _unroll(x, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, col, width, cols)
+        _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, col, width, cols)
         if n_imgs == 1:
-            dout_t = dout3[n0, :, r0 * OW:r1 * OW]
+            dout_t = dout3[n0, :, p0:p1]
         else:
             dout_t = _workspace.get(FN * cols, x.dtype, slot=1)
             _images_to_side_by_side(dout3, n0, n_imgs, dout_t)
             dout_t = dout_t.reshape(FN, cols)
-        if n0 == 0 and r0 == 0:
+        if n0 == 0 and p0 == 0:
             np.matmul(dout_t, col.reshape(K + 1, cols).T, out=dWb)
         else:
             part = _workspace.get(FN * (K + 1), x.dtype, slot=2).reshape(FN, K + 1)
@@ -440,5 +431,5 @@ def conv_backward(dout, cache):
         # col is no longer needed: its memory takes dcol = W^T @ dout_t
         dcol = col[:K * cols]
         np.matmul(W_t, dout_t, out=dcol.reshape(K, cols))
-        _col2im(dcol, width, cols, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, dx)
+        _col2im(dcol, width, cols, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, dx)
     return dx, np.ascontiguousarray(dWb[:, :K]).reshape(W.shape), dWb[:, K].copy()

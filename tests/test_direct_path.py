@@ -49,7 +49,8 @@ def test_phase_planes_hold_the_padded_image(stride, pad):
     x = rng.standard_normal((2, 3, 7, 8))
     (sh, sw), (ph, pw) = stride, pad
     Hq, Wq, fill = 6, -(-(8 + 2 * pw) // sw), -5.0
-    xq = direct._to_planes(x, sh, sw, ph, pw, Hq, Wq, 10**6, 10**6, fill)
+    # a window as large as the stride reads every phase
+    xq = direct._to_planes(x, sh, sw, ph, pw, Hq, Wq, 10**6, 10**6, fill, sh, sw)
     xp = np.pad(x, ((0, 0), (0, 0), (ph, Hq * sh), (pw, Wq * sw)), constant_values=fill)
     for c in range(3):
         for a in range(sh):
@@ -60,9 +61,27 @@ def test_phase_planes_hold_the_padded_image(stride, pad):
 
 def test_phase_planes_blank_the_cells_no_window_reads():
     x = np.arange(1.0, 1 + 5 * 6).reshape(1, 1, 5, 6)
-    xq = direct._to_planes(x, 1, 1, 0, 0, 6, 6, 3, 4, 0.0).reshape(6, 6)
+    xq = direct._to_planes(x, 1, 1, 0, 0, 6, 6, 3, 4, 0.0, 3, 4).reshape(6, 6)
     np.testing.assert_array_equal(xq[:3, :4], x[0, 0, :3, :4])
     assert not xq[3:].any() and not xq[:, 4:].any()
+
+
+@pytest.mark.parametrize("stride, window", [((5, 4), (2, 3)), ((1000, 7), (3, 2))])
+def test_only_the_phases_a_window_reads_get_a_plane(stride, window):
+    # stride > window: phases window..stride-1 are never read and get no plane,
+    # so the planes' size does not grow with the stride
+    x = np.arange(2 * 3 * 9 * 8, dtype=np.float64).reshape(2, 3, 9, 8)
+    (sh, sw), (fh, fw) = stride, window
+    Hq, Wq = 3, -(-8 // sw)
+    xq = direct._to_planes(x, sh, sw, 0, 0, Hq, Wq, 10**6, 10**6, -1.0, fh, fw)
+    Ph, Pw = min(sh, fh), min(sw, fw)
+    assert xq.shape == (2, 3 * Ph * Pw, Hq * Wq)
+    xp = np.pad(x, ((0, 0), (0, 0), (0, Hq * sh), (0, Wq * sw)), constant_values=-1.0)
+    for c in range(3):
+        for a in range(Ph):
+            for b in range(Pw):
+                plane = xq[:, (c * Ph + a) * Pw + b].reshape(2, Hq, Wq)
+                np.testing.assert_array_equal(plane, xp[:, c, a::sh, b::sw][:, :Hq, :Wq])
 
 
 def _taps_of(row):
@@ -77,11 +96,12 @@ def _taps_of(row):
 def test_forward_tap_table_covers_every_tap_once(C, FH, FW, sh, sw):
     Wq = 9
     ops = direct._forward_ops(C, FH, FW, sh, sw, Wq)
+    Ph, Pw = min(sh, FH), min(sw, FW)          # the phases a tap reads
     seen = []
     for row in ops:
         for t, shift in _taps_of(row):
             c, fy, fx = t // (FH * FW), t // FW % FH, t % FW
-            assert row[0] == c * sh * sw + (fy % sh) * sw + fx % sw
+            assert row[0] == (c * Ph + fy % sh) * Pw + fx % sw
             assert row[1] + shift == (fy // sh) * Wq + fx // sw
             seen.append(t)
     assert sorted(seen) == list(range(C * FH * FW))
@@ -92,12 +112,14 @@ def test_backward_tap_table_covers_every_tap_once_in_its_phase(K, FH, FW, sh, sw
     Wq = 11
     Ty, Tx = (FH - 1) // sh + 1, (FW - 1) // sw + 1
     ops, starts = direct._backward_ops(K, FH, FW, sh, sw, Wq, Ty, Tx)
+    Ph, Pw = min(sh, FH), min(sw, FW)          # the phases a tap reaches
+    assert len(starts) == Ph * Pw + 1
     seen = []
-    for phase in range(sh * sw):
+    for phase in range(Ph * Pw):
         for row in ops[starts[phase]:starts[phase + 1]]:
             for t, shift in _taps_of(row):
                 k, fy, fx = t // (FH * FW), t // FW % FH, t % FW
-                assert row[0] == k and phase == (fy % sh) * sw + fx % sw
+                assert row[0] == k and phase == (fy % sh) * Pw + fx % sw
                 assert row[1] + shift == (Ty - 1 - fy // sh) * Wq + Tx - 1 - fx // sw
                 seen.append(t)
     assert sorted(seen) == list(range(K * FH * FW))
@@ -239,8 +261,8 @@ def test_max_pool_treats_nan_and_minus_inf_as_naive_does():
 
 
 def test_python_threads_may_call_at_once():
-    # the public functions serialise their launches (workqueue layer) and keep
-    # their scratch buffers per thread
+    # the public functions serialise their launches, so the one scratch store
+    # of the process is never used by two threads at once
     from concurrent.futures import ThreadPoolExecutor
     rng = np.random.default_rng(12)
     cases = [_random_conv(rng, 2, 3, 10 + i, 9, 4, 3, 3, np.float64) for i in range(4)]

@@ -3,7 +3,7 @@
 The cross-path tests (test_paths.py) already hold every path to the naive
 oracle on random cases; these tests drive the im2col path through the code
 that those small cases do not reach: batches split into chunks, single images
-split into bands of output rows, the per-image layout used for large maps, and
+split into bands of output positions, the per-image layout used for large maps, and
 the no-unroll 1x1 case; and they check that the budget bounds the memory.
 """
 import subprocess
@@ -60,10 +60,12 @@ def _conv_all(module, x, Wt, b, stride, pad, out_hw, dout):
 
 # Budgets, in array entries, that split _conv_case's unrolled matrix (13 rows:
 # C*FH*FW + 1; 5x11 output positions per image) into: one chunk; two images per
-# chunk; one image per chunk; bands of two output rows; bands of one row (a
-# budget below one row still gets a row: the smallest piece).
+# chunk; one image per chunk; bands of two output rows; bands of one row;
+# pieces of 4 positions (bands that start and end inside rows); one position
+# (a budget below one receptive field still gets one: the smallest piece).
 CHUNKINGS = {"one_chunk": 2**30, "two_images": 2 * 13 * 55, "one_image": 13 * 55,
-             "two_rows": 2 * 13 * 11, "one_row": 1}
+             "two_rows": 2 * 13 * 11, "one_row": 13 * 11, "four_positions": 4 * 13,
+             "one_position": 1}
 
 
 def _set_chunking(budget, chunking, dtype):
@@ -85,15 +87,16 @@ def test_chunked_matches_naive_and_one_chunk(dtype, chunking, budget, layout):
         assert_close(c, w, f"{name}, {chunking} vs one chunk")
 
 
-def test_chunk_plan_covers_every_image_and_row_once(budget):
-    # N=5 images of 7 output rows; the unrolled matrix has 10 rows of width OW=4
-    sizes = {"whole": 10**9, "two_images": 2 * 10 * 28 * 4, "three_rows": 3 * 10 * 4 * 4, "row": 1}
+def test_chunk_plan_covers_every_image_and_position_once(budget):
+    # N=5 images of 7x4 output positions; the unrolled matrix has 10 rows
+    sizes = {"whole": 10**9, "two_images": 2 * 10 * 28 * 4, "three_rows": 3 * 10 * 4 * 4,
+             "row": 10 * 4 * 4, "three_positions": 3 * 10 * 4, "position": 1}
     for setting in sizes.values():
         budget(setting)
-        covered = np.zeros((5, 7), dtype=int)
-        for n0, n_imgs, r0, r1 in im2col._chunks(5, 10, 7, 4, 4):
-            covered[n0:n0 + n_imgs, r0:r1] += 1
-            assert n_imgs * 10 * (r1 - r0) * 4 * 4 <= max(setting, 10 * 4 * 4)
+        covered = np.zeros((5, 28), dtype=int)
+        for n0, n_imgs, p0, p1 in im2col._chunks(5, 10, 7, 4, 4):
+            covered[n0:n0 + n_imgs, p0:p1] += 1
+            assert n_imgs * 10 * (p1 - p0) * 4 <= max(setting, 10 * 4)
         assert (covered == 1).all()
 
 
@@ -107,8 +110,8 @@ def test_alexnet_first_layer_at_batch_64_stays_in_the_default_budget(dtype, budg
     chunks = list(im2col._chunks(64, K1, OH, OW, itemsize))
     assert sum(n for _, n, _, _ in chunks) == 64
     assert len(chunks) >= 2
-    for _, n_imgs, r0, r1 in chunks:
-        assert n_imgs * K1 * (r1 - r0) * OW * itemsize <= 256 * MiB
+    for _, n_imgs, p0, p1 in chunks:
+        assert n_imgs * K1 * (p1 - p0) * itemsize <= 256 * MiB
 
 
 @pytest.mark.parametrize("per_image", [False, True])
@@ -159,7 +162,7 @@ def test_large_maps_take_the_per_image_layout(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("chunking", ["one_chunk", "one_image", "two_rows"])
+@pytest.mark.parametrize("chunking", ["one_chunk", "one_image", "two_rows", "four_positions"])
 def test_chunked_runs_are_bit_identical(dtype, chunking, budget, layout):
     _set_chunking(budget, chunking, dtype)
     case = _conv_case(dtype, seed=3)
@@ -183,7 +186,7 @@ def test_results_never_alias_the_reused_workspace(budget, layout):
         assert np.array_equal(a, k)
     for a, k in zip((case2[0], case2[1], case2[2], case2[6]), inputs):
         assert np.array_equal(a, k), "an input was modified"
-    workspace = list(im2col._workspace._local.__dict__.values())
+    workspace = im2col._workspace.buffers()
     assert workspace
     for a in first:
         assert not any(np.shares_memory(a, w) for w in workspace)
@@ -195,7 +198,7 @@ def test_workspace_is_reused_between_calls(budget):
     case = _conv_case(np.float32)
     _conv_all(im2col, *case)
     def addresses():
-        return {k: v.__array_interface__["data"][0] for k, v in im2col._workspace._local.__dict__.items()}
+        return [v.__array_interface__["data"][0] for v in im2col._workspace.buffers()]
     buffers = addresses()
     _conv_all(im2col, *case)
     assert buffers == addresses()

@@ -1,0 +1,129 @@
+"""Importing fastconv never makes a valid program abort.
+
+fastconv arranges Numba's threads when it is imported (see
+``fastconv.kernels._jit``). Whatever it arranges must leave a program free
+to run its own parallel Numba code from several Python threads, and must
+keep a threading layer the program chose itself. Each case runs in a child
+process, so that an abort fails the test instead of ending the test run.
+"""
+import importlib.metadata
+import subprocess
+import textwrap
+
+import pytest
+
+from support import PYTHON
+
+
+def _run(code, env=None, timeout=600):
+    import os
+    full_env = dict(os.environ)
+    full_env.pop("NUMBA_THREADING_LAYER", None)
+    full_env.pop("OMP_WAIT_POLICY", None)
+    full_env.update(env or {})
+    return subprocess.run([*PYTHON, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+USER_PROGRAM = """
+    import threading
+    import numpy as np
+    import numba
+    import fastconv
+
+    @numba.njit(parallel=True)
+    def total(a):
+        s = 0.0
+        for i in numba.prange(a.size):
+            s += a[i]
+        return s
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16))
+    W = np.random.default_rng(1).standard_normal((4, 3, 3, 3))
+    expected = fastconv.conv2d(x, W, pad=1, backend="naive")
+    data = np.ones(200_000)
+    errors = []
+
+    def user_work():
+        try:
+            for _ in range(300):
+                assert total(data) == data.size
+        except Exception as err:
+            errors.append(repr(err))
+
+    def fastconv_work():
+        try:
+            for path in ["im2col", "direct"] * 10:
+                out = fastconv.conv2d(x, W, pad=1, backend=path)
+                assert np.allclose(out, expected, rtol=1e-10, atol=1e-10)
+        except Exception as err:
+            errors.append(repr(err))
+
+    fastconv.conv2d(x, W, pad=1, backend="direct")      # fastconv's threads run first
+    threads = [threading.Thread(target=user_work) for _ in range(2)]
+    threads.append(threading.Thread(target=fastconv_work))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    print("ok", numba.threading_layer())
+"""
+
+
+def test_a_programs_own_parallel_code_runs_from_two_threads_after_import():
+    # With the workqueue layer this aborts: "Concurrent access has been detected"
+    done = _run(USER_PROGRAM)
+    assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
+    assert done.stdout.split()[0] == "ok"
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "omp"])
+def test_a_layer_the_program_chose_is_kept(layer):
+    done = _run("""
+        import os
+        import numpy as np
+        import numba
+        import fastconv
+        fastconv.conv2d(np.ones((1, 1, 5, 5)), np.ones((2, 1, 3, 3)), backend="direct")
+        print(numba.threading_layer(), os.environ["OMP_WAIT_POLICY"])
+    """, env={"NUMBA_THREADING_LAYER": layer, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [layer, "ACTIVE"]
+
+
+def _tbb_installed():
+    try:
+        importlib.metadata.distribution("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def test_a_forked_child_may_run_fastconv_after_its_parent_did():
+    # GNU OpenMP terminates a forked child that launches parallel code after
+    # its parent did; fastconv's kernels run serially there instead. With the
+    # tbb layer the child may run in parallel.
+    done = _run("""
+        import multiprocessing as mp
+        import numpy as np
+        import numba
+        import fastconv
+
+        x, W = np.ones((2, 3, 8, 8)), np.ones((4, 3, 3, 3))
+
+        def child(queue):
+            queue.put(float(fastconv.conv2d(x, W, backend="direct").sum()))
+
+        parent = float(fastconv.conv2d(x, W, backend="direct").sum())
+        ctx = mp.get_context("fork")
+        queue = ctx.Queue()
+        p = ctx.Process(target=child, args=(queue,))
+        p.start()
+        p.join()
+        assert p.exitcode == 0, p.exitcode
+        assert queue.get() == parent
+        print("ok", numba.threading_layer())
+    """)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["ok", "tbb" if _tbb_installed() else "omp"]
