@@ -54,6 +54,24 @@ def oracle_pool(x, pool_h, pool_w, stride, pad, mode, dout):
     return out.astype(x.dtype), dx.astype(x.dtype)
 
 
+def conv_kernel(module, x, W, b, stride, pad, out_hw=None):
+    """``module.conv_forward`` called with the spec the public entry point would build."""
+    from fastconv.spec import conv_spec
+
+    spec = conv_spec(x.shape, W.shape, stride, pad, x.dtype)
+    assert out_hw is None or spec.out_hw == tuple(out_hw), (spec.out_hw, out_hw)
+    return module.conv_forward(x, W, b, spec)
+
+
+def pool_kernel(module, x, pool_hw, stride, pad, out_hw, mode):
+    """``module.pool_forward`` called with the spec the public entry point would build."""
+    from fastconv.spec import pool_spec
+
+    spec = pool_spec(x.shape, *pool_hw, stride, pad, mode, x.dtype)
+    assert spec.out_hw == tuple(out_hw), (spec.out_hw, out_hw)
+    return module.pool_forward(x, spec)
+
+
 def _test_paths():
     """FASTCONV_TEST_PATHS=cuda (say) limits the run; by default every available path
     but cuda, whose tests run in their own process on the simulator."""

@@ -8,6 +8,7 @@ own float32 rounding does not count against the path under test.
 import numba
 import numpy as np
 import pytest
+from support import conv_kernel, pool_kernel
 
 from fastconv.geometry import output_hw
 from fastconv.kernels import direct, naive
@@ -19,11 +20,11 @@ TOL = {np.float32: dict(rtol=2e-4, atol=2e-4), np.float64: dict(rtol=1e-10, atol
 def _conv_both(x, W, b, stride, pad, dout_seed=0):
     """(out, dx, dW, db) from the direct path and from naive in float64."""
     out_hw = output_hw(x.shape[2:], W.shape[2:], stride, pad, "floor")
-    out, cache = direct.conv_forward(x, W, b, stride, pad, out_hw)
+    out, cache = conv_kernel(direct, x, W, b, stride, pad, out_hw)
     dout = np.random.default_rng(dout_seed).standard_normal(out.shape).astype(x.dtype)
     got = (out, *direct.conv_backward(dout, cache))
     f64 = [a.astype(np.float64) for a in (x, W, b, dout)]
-    ref_out, ref_cache = naive.conv_forward(*f64[:3], stride, pad, out_hw)
+    ref_out, ref_cache = conv_kernel(naive, *f64[:3], stride, pad, out_hw)
     want = (ref_out, *naive.conv_backward(f64[3], ref_cache))
     return got, want
 
@@ -156,13 +157,13 @@ def test_row_block_size_does_not_change_a_bit(monkeypatch):
     rng = np.random.default_rng(5)
     x, W, b = _random_conv(rng, 2, 3, 30, 21, 6, 3, 4, np.float32)
     out_hw = output_hw(x.shape[2:], W.shape[2:], (2, 1), (1, 2), "floor")
-    out, cache = direct.conv_forward(x, W, b, (2, 1), (1, 2), out_hw)
+    out, cache = conv_kernel(direct, x, W, b, (2, 1), (1, 2), out_hw)
     dout = rng.standard_normal(out.shape).astype(np.float32)
     dx = direct.conv_backward(dout, cache)[0]
     # one wide row per block instead of dozens: every cell still sums the same
     # taps in the same order
     monkeypatch.setattr(direct, "ACC_BYTES", 1)
-    out1, cache1 = direct.conv_forward(x, W, b, (2, 1), (1, 2), out_hw)
+    out1, cache1 = conv_kernel(direct, x, W, b, (2, 1), (1, 2), out_hw)
     np.testing.assert_array_equal(out1, out)
     np.testing.assert_array_equal(direct.conv_backward(dout, cache1)[0], dx)
 
@@ -183,11 +184,11 @@ def test_cells_no_window_reads_never_touch_a_result():
 def test_scratch_buffer_never_reaches_the_caller():
     rng = np.random.default_rng(7)
     first = _random_conv(rng, 2, 2, 9, 9, 3, 3, 3, np.float64)
-    out, cache = direct.conv_forward(*first, (1, 1), (1, 1), (9, 9))
+    out, cache = conv_kernel(direct, *first, (1, 1), (1, 1), (9, 9))
     dx, dW, db = direct.conv_backward(np.ones_like(out), cache)
     kept = dx.copy(), dW.copy(), db.copy()
     second = _random_conv(rng, 3, 2, 12, 12, 3, 3, 3, np.float64)
-    out2, cache2 = direct.conv_forward(*second, (1, 1), (1, 1), (12, 12))
+    out2, cache2 = conv_kernel(direct, *second, (1, 1), (1, 1), (12, 12))
     direct.conv_backward(np.full_like(out2, 7.0), cache2)
     for a, k in zip((dx, dW, db), kept):
         np.testing.assert_array_equal(a, k)
@@ -207,8 +208,8 @@ def test_results_do_not_depend_on_the_thread_count(dtype):
     try:
         for threads in (1, 2):
             numba.set_num_threads(threads)
-            out, cache = direct.conv_forward(x, W, b, (1, 1), (1, 1), out_hw)
-            pooled, pcache = direct.pool_forward(x, (3, 3), (2, 2), (1, 1), (6, 6), "max")
+            out, cache = conv_kernel(direct, x, W, b, (1, 1), (1, 1), out_hw)
+            pooled, pcache = pool_kernel(direct, x, (3, 3), (2, 2), (1, 1), (7, 6), "max")  # 13x12 input
             results.append((out, *direct.conv_backward(dout, cache), pooled,
                             direct.pool_backward(pooled, pcache)))
     finally:
@@ -221,7 +222,7 @@ def test_float32_compiles_natively():
     # the kernels are compiled for float32 itself: no float64 copy on the way in
     rng = np.random.default_rng(9)
     x, W, b = _random_conv(rng, 1, 2, 6, 6, 3, 3, 3, np.float32)
-    out, cache = direct.conv_forward(x, W, b, (1, 1), (0, 0), (4, 4))
+    out, cache = conv_kernel(direct, x, W, b, (1, 1), (0, 0), (4, 4))
     direct.conv_backward(out, cache)
     for kernel in (direct._conv_forward, direct._conv_dx, direct._conv_dw):
         float_args = [{a.dtype for a in sig if isinstance(a, numba.types.Array)
@@ -234,9 +235,9 @@ def test_float32_compiles_natively():
 
 def _pool_both(x, pool_hw, stride, pad, mode, dout_seed=0):
     out_hw = output_hw(x.shape[2:], pool_hw, stride, pad, "floor")
-    out, cache = direct.pool_forward(x, pool_hw, stride, pad, out_hw, mode)
+    out, cache = pool_kernel(direct, x, pool_hw, stride, pad, out_hw, mode)
     dout = np.random.default_rng(dout_seed).standard_normal(out.shape).astype(x.dtype)
-    ref, ref_cache = naive.pool_forward(x, pool_hw, stride, pad, out_hw, mode)
+    ref, ref_cache = pool_kernel(naive, x, pool_hw, stride, pad, out_hw, mode)
     return (out, direct.pool_backward(dout, cache)), (ref, naive.pool_backward(dout, ref_cache))
 
 
@@ -270,7 +271,7 @@ def test_python_threads_may_call_at_once():
     def run(case):
         x, W, b = case
         out_hw = output_hw(x.shape[2:], W.shape[2:], (1, 1), (1, 1), "floor")
-        out, cache = direct.conv_forward(x, W, b, (1, 1), (1, 1), out_hw)
+        out, cache = conv_kernel(direct, x, W, b, (1, 1), (1, 1), out_hw)
         return (out, *direct.conv_backward(out, cache))
 
     alone = [run(case) for case in cases]

@@ -14,7 +14,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from support import PYTHON, assert_close
+from support import PYTHON, assert_close, conv_kernel, pool_kernel
 from fastconv import backends
 from fastconv.geometry import output_hw
 from fastconv.kernels import im2col, naive
@@ -54,7 +54,7 @@ def _conv_case(dtype, N=3, C=2, H=9, W=8, FN=4, FH=3, FW=2, stride=(2, 1), pad=(
 
 
 def _conv_all(module, x, Wt, b, stride, pad, out_hw, dout):
-    out, cache = module.conv_forward(x, Wt, b, stride, pad, out_hw)
+    out, cache = conv_kernel(module, x, Wt, b, stride, pad, out_hw)
     return (out, *module.conv_backward(dout, cache))
 
 
@@ -234,8 +234,8 @@ def test_pooling_with_padding_and_uneven_strides_matches_naive(dtype, mode):
     x[0, 0] = -np.inf                       # a plane of -inf: padded cells tie with it
     pool_hw, stride, pad = (3, 2), (2, 1), (1, 1)
     out_hw = output_hw((10, 9), pool_hw, stride, pad, "floor")
-    out, cache = im2col.pool_forward(x, pool_hw, stride, pad, out_hw, mode)
-    out_ref, cache_ref = naive.pool_forward(x, pool_hw, stride, pad, out_hw, mode)
+    out, cache = pool_kernel(im2col, x, pool_hw, stride, pad, out_hw, mode)
+    out_ref, cache_ref = pool_kernel(naive, x, pool_hw, stride, pad, out_hw, mode)
     np.testing.assert_allclose(out, out_ref, **({"rtol": 1e-6} if dtype == np.float32 else {}))
     assert out.dtype == dtype
     dout = rng.standard_normal(out.shape).astype(dtype)
@@ -250,8 +250,8 @@ def test_max_pooling_propagates_nan_like_argmax(dtype):
     x[0, 0, 1, 1] = x[1, 1, 4, 2] = x[1, 1, 4, 3] = np.nan
     pool_hw, stride, pad = (3, 3), (2, 2), (1, 1)
     out_hw = output_hw((7, 6), pool_hw, stride, pad, "floor")
-    out, cache = im2col.pool_forward(x, pool_hw, stride, pad, out_hw, "max")
-    out_ref, cache_ref = naive.pool_forward(x, pool_hw, stride, pad, out_hw, "max")
+    out, cache = pool_kernel(im2col, x, pool_hw, stride, pad, out_hw, "max")
+    out_ref, cache_ref = pool_kernel(naive, x, pool_hw, stride, pad, out_hw, "max")
     np.testing.assert_array_equal(out, out_ref)
     dout = rng.standard_normal(out.shape).astype(dtype)
     np.testing.assert_array_equal(im2col.pool_backward(dout, cache),
@@ -265,17 +265,19 @@ def test_threads_calling_at_once_get_correct_results():
     code = textwrap.dedent("""
         import threading
         import numpy as np
+        from fastconv import conv_spec
         from fastconv.kernels import im2col, naive
         rng = np.random.default_rng(0)
         x = rng.standard_normal((4, 3, 12, 12))
         W = rng.standard_normal((5, 3, 3, 3))
         b = rng.standard_normal(5)
-        expected, _ = naive.conv_forward(x, W, b, (1, 1), (1, 1), (12, 12))
+        spec = conv_spec(x.shape, W.shape, 1, 1, x.dtype)
+        expected, _ = naive.conv_forward(x, W, b, spec)
         results, errors = [], []
         def work():
             try:
                 for _ in range(30):
-                    out, cache = im2col.conv_forward(x, W, b, (1, 1), (1, 1), (12, 12))
+                    out, cache = im2col.conv_forward(x, W, b, spec)
                     im2col.conv_backward(out, cache)
                     results.append(np.allclose(out, expected, rtol=1e-10, atol=1e-10))
             except Exception as err:
