@@ -135,7 +135,6 @@ def conv_row(layer, dtype, args, torch, cuda, kc):
 def pool_row(layer, dtype, args, torch, cuda, kc):
     N, C, H, W = (layer[k] for k in ("N", "C", "H", "W"))
     PH, PW, s, p, mode = layer["FH"], layer["FW"], layer["stride"], layer["pad"], layer["mode"]
-    OH, OW = (H + 2 * p - PH) // s + 1, (W + 2 * p - PW) // s + 1
     x = np.random.default_rng(0).standard_normal((N, C, H, W)).astype(dtype)
     xd = cuda.to_device(x)
     xt = torch.as_tensor(xd, device="cuda")

@@ -391,7 +391,7 @@ def plot_time(results, kind):
         cells = {(r.layer, r.path): r for r in results
                  if r.kind == kind and r.direction == direction and r.full_batch}
         paths = _ordered({p for _, p in cells}, PATH_ORDER)
-        series = {p: [cells[(l, p)].seconds * 1e3 if (l, p) in cells else None for l in layers]
+        series = {p: [cells[(lay, p)].seconds * 1e3 if (lay, p) in cells else None for lay in layers]
                   for p in paths}
         _bar_chart(ax, layers, series, f"{direction} ms")
         _legend(ax)
@@ -411,7 +411,7 @@ def plot_gflops(results):
         cells = {(r.layer, r.path): r for r in results
                  if r.kind == "conv" and r.direction == direction}
         paths = _ordered({p for _, p in cells if p != "gemm"}, PATH_ORDER)
-        series = {p: [cells[(l, p)].gflops if (l, p) in cells else None for l in layers]
+        series = {p: [cells[(lay, p)].gflops if (lay, p) in cells else None for lay in layers]
                   for p in paths}
         _bar_chart(ax, layers, series, f"{direction} GFLOP/s", _batch_labels(cells))
         for j, layer in enumerate(layers):
@@ -427,8 +427,8 @@ def plot_gflops(results):
 
 def plot_speedup(results, baseline):
     """Figure: throughput of each path / throughput of ``baseline`` ("naive" or "torch")."""
-    layers = [(k, l) for k in ("conv", "pool") for l in _layers(results, k)]
-    labels = [l if k == "conv" else f"{l} (pool)" for k, l in layers]
+    layers = [(k, lay) for k in ("conv", "pool") for lay in _layers(results, k)]
+    labels = [lay if k == "conv" else f"{lay} (pool)" for k, lay in layers]
     batches = sorted({r.N for r in results if r.path == baseline and not r.full_batch})
     note = f"; {baseline} timed at batch {'/'.join(map(str, batches))}" if batches else ""
     fig, axes = _figure(2, f"speed-up over {baseline}: ratio of GFLOP/s ({_context(results)}"
@@ -436,8 +436,8 @@ def plot_speedup(results, baseline):
     for ax, direction in zip(axes, DIRECTIONS):
         cells = {(r.kind, r.layer, r.path): r for r in results if r.direction == direction}
         paths = _ordered({p for _, _, p in cells if p not in (baseline, "gemm")}, PATH_ORDER)
-        series = {p: [_speedup(cells.get((k, l, baseline)), cells.get((k, l, p)))
-                      for k, l in layers] for p in paths}
+        series = {p: [_speedup(cells.get((k, lay, baseline)), cells.get((k, lay, p)))
+                      for k, lay in layers] for p in paths}
         _bar_chart(ax, labels, series, f"{direction} speed-up", _batch_labels(cells))
         ax.axhline(1.0, color="black", linewidth=1)
         _legend(ax)

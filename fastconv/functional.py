@@ -60,9 +60,10 @@ def check_array(a, name: str, ndim: int, layout: str):
             f"{name} must be a numpy array of shape {layout}, got {type(a).__name__}; "
             f"convert it with np.asarray({name}, dtype=np.float32)")
     if isinstance(a, (np.ma.MaskedArray, np.matrix)):
+        lost = "mask" if isinstance(a, np.ma.MaskedArray) else "matrix algebra"
         raise TypeError(
-            f"{name} is a {type(a).__name__}, whose {'mask' if isinstance(a, np.ma.MaskedArray) else 'matrix algebra'} "
-            f"fastconv would ignore; pass a plain array, e.g. {name}.filled(0) or np.asarray({name})")
+            f"{name} is a {type(a).__name__}, whose {lost} fastconv would ignore; pass a "
+            f"plain array, e.g. {name}.filled(0) or np.asarray({name})")
     if a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {a.shape}")
     if a.size == 0:

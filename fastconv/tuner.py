@@ -292,8 +292,8 @@ def autotune_enabled() -> bool:
 
 
 def _format_times(times_ms):
-    return ", ".join(f"{p} {t['forward'] + t['backward']:.3g} ms"
-                     for p, t in sorted(times_ms.items(), key=lambda kv: kv[1]["forward"] + kv[1]["backward"]))
+    ranked = sorted(times_ms.items(), key=lambda kv: kv[1]["forward"] + kv[1]["backward"])
+    return ", ".join(f"{p} {t['forward'] + t['backward']:.3g} ms" for p, t in ranked)
 
 
 # --------------------------------------------------------------- the cache

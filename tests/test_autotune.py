@@ -13,7 +13,6 @@ import pytest
 
 import fastconv
 from fastconv import backends
-from fastconv import functional as F
 from support import PYTHON
 
 

@@ -7,7 +7,6 @@ split into bands of output positions, the per-image layout used for large maps, 
 the no-unroll 1x1 case; and they check that the budget bounds the memory.
 """
 import subprocess
-import sys
 import textwrap
 import tracemalloc
 

@@ -13,7 +13,6 @@ VmHWM, reset just before the measured call); the others trace the numpy
 allocations the Python side makes, which is where the workspaces live.
 """
 import json
-import os
 import subprocess
 import textwrap
 import threading

@@ -89,7 +89,8 @@ def test_backward_checks_dout():
     with pytest.raises(RuntimeError, match="before forward"):
         layer.backward(np.zeros((2, 4, 6, 6)))
     out = layer.forward(X)
-    with pytest.raises(ValueError, match=r"dout must have the forward output's shape \(2, 4, 6, 6\), got \(2, 4, 6, 5\)"):
+    with pytest.raises(ValueError,
+                       match=r"dout must have the forward output's shape \(2, 4, 6, 6\), got \(2, 4, 6, 5\)"):
         layer.backward(out[..., :5])
     with pytest.raises(TypeError, match="dout has dtype float32 but forward ran in float64"):
         layer.backward(out.astype(np.float32))

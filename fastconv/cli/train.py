@@ -266,7 +266,8 @@ def _train(args, parser, checkpoint, saved):
     plot_feature_maps(network, x_test[0], out("feature_maps.png"))
     report = {"net": args.net, "dataset": args.dataset, "backend": args.backend,
               "paths": {phase: {name: dict(c) for name, c in layers.items()}
-                        for phase, layers in trainer.paths_run.items()}, "epochs": args.epochs, "batch_size": args.batch_size,
+                        for phase, layers in trainer.paths_run.items()},
+              "epochs": args.epochs, "batch_size": args.batch_size,
               "train_size": len(x_train), "test_size": len(x_test), "history": history,
               "epoch_seconds": trainer.epoch_seconds,
               "images_per_second": trainer.images_per_second, "wall_seconds": wall}

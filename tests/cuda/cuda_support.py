@@ -15,7 +15,6 @@ import threading
 import numpy as np
 import pytest
 
-from fastconv import functional as F
 from fastconv.backends import cuda_present as _cuda_present
 from fastconv.spec import conv_spec
 

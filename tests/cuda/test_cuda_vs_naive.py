@@ -79,7 +79,8 @@ def test_conv_backward_matches_naive(case, dtype):
 def test_tiled_forward_over_several_tiles_matches_naive():
     x, W, b, stride, pad = conv_arrays(MULTI_TILE, np.float32)
     out, _ = cuda_conv_forward(x, W, b, stride, pad, "tiled")
-    assert_close(out, naive.conv_forward(x, W, b, conv_spec(x.shape, W.shape, stride, pad, x.dtype))[0], "out")
+    spec = conv_spec(x.shape, W.shape, stride, pad, x.dtype)
+    assert_close(out, naive.conv_forward(x, W, b, spec)[0], "out")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
