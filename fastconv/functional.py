@@ -24,12 +24,25 @@ __all__ = ["conv2d", "pool2d", "conv_forward", "conv_backward", "pool_forward", 
            "im2col", "col2im", "Saved", "FLOAT_DTYPES", "MODES"]
 
 
+HALF = np.dtype(np.float16)
+
+
+class Restore(NamedTuple):
+    """How results go back to a caller whose arrays differ from what the kernels ran on."""
+
+    unbatched: bool              # x was one (C, H, W) image
+    out_dtype: np.dtype          # the dtype of out, and of the dout backward takes
+    grad_dtypes: tuple           # the dtypes of dx (x's), and of dW, db (W's, b's)
+
+
 class Saved(NamedTuple):
-    """What forward keeps for backward: the path that ran, its cache, and the spec."""
+    """What forward keeps for backward: the path that ran, its cache, the spec, and
+    (for unbatched, mixed-dtype or float16 input) how to hand results back."""
 
     path: str
     cache: tuple
     spec: ConvSpec | PoolSpec
+    restore: Restore | None = None
 
 
 def is_device_array(a) -> bool:
@@ -43,16 +56,18 @@ def is_device_array(a) -> bool:
     return hasattr(a, "__cuda_array_interface__") or bool(getattr(a, "__cuda_ndarray__", False))
 
 
-def check_array(a, name: str, ndim: int, layout: str):
-    """``a`` as a C-contiguous ndarray (or the CUDA device array itself) of ``ndim`` dims.
+def check_array(a, name: str, ndim: int | tuple[int, ...], layout: str):
+    """``a`` as a C-contiguous ndarray (or the CUDA device array itself) of ``ndim`` dims
+    (one of them, for a tuple).
 
     Refuses what is not an array, masked arrays and matrices (their mask or
     their algebra would be silently lost), other ranks, empty arrays and
     non-float dtypes.
     """
+    ndims = ndim if isinstance(ndim, tuple) else (ndim,)
     if not isinstance(a, np.ndarray):
         if is_device_array(a):
-            if a.ndim != ndim:
+            if a.ndim != ndims[-1]:
                 raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(a.shape)}")
             check_dtypes(**{name: a})
             return a
@@ -64,19 +79,23 @@ def check_array(a, name: str, ndim: int, layout: str):
         raise TypeError(
             f"{name} is a {type(a).__name__}, whose {lost} fastconv would ignore; pass a "
             f"plain array, e.g. {name}.filled(0) or np.asarray({name})")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {a.shape}")
+    if a.ndim not in ndims:
+        raise ValueError(f"{name} must be {' or '.join(f'{n}-D' for n in ndims)} {layout}, "
+                         f"got shape {a.shape}")
     if a.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {a.shape}")
-    if a.dtype not in FLOAT_DTYPES:
-        check_dtypes(**{name: a})
+    if a.dtype not in FLOAT_DTYPES and a.dtype != HALF:
+        raise TypeError(
+            f"{name} has dtype {a.dtype}; fastconv computes in float32 or float64 (float16 "
+            f"is stored as float16 and computed in float32): convert it first, e.g. "
+            f"{name}.astype(np.float32)")
     return np.ascontiguousarray(a)
 
 
 def check_dtypes(**arrays) -> np.dtype:
-    """All arrays float32, or all float64; returns that dtype."""
+    """All arrays of one float dtype (float16, float32 or float64); returns that dtype."""
     for name, a in arrays.items():
-        if np.dtype(a.dtype) not in FLOAT_DTYPES:
+        if np.dtype(a.dtype) not in FLOAT_DTYPES and np.dtype(a.dtype) != HALF:
             raise TypeError(
                 f"{name} has dtype {a.dtype}; fastconv computes in float32 or float64: "
                 f"convert it first, e.g. {name}.astype(np.float32)")
@@ -134,7 +153,7 @@ def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pai
 
     x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) or None -> out (N, FN, OH, OW).
     """
-    x = check_array(x, "x", 4, "(N, C, H, W)")
+    x = check_array(x, "x", (3, 4), "(N, C, H, W) or one image (C, H, W)")
     W = check_array(W, "W", 4, "(FN, C, FH, FW)")
     if b is None:
         b = np.zeros(W.shape[0], dtype=W.dtype)
@@ -143,31 +162,86 @@ def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pai
         if b.shape[0] != W.shape[0]:
             raise ValueError(f"b must have shape (FN,) = ({W.shape[0]},) to match "
                              f"W.shape={tuple(W.shape)}, got {tuple(b.shape)}")
-    if not x.dtype == W.dtype == b.dtype:
-        check_dtypes(x=x, W=W, b=b)
+    restore = None
+    if x.ndim == 3 or not x.dtype == W.dtype == b.dtype or x.dtype == HALF:
+        (x, W, b), restore = _adapt((x, W, b))
     spec = conv_spec(x.shape, W.shape, stride, pad, x.dtype, rounding)
     module, path = _path_for(backend, spec, not isinstance(x, np.ndarray)
                              or not isinstance(W, np.ndarray))
     out, cache = module.conv_forward(x, W, b, spec)
-    return out, Saved(path, cache, spec)
+    if restore is not None:
+        out = _restored(out, restore.out_dtype, restore.unbatched)
+    return out, Saved(path, cache, spec, restore)
+
+
+def _adapt(arrays):
+    """Arrays the kernels can run, and how to hand results back -> (arrays, Restore).
+
+    One (C, H, W) image becomes a batch of one. Mixed float dtypes promote as
+    NumPy does (``np.result_type``: float32 images through float64 parameters
+    compute in float64). float16 is computed in float32 (no float16 running
+    sums) and handed back as float16. CUDA device arrays must already be
+    batched and of one float32 or float64 dtype.
+    """
+    if any(not isinstance(a, np.ndarray) for a in arrays):
+        listing = ", ".join(f"{a.dtype}{tuple(a.shape)}" for a in arrays)
+        raise TypeError(f"CUDA device arrays must be 4-D and share one float32 or float64 "
+                        f"dtype; got {listing}")
+    out_dtype = np.result_type(*arrays)
+    compute = np.dtype(np.float32) if out_dtype == HALF else out_dtype
+    restore = Restore(arrays[0].ndim == 3, out_dtype, tuple(a.dtype for a in arrays))
+    x = arrays[0][None] if restore.unbatched else arrays[0]
+    return (x.astype(compute, copy=False),
+            *(a.astype(compute, copy=False) for a in arrays[1:])), restore
+
+
+def compute_dtype(*arrays) -> tuple[np.dtype, np.dtype]:
+    """(the dtype results are handed back in, the dtype to compute in) for float arrays.
+
+    NumPy's promotion (``np.result_type``), except that float16 computes in
+    float32. Integer or bool arrays raise TypeError naming the cast to use.
+    """
+    for a in arrays:
+        if not np.issubdtype(a.dtype, np.floating):
+            raise TypeError(f"an array has dtype {a.dtype}; fastconv computes on floats: "
+                            f"convert it first, e.g. with .astype(np.float32)")
+    out = np.result_type(*arrays)
+    return out, (np.dtype(np.float32) if out == HALF else out)
+
+
+def _restored(a, dtype, unbatched):
+    a = np.asarray(a).astype(dtype, copy=False)
+    return a[0] if unbatched else a
 
 
 def _check_dout(dout, saved: Saved):
-    shape = saved.spec.out_shape
-    dout = check_array(dout, "dout", 4, str(shape))
+    """dout as the kernels take it: the forward output's shape and dtype (the caller's)."""
+    shape, dtype = saved.spec.out_shape, saved.spec.dtype
+    if saved.restore is not None:
+        shape = shape[1:] if saved.restore.unbatched else shape
+        dtype = saved.restore.out_dtype
+    dout = check_array(dout, "dout", len(shape), str(shape))
     if tuple(dout.shape) != shape:
         raise ValueError(f"dout must have the forward output's shape {shape}, "
                          f"got {tuple(dout.shape)}")
-    if dout.dtype != saved.spec.dtype:
-        raise TypeError(f"dout has dtype {dout.dtype} but forward ran in {saved.spec.dtype}; "
-                        f"convert it with dout.astype(np.{saved.spec.dtype})")
+    if dout.dtype != dtype:
+        raise TypeError(f"dout has dtype {dout.dtype} but forward ran in {dtype}; "
+                        f"convert it with dout.astype(np.{dtype})")
+    if saved.restore is not None:
+        dout = (dout[None] if saved.restore.unbatched else dout).astype(saved.spec.dtype,
+                                                                        copy=False)
     return dout
 
 
 def conv_backward(dout: np.ndarray, saved: Saved) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dout: (N, FN, OH, OW) -> (dx, dW, db) on the path forward used."""
     dout = _check_dout(dout, saved)
-    return backends.get_path(saved.path).conv_backward(dout, saved.cache)
+    dx, dW, db = backends.get_path(saved.path).conv_backward(dout, saved.cache)
+    r = saved.restore
+    if r is not None:
+        dx = _restored(dx, r.grad_dtypes[0], r.unbatched)
+        dW, db = (_restored(g, d, False) for g, d in zip((dW, db), r.grad_dtypes[1:]))
+    return dx, dW, db
 
 
 def conv2d(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None, stride: Pair = 1,
@@ -188,26 +262,37 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None, stride: Pa
 
 # --------------------------------------------------------------------- pooling
 
-def pool_forward(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair = 1, pad: Pair = 0,
+def pool_forward(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair | None = None,
+                 pad: Pair = 0,
                  mode: str = "max", rounding: str = "floor",
                  backend: str = "auto") -> tuple[np.ndarray, Saved]:
     """Checked pooling forward -> (out, saved); ``saved`` feeds pool_backward."""
-    x = check_array(x, "x", 4, "(N, C, H, W)")
+    x = check_array(x, "x", (3, 4), "(N, C, H, W) or one image (C, H, W)")
+    restore = None
+    if x.ndim == 3 or x.dtype == HALF:
+        (x,), restore = _adapt((x,))
     spec = pool_spec(x.shape, pool_h, pool_w, stride, pad, mode, x.dtype, rounding)
     module, path = _path_for(backend, spec, not isinstance(x, np.ndarray))
     out, cache = module.pool_forward(x, spec)
-    return out, Saved(path, cache, spec)
+    if restore is not None:
+        out = _restored(out, restore.out_dtype, restore.unbatched)
+    return out, Saved(path, cache, spec, restore)
 
 
 def pool_backward(dout: np.ndarray, saved: Saved) -> np.ndarray:
     """dout: (N, C, OH, OW) -> dx: (N, C, H, W) on the path forward used."""
     dout = _check_dout(dout, saved)
-    return backends.get_path(saved.path).pool_backward(dout, saved.cache)
+    dx = backends.get_path(saved.path).pool_backward(dout, saved.cache)
+    r = saved.restore
+    return dx if r is None else _restored(dx, r.grad_dtypes[0], r.unbatched)
 
 
-def pool2d(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair = 1, pad: Pair = 0,
+def pool2d(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair | None = None, pad: Pair = 0,
            mode: str = "max", *, rounding: str = "floor", backend: str = "auto") -> np.ndarray:
-    """Max or average pooling of x: (N, C, H, W) -> (N, C, OH, OW).
+    """Max or average pooling of x: (N, C, H, W) -> (N, C, OH, OW), or (C, H, W) -> (C, OH, OW).
+
+    stride=None (the default) steps by the window, as PyTorch does and as the
+    book's layers are used: 2x2 pooling halves each side.
 
     Max pooling pads with -inf; average pooling pads with zeros and divides by
     pool_h*pool_w. Ties in max pooling go to the first maximum in row-major

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import functional as F
 from .functional import check_backend
-from .geometry import _as_int, check_rounding
+from .geometry import _as_int, as_pair, check_rounding
 from .spec import _stride_pad
 
 
@@ -67,9 +67,51 @@ class Convolution(Layer):
         self.backend = check_backend(backend)
         self.rounding = check_rounding(rounding)
         self.dW = self.db = None
+        self.bias = True
         self.path = None
         self.path_counts = Counter()
         self._saved = None
+
+    @classmethod
+    def from_shape(cls, in_channels: int, out_channels: int, kernel_size: F.Pair,
+                   stride: F.Pair = 1, pad: F.Pair = 0, bias: bool = True, init="he",
+                   seed: int | None = None, dtype=np.float32, backend: str = "auto",
+                   rounding: str = "floor") -> "Convolution":
+        """A layer built from sizes, as ``torch.nn.Conv2d(in_channels, out_channels, kernel_size)``.
+
+        W: (out_channels, in_channels, KH, KW) drawn from a normal distribution
+        with standard deviation ``init``: "he" (sqrt(2 / fan_in), for ReLU),
+        "xavier" (sqrt(1 / fan_in)) or a number; fan_in = in_channels*KH*KW.
+        b: zeros, or (bias=False) zeros that stay zero unless you train them.
+        ``seed`` makes the weights reproducible.
+        """
+        in_channels, out_channels = _as_int(in_channels, "in_channels"), _as_int(out_channels, "out_channels")
+        if min(in_channels, out_channels) < 1:
+            raise ValueError(f"in_channels and out_channels must be >= 1, got "
+                             f"{in_channels}, {out_channels}")
+        kh, kw = as_pair(kernel_size, "kernel_size")
+        if min(kh, kw) < 1:
+            raise ValueError(f"kernel_size must be >= 1, got {(kh, kw)}")
+        dtype = np.dtype(dtype)
+        if dtype not in F.FLOAT_DTYPES + (F.HALF,):
+            raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
+        fan_in = in_channels * kh * kw
+        gains = {"he": 2.0, "relu": 2.0, "xavier": 1.0, "sigmoid": 1.0}
+        if isinstance(init, str):
+            if init not in gains:
+                raise ValueError(f"init must be a number or one of {sorted(gains)}, got {init!r}")
+            std = float(np.sqrt(gains[init] / fan_in))
+        elif isinstance(init, (int, float)) and not isinstance(init, bool) and np.isfinite(init) \
+                and init > 0:
+            std = float(init)
+        else:
+            raise ValueError(f"init must be 'he', 'xavier' or a finite number > 0, got {init!r}")
+        rng = np.random.default_rng(seed)
+        W = (std * rng.standard_normal((out_channels, in_channels, kh, kw))).astype(dtype)
+        b = np.zeros(out_channels, dtype=dtype)
+        layer = cls(W, b, stride=stride, pad=pad, backend=backend, rounding=rounding)
+        layer.bias = bool(bias)
+        return layer
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._saved = F.conv_forward(x, self.W, self.b, self.stride, self.pad,
@@ -80,24 +122,31 @@ class Convolution(Layer):
 
     def backward(self, dout):
         dx, self.dW, self.db = F.conv_backward(dout, self._saved_or_raise(self._saved))
+        if not self.bias:
+            self.db = np.zeros_like(self.db)    # a layer without bias keeps b at zero
         return dx
 
 
 class Pooling(Layer):
     """Max or average pooling, x: (N, C, H, W) -> (N, C, OH, OW); no parameters.
 
+    stride=None (the default) steps by the window, as PyTorch does: a 2x2
+    window halves each side. One image (C, H, W) gives (C, OH, OW).
+
     mode "max" pads with -inf and sends each gradient to the window's first
     maximum; mode "avg" pads with zeros and spreads the gradient evenly over
     the pool_h*pool_w cells.
     """
 
-    def __init__(self, pool_h: int, pool_w: int, stride: F.Pair = 1, pad: F.Pair = 0,
+    def __init__(self, pool_h: int, pool_w: int, stride: F.Pair | None = None, pad: F.Pair = 0,
                  mode: str = "max", backend: str = "auto", rounding: str = "floor"):
         self.pool_h, self.pool_w = _as_int(pool_h, "pool_h"), _as_int(pool_w, "pool_w")
         if min(self.pool_h, self.pool_w) < 1:
             raise ValueError(f"pool window (pool_h, pool_w) must be >= 1, got "
                              f"{(self.pool_h, self.pool_w)}")
-        self.stride, self.pad = _stride_pad(stride, pad)
+        # stride=None steps by the window, as PyTorch's pooling does
+        self.stride, self.pad = _stride_pad((self.pool_h, self.pool_w) if stride is None
+                                            else stride, pad)
         if mode not in F.MODES:
             raise ValueError(f"mode must be one of {F.MODES}, got {mode!r}")
         self.mode = mode
@@ -168,24 +217,31 @@ class Affine(Layer):
         if not isinstance(x, np.ndarray) or x.ndim < 2:
             raise ValueError(f"x must be an array of shape (N, D) or (N, C, H, W), got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
-        F.check_dtypes(x=x, W=self.W)
+        # NumPy's promotion (float32 x through float64 W computes in float64);
+        # float16 is computed in float32 and handed back as float16
+        out_dtype, compute = F.compute_dtype(x, self.W, self.b)
         flat = x.reshape(x.shape[0], -1)
         if flat.shape[1] != self.W.shape[0]:
             raise ValueError(f"x of shape {x.shape} flattens to D={flat.shape[1]} features but "
                              f"W.shape={self.W.shape} expects D={self.W.shape[0]}")
         self.original_x_shape = x.shape
         self.x = flat
-        return flat @ self.W + self.b
+        out = flat.astype(compute, copy=False) @ self.W.astype(compute, copy=False) + self.b
+        return out.astype(out_dtype, copy=False)
 
     def backward(self, dout):
+        """dout: (N, M) -> dx in x's shape and dtype; sets dW, db in W's and b's dtypes."""
         if self.x is None:
             raise RuntimeError("Affine.backward called before forward")
         expected = (self.x.shape[0], self.W.shape[1])
         if tuple(dout.shape) != expected:
             raise ValueError(f"dout must have shape {expected}, got {tuple(dout.shape)}")
-        self.dW = self.x.T @ dout
-        self.db = dout.sum(axis=0)
-        return (dout @ self.W.T).reshape(self.original_x_shape)
+        _, compute = F.compute_dtype(self.x, self.W, dout)
+        d = dout.astype(compute, copy=False)
+        self.dW = (self.x.astype(compute, copy=False).T @ d).astype(self.W.dtype, copy=False)
+        self.db = d.sum(axis=0).astype(self.b.dtype, copy=False)
+        dx = d @ self.W.astype(compute, copy=False).T
+        return dx.astype(self.x.dtype, copy=False).reshape(self.original_x_shape)
 
 
 def softmax(x):
@@ -207,6 +263,9 @@ class SoftmaxWithLoss(Layer):
         if not isinstance(x, np.ndarray) or x.ndim != 2:
             raise ValueError(f"x must be 2-D (N, K) scores, got {getattr(x, 'shape', type(x))}")
         F.check_dtypes(x=x)
+        self.dtype = x.dtype
+        if x.dtype == F.HALF:           # log-sum-exp in float32, never a float16 running sum
+            x = x.astype(np.float32)
         t = np.asarray(t)
         if t.ndim == 2:
             if t.shape != x.shape:
@@ -226,7 +285,7 @@ class SoftmaxWithLoss(Layer):
         z = x - x.max(axis=1, keepdims=True)
         log_y = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         self.y = np.exp(log_y)
-        self.loss = x.dtype.type(-log_y[np.arange(x.shape[0]), t].mean())
+        self.loss = self.dtype.type(-log_y[np.arange(x.shape[0]), t].mean())
         return self.loss
 
     def backward(self, dout=1):
@@ -235,7 +294,7 @@ class SoftmaxWithLoss(Layer):
         n = self.y.shape[0]
         dx = self.y.copy()
         dx[np.arange(n), self.t] -= 1
-        return (dx * (dout / n)).astype(self.y.dtype, copy=False)
+        return (dx * (dout / n)).astype(self.dtype, copy=False)
 
 
 class Dropout(Layer):

@@ -150,6 +150,25 @@ class Network:
         for key, value in loaded.items():
             self.params[key] = value
 
+    # -- precision
+    def astype(self, dtype):
+        """Convert every parameter to ``dtype`` (float16, float32 or float64), in one call -> self.
+
+        float16 is for inference, as in "Deep Learning from Scratch" ch. 8: the
+        parameters are stored in float16, the layers compute in float32 and
+        hand float16 results back. The arrays are replaced (``params`` and the
+        layers keep sharing them).
+        """
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float16, np.float32, np.float64):
+            raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
+        for key, (layer, attr) in self._owners.items():
+            converted = getattr(layer, attr).astype(dtype)
+            setattr(layer, attr, converted)
+            dict.__setitem__(self.params, key, converted)
+        self.dtype = dtype
+        return self
+
     # -- paths
     def set_backend(self, backend):
         """Send every Convolution and Pooling layer to ``backend`` from now on."""

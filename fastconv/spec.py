@@ -164,7 +164,7 @@ def _pool_spec(x_shape, pool_h, pool_w, stride, pad, mode, dtype, rounding) -> P
         raise ValueError(f"pool window (pool_h, pool_w) must be >= 1, got {pool_hw}")
     if mode not in POOL_MODES:
         raise ValueError(f"mode must be one of {POOL_MODES}, got {mode!r}")
-    stride, pad = _stride_pad(stride, pad)
+    stride, pad = _stride_pad(pool_hw if stride is None else stride, pad)
     if pad[0] >= pool_hw[0] or pad[1] >= pool_hw[1]:
         raise ValueError(
             f"pad {pad} must be smaller than the pool window {pool_hw}, or some windows "
@@ -173,9 +173,12 @@ def _pool_spec(x_shape, pool_h, pool_w, stride, pad, mode, dtype, rounding) -> P
     return PoolSpec(x_shape, pool_hw, stride, pad, out_hw, mode, _dtype(dtype))
 
 
-def pool_spec(x_shape, pool_h, pool_w, stride=1, pad=0, mode="max", dtype="float32",
+def pool_spec(x_shape, pool_h, pool_w, stride=None, pad=0, mode="max", dtype="float32",
               rounding="floor") -> PoolSpec:
-    """The checked :class:`PoolSpec` for pooling x: (N, C, H, W) with a pool_h x pool_w window."""
+    """The checked :class:`PoolSpec` for pooling x: (N, C, H, W) with a pool_h x pool_w window.
+
+    stride=None steps by the window (PyTorch's default).
+    """
     return _pool_spec(tuple(x_shape), pool_h, pool_w,
                       tuple(stride) if isinstance(stride, list) else stride,
                       tuple(pad) if isinstance(pad, list) else pad, mode, np.dtype(dtype), rounding)

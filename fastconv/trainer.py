@@ -52,6 +52,9 @@ class Trainer:
                  mini_batch_size=100, optimizer="Adam", optimizer_param=None,
                  evaluate_sample_num_per_epoch=None, seed=0, verbose=True,
                  progress=True, checkpoint_path=None, eval_batch_size=500):
+        if network.dtype == np.float16:
+            raise TypeError("training in float16 is not supported: train in float32 and convert "
+                            "the trained network with network.astype(np.float16) for inference")
         for name, x, t in (("train", x_train, t_train), ("test", x_test, t_test)):
             if not isinstance(x, np.ndarray) or x.ndim != 4:
                 raise ValueError(f"x_{name} must be an array (N, C, H, W), got "

@@ -168,8 +168,12 @@ def test_float32_stays_float32_through_the_network():
     assert net.predict(x).dtype == np.float32
     assert net.loss(x, np.array([0, 1])).dtype == np.float32
     assert all(g.dtype == np.float32 for g in net.gradient(x, np.array([0, 1])).values())
-    with pytest.raises(TypeError, match="dtype"):
-        net.predict(x.astype(np.float64))
+    # float64 images through float32 parameters promote as NumPy does
+    np.testing.assert_allclose(net.predict(x.astype(np.float64)), net.predict(x), rtol=1e-5,
+                               atol=1e-6)
+    assert net.predict(x.astype(np.float64)).dtype == np.float64
+    with pytest.raises(TypeError, match=r"astype\(np.float32\)"):
+        net.predict(x.astype(np.int32))
 
 
 def test_accuracy_takes_labels_or_one_hot_and_any_batch_size():
