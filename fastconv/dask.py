@@ -55,12 +55,14 @@ nothing that another process (or an earlier run) already compiled.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import pickle
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import dask
 import dask.array as da
@@ -76,7 +78,8 @@ from .optim import make_optimizer
 
 __all__ = [
     "conv2d", "pool2d", "predict", "features", "accuracy", "DataParallelTrainer",
-    "FastconvThreads", "setup_workers", "set_threads", "cpu_share",
+    "FastconvThreads", "setup_workers", "set_threads", "threads", "thread_counts", "cpu_share",
+    "network_blob", "load_network", "split_batch", "combine_gradients",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -116,6 +119,37 @@ def set_threads(threads: int) -> None:
         # context manager; called plainly, the limit stays
         _controller.limit(limits=threads, user_api="blas")
         _blas_threads = threads
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Run the block with ``n`` Numba threads (this thread) and ``n`` BLAS threads, then restore.
+
+    What a worker task runs with; use it to compute an in-process result
+    under the same thread counts as the workers (BLAS products can round
+    differently with another thread count).
+    """
+    global _blas_threads
+    from threadpoolctl import threadpool_limits
+
+    old_numba, old_blas = numba.get_num_threads(), _blas_threads
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(limits=n, user_api="blas"):
+            _blas_threads = n
+            yield
+    finally:
+        _blas_threads = old_blas
+        numba.set_num_threads(old_numba)
+
+
+def thread_counts() -> tuple[int, int]:
+    """(Numba threads of this thread, BLAS threads) as a fastconv task sees them."""
+    from threadpoolctl import threadpool_info
+
+    _enter_task()
+    blas = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    return numba.get_num_threads(), min(blas) if blas else 0
 
 
 def _enter_task():
@@ -519,3 +553,170 @@ def accuracy(network, x: da.Array, t, *, batch_size: int | None = None,
                            meta=np.empty((0,), np.int64))
     result = counts.sum() / x.shape[0]
     return float(result.compute()) if compute else result
+
+
+# ------------------------------------------------------ data-parallel training
+
+def _shard_gradient(blob, params, x, t, idx):
+    """Gradients of the mean loss over images ``idx`` of (x, t) at ``params``.
+
+    Runs on a worker. Returns (grads, mean loss, number of images, seconds).
+    """
+    _enter_task()
+    start = time.perf_counter()
+    network = load_network(blob)
+    for key, value in params.items():
+        network.params[key] = value
+    grads = network.gradient(x[idx], t[idx])
+    # copies: a layer's gradient arrays belong to that layer
+    grads = {key: np.array(g) for key, g in grads.items()}
+    return grads, float(network.last_layer.loss), len(idx), time.perf_counter() - start
+
+
+def split_batch(idx: np.ndarray, n_shards: int) -> list[np.ndarray]:
+    """Split batch indices into ``n_shards`` contiguous pieces (sizes differ by at most 1).
+
+    Fewer pieces when the batch has fewer images than ``n_shards``.
+    """
+    return [piece for piece in np.array_split(np.asarray(idx), n_shards) if len(piece)]
+
+
+def combine_gradients(results: Sequence) -> tuple[dict, float]:
+    """Shard results (grads, mean loss, n, ...) in shard order -> (full-batch mean gradient, loss).
+
+    Each shard's mean gradient is weighted by its share of the batch, n / N,
+    and the shards are added in the order given, so the result depends on the
+    shard contents only, never on which worker finished first.
+    """
+    total = sum(r[2] for r in results)
+    grads, loss = None, 0.0
+    for g, shard_loss, n, *_ in results:
+        w = n / total                    # a Python float: keeps each array's dtype
+        if grads is None:
+            grads = {key: value * w for key, value in g.items()}
+        else:
+            for key, value in g.items():
+                grads[key] += value * w
+        loss += shard_loss * w
+    return grads, loss
+
+
+class DataParallelTrainer:
+    """Synchronous data-parallel training of ``network`` on a ``distributed`` cluster.
+
+    client: a ``distributed.Client``. x_train: (N, C, H, W) numpy array in the
+    network's dtype, t_train: (N,) labels or (N, K) one-hot. The training data
+    is scattered to every worker once, at construction. Each step:
+
+    1. the client takes the next mini-batch of an epoch's permutation, drawn
+       exactly as ``fastconv.Trainer`` draws it (``np.random.default_rng(seed)``,
+       a new permutation per epoch, the last batch may be smaller);
+    2. the parameters are scattered to every worker once (one copy per worker);
+    3. the batch is split into ``n_shards`` contiguous shards (default: one per
+       worker thread); each shard's gradient is computed on a worker by
+       ``network.gradient``;
+    4. the client adds the shards' gradients in shard order, weighted by shard
+       size (``combine_gradients``): the full-batch mean gradient;
+    5. one ``optimizer.update`` changes ``network.params`` in place.
+
+    After k steps the parameters equal those of ``fastconv.Trainer`` (same
+    seed, batch size and optimizer) after k steps up to float rounding: the
+    shard sums are added in another order than one full-batch sum.
+
+    A worker lost during a step is survivable: its shard task is run again on
+    another worker (a task is a pure function of the scattered parameters and
+    the batch indices), and the update waits for all shards, so the parameters
+    never see a partial step. The scattered data lives on every worker; a
+    replacement worker fetches it from the others.
+
+    ``timings`` holds one dict per step: ``scatter_s`` (sending parameters),
+    ``compute_s`` (the slowest shard's gradient, measured on its worker),
+    ``step_s`` (the whole step, client side) and ``update_s``.
+    """
+
+    def __init__(self, client, network, x_train: np.ndarray, t_train: np.ndarray,
+                 mini_batch_size: int = 100, optimizer="Adam", optimizer_param: dict | None = None,
+                 n_shards: int | None = None, seed: int = 0):
+        if not isinstance(x_train, np.ndarray) or x_train.ndim != 4:
+            raise ValueError(f"x_train must be a numpy array (N, C, H, W), got "
+                             f"{getattr(x_train, 'shape', type(x_train).__name__)}")
+        if x_train.dtype != network.dtype:
+            raise TypeError(f"x_train has dtype {x_train.dtype} but the network computes in "
+                            f"{network.dtype}: convert it with .astype(np.{network.dtype})")
+        t_train = np.asarray(t_train)
+        if len(t_train) != len(x_train):
+            raise ValueError(f"x_train has {len(x_train)} images but t_train has "
+                             f"{len(t_train)} labels")
+        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) \
+                or mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be an int >= 1, got {mini_batch_size!r}")
+        self.client = client
+        self.network = network
+        self.batch_size = mini_batch_size
+        self.optimizer = make_optimizer(optimizer, **(optimizer_param or {"lr": 0.001}))
+        if n_shards is None:
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            n_shards = sum(w["nthreads"] for w in workers.values())
+        if isinstance(n_shards, bool) or not isinstance(n_shards, int) or n_shards < 1:
+            raise ValueError(f"n_shards must be an int >= 1, got {n_shards!r}")
+        self.n_shards = n_shards
+        self.n_train = len(x_train)
+        self.iter_per_epoch = -(-self.n_train // self.batch_size)
+        self.rng = np.random.default_rng(seed)
+        self._order = None
+        self.step_in_epoch = 0
+        self.epoch = 0
+        self.losses, self.timings = [], []
+        # once: the network's structure, and the data, on every worker
+        self._blob = client.scatter(network_blob(network), broadcast=True, hash=False)
+        self._x = client.scatter(x_train, broadcast=True, hash=False)
+        self._t = client.scatter(t_train, broadcast=True, hash=False)
+
+    def next_batch(self) -> np.ndarray:
+        """Indices of the next mini-batch (as ``fastconv.Trainer`` draws them)."""
+        if self._order is None:
+            self._order = self.rng.permutation(self.n_train)
+            self.step_in_epoch = 0
+        i = self.step_in_epoch * self.batch_size
+        idx = self._order[i:i + self.batch_size]
+        self.step_in_epoch += 1
+        if self.step_in_epoch == self.iter_per_epoch:
+            self._order, self.epoch = None, self.epoch + 1
+        return idx
+
+    def gradient(self, idx: np.ndarray, workers: Sequence[str] | None = None):
+        """(mean gradient dict, mean loss, timings) of the images ``idx`` at the current
+        parameters. workers: optional addresses; shard i then runs on
+        workers[i % len(workers)] (for tests of placement independence)."""
+        start = time.perf_counter()
+        # a copy: the scatter must not race with the optimizer writing in place
+        params = {key: np.array(value) for key, value in self.network.params.items()}
+        # in a list: one key for the whole dict (a dict would be scattered key by key)
+        [params] = self.client.scatter([params], broadcast=True, hash=False)
+        scattered = time.perf_counter()
+        futures = []
+        for i, shard in enumerate(split_batch(idx, self.n_shards)):
+            where = None if workers is None else [workers[i % len(workers)]]
+            futures.append(self.client.submit(
+                _shard_gradient, self._blob, params, self._x, self._t, shard,
+                pure=False, workers=where, allow_other_workers=where is not None))
+        results = self.client.gather(futures)
+        grads, loss = combine_gradients(results)
+        timing = {"scatter_s": scattered - start, "compute_s": max(r[3] for r in results)}
+        return grads, loss, timing
+
+    def step(self) -> float:
+        """One synchronous step on the next mini-batch; returns its loss (before the step)."""
+        start = time.perf_counter()
+        grads, loss, timing = self.gradient(self.next_batch())
+        before_update = time.perf_counter()
+        self.optimizer.update(self.network.params, grads)
+        end = time.perf_counter()
+        timing.update(update_s=end - before_update, step_s=end - start)
+        self.timings.append(timing)
+        self.losses.append(loss)
+        return loss
+
+    def train(self, steps: int) -> list[float]:
+        """``steps`` synchronous steps; returns their losses."""
+        return [self.step() for _ in range(steps)]
