@@ -79,7 +79,7 @@ from .optim import make_optimizer
 __all__ = [
     "conv2d", "pool2d", "predict", "features", "accuracy", "DataParallelTrainer",
     "FastconvThreads", "setup_workers", "set_threads", "threads", "thread_counts", "cpu_share",
-    "network_blob", "load_network", "split_batch", "combine_gradients",
+    "network_blob", "load_network", "split_batch", "combine_gradients", "workers_of",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -188,6 +188,14 @@ class FastconvThreads(WorkerPlugin):
         set_threads(_task_threads)
 
 
+def workers_of(client) -> dict:
+    """Address -> the scheduler's facts about each worker (all of them, however many)."""
+    try:
+        return client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:                    # distributed before 2025: always all workers
+        return client.scheduler_info()["workers"]
+
+
 def _worker_facts():
     return {"cores": _available_cores()}
 
@@ -199,7 +207,7 @@ def setup_workers(client, threads: int | None = None) -> dict:
     workers their share of its cores (``cpu_share``). Returns worker address ->
     threads per task.
     """
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = workers_of(client)
     facts = client.run(_worker_facts)
     hosts = {}
     for addr, info in workers.items():
@@ -655,7 +663,7 @@ class DataParallelTrainer:
         self.batch_size = mini_batch_size
         self.optimizer = make_optimizer(optimizer, **(optimizer_param or {"lr": 0.001}))
         if n_shards is None:
-            workers = client.scheduler_info(n_workers=-1)["workers"]
+            workers = workers_of(client)
             n_shards = sum(w["nthreads"] for w in workers.values())
         if isinstance(n_shards, bool) or not isinstance(n_shards, int) or n_shards < 1:
             raise ValueError(f"n_shards must be an int >= 1, got {n_shards!r}")
