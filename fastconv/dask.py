@@ -384,17 +384,18 @@ def conv2d(x: da.Array, W: np.ndarray, b: np.ndarray | None = None, stride=1, pa
 MODES = ("max", "avg")
 
 
-def pool2d(x: da.Array, pool_h: int, pool_w: int, stride=1, pad=0, mode: str = "max", *,
+def pool2d(x: da.Array, pool_h: int, pool_w: int, stride=None, pad=0, mode: str = "max", *,
            rounding: str = "floor", backend: str = "auto") -> da.Array:
     """``fastconv.pool2d`` over a dask array x: (N, C, H, W) -> (N, C, OH, OW), lazily.
 
-    Chunking as in ``conv2d`` (N, H and W; C is merged into one chunk). Pass
-    ``stride`` explicitly: this function forwards it unchanged to
-    ``fastconv.pool2d`` for every chunk. Max pooling pads with -inf, average
-    pooling with zeros, at the image border only.
+    Chunking as in ``conv2d`` (N, H and W; C is merged into one chunk).
+    stride=None steps by the window, as ``fastconv.pool2d`` does. Max pooling
+    pads with -inf, average pooling with zeros, at the image border only.
     """
     _check_dask_images(x)
     window = as_pair((pool_h, pool_w), "(pool_h, pool_w)")
+    if stride is None:
+        stride = window
     if min(window) < 1:
         raise ValueError(f"pool window (pool_h, pool_w) must be >= 1, got {window}")
     if mode not in MODES:

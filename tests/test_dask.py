@@ -351,3 +351,11 @@ def _try(fn):
     except Exception as err:        # reported by the test, not lost in the thread
         return [err]
     return []
+
+
+def test_pooling_steps_by_its_window_by_default_as_fastconv_does():
+    x = np.random.default_rng(11).standard_normal((3, 2, 10, 10))
+    xd = da.from_array(x, chunks=(1, 2, 5, 5))
+    result = fd.pool2d(xd, 2, 2, backend="direct").compute(scheduler="sync")
+    np.testing.assert_array_equal(result, fastconv.pool2d(x, 2, 2, backend="direct"))
+    assert result.shape == (3, 2, 5, 5)
