@@ -1,0 +1,463 @@
+"""The winograd path: 3x3 stride-1 convolutions with Winograd's minimal filtering.
+
+A 3x3 stride-1 convolution computes each output pixel from 9 products. Winograd's
+minimal filtering algorithm F(m x m, 3 x 3) (Lavin & Gray, "Fast Algorithms for
+Convolutional Neural Networks", 2016) computes an m x m block of outputs from an
+(m+2) x (m+2) tile of input with (m+2)^2 products instead of 9*m^2: 16 instead of
+36 for F(2x2, 3x3), 36 instead of 144 for F(4x4, 3x3). With a = m + 2:
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A
+
+where d is an a x a input tile, g the 3x3 filter, * the elementwise product and
+Y the m x m output block. Over channels and filters the elementwise products
+become a sum over channels for each of the a*a positions of the tile, which is a
+matrix product: for every (xi, nu) of the a x a transformed tile,
+
+    M[xi, nu] (FN, tiles) = U[xi, nu] (FN, C) @ V[xi, nu] (C, tiles),
+
+run here as one batched BLAS call, ``numpy.matmul`` on (a*a, FN, C) x (a*a, C,
+tiles). The transforms (V from the input, U from the filters, Y from M) are
+Numba parallel loops; most of the arithmetic is in the products.
+
+Where B, G and A come from (Toom-Cook): the 1-D problem F(m, 3) (m outputs of a
+3-tap correlation, y_i = sum_k d[i+k] g[k]) is the product of two polynomials
+d(x) g(x) read at some coefficients. Evaluate both polynomials at a = m + 2
+points, multiply the a values pairwise (the only real multiplications), and
+interpolate the product back (Lagrange interpolation, i.e. the Chinese remainder
+theorem over the moduli (x - p_i)). The point "inf" stands for the leading
+coefficient. G evaluates the filter polynomial at the points (with the
+interpolation's denominators folded in, so they cost nothing at run time), B^T
+evaluates the data side, A^T interpolates; for correlation rather than
+convolution the roles of the evaluation and interpolation matrices on the data
+side swap (the transposition principle). The 2-D algorithm nests the 1-D one
+in both directions.
+
+F(2x2, 3x3), points 0, 1, -1, inf::
+
+    B^T = [[1,  0, -1,  0],      G = [[  1,    0,    0],      A^T = [[1, 1,  1,  0],
+           [0,  1,  1,  0],           [1/2,  1/2,  1/2],             [0, 1, -1, -1]]
+           [0, -1,  1,  0],           [1/2, -1/2,  1/2],
+           [0,  1,  0, -1]]           [  0,    0,    1]]
+
+F(4x4, 3x3), points 0, 1, -1, 2, -2, inf::
+
+    B^T = [[4,  0, -5,  0, 1, 0],      G = [[ 1/4,     0,    0],
+           [0, -4, -4,  1, 1, 0],           [-1/6,  -1/6, -1/6],
+           [0,  4, -4, -1, 1, 0],           [-1/6,   1/6, -1/6],
+           [0, -2, -1,  2, 1, 0],           [1/24,  1/12,  1/6],
+           [0,  2, -1, -2, 1, 0],           [1/24, -1/12,  1/6],
+           [0,  4,  0, -5, 0, 1]]           [   0,     0,    1]]
+
+    A^T = [[1, 1,  1, 1,  1, 0],
+           [0, 1, -1, 2, -2, 0],
+           [0, 1,  1, 4,  4, 0],
+           [0, 1, -1, 8, -8, 1]]
+
+The larger points of F(4x4) (2 and -2, hence the 4s, 8s and 1/24) make it less
+accurate: measured against the float64 naive path, relative to the largest
+output (float32, random normal data, 64 to 512 channels), F(2x2) errs by about
+1e-7 to 3e-7 and F(4x4) by about 1e-6 to 3e-6, both well inside the 1e-4
+float32 tolerance; see ``_tile_for`` for which one runs.
+
+Gradients (g rotated means flipped in both directions):
+
+- dx: the gradient of a 3x3 stride-1 convolution with padding p is itself a 3x3
+  stride-1 convolution of dout padded by 2 - p, with every filter rotated 180
+  degrees and the roles of input and output channels swapped. It runs through
+  the same forward code (a padding below zero crops dout instead).
+- dW: by the transposition principle, the 3x3 dW of one tile pair is
+  ``G^T [ (A e A^T) * (B^T d B) ] G`` with e the m x m tile of dout and d the
+  a x a tile of (padded) x, the same V as the forward pass. Summed over tiles
+  and images this is again one batched product,
+  ``(a*a, FN, tiles) x (a*a, tiles, C)``, and the back-transform runs once.
+- db: the sum of dout over images and positions.
+
+Non-finite values: Winograd mixes the values of a whole tile, so a nan or inf
+in x would spread to outputs of its tile that the naive path leaves finite. To
+propagate non-finite values exactly as the naive path does, every call first
+checks its operands (one max/min reduction per array); when one holds a nan or
+an inf, or values large enough that the transforms (which scale values by up to
+about 4e4) could overflow where the naive sum does not, that call runs on the
+im2col path instead, whose matrix products sum the same terms as the naive
+loops.
+
+Threads: the transforms follow ``numba.set_num_threads``, the products run on
+numpy's BLAS; the public functions hold ``launch_lock`` of
+``fastconv.kernels._jit``. Every parallel loop writes only its own elements
+(one (image, channel) or one filter per iteration) and sums in a fixed order,
+so results are bit-identical from run to run for a given thread count of BLAS.
+
+Pooling has no 3x3 filter to transform: ``supports`` is False for every
+pooling spec and ``pool_forward``/``pool_backward`` raise ValueError.
+"""
+from typing import NamedTuple
+
+import numpy as np
+from numba import prange
+
+from . import im2col
+from ._jit import jit, one_launch_at_a_time
+from ._workspace import Workspace
+
+SCOPE = "3x3 stride-1 convolutions (dilation 1, groups 1)"
+
+_workspace = Workspace()
+
+# The transform matrices, float64; each call uses a copy in the data's dtype.
+_F2 = dict(
+    BT=np.array([[1, 0, -1, 0],
+                 [0, 1, 1, 0],
+                 [0, -1, 1, 0],
+                 [0, 1, 0, -1]], dtype=np.float64),
+    G=np.array([[1, 0, 0],
+                [1 / 2, 1 / 2, 1 / 2],
+                [1 / 2, -1 / 2, 1 / 2],
+                [0, 0, 1]], dtype=np.float64),
+    AT=np.array([[1, 1, 1, 0],
+                 [0, 1, -1, -1]], dtype=np.float64),
+)
+_F4 = dict(
+    BT=np.array([[4, 0, -5, 0, 1, 0],
+                 [0, -4, -4, 1, 1, 0],
+                 [0, 4, -4, -1, 1, 0],
+                 [0, -2, -1, 2, 1, 0],
+                 [0, 2, -1, -2, 1, 0],
+                 [0, 4, 0, -5, 0, 1]], dtype=np.float64),
+    G=np.array([[1 / 4, 0, 0],
+                [-1 / 6, -1 / 6, -1 / 6],
+                [-1 / 6, 1 / 6, -1 / 6],
+                [1 / 24, 1 / 12, 1 / 6],
+                [1 / 24, -1 / 12, 1 / 6],
+                [0, 0, 1]], dtype=np.float64),
+    AT=np.array([[1, 1, 1, 1, 1, 0],
+                 [0, 1, -1, 2, -2, 0],
+                 [0, 1, 1, 4, 4, 0],
+                 [0, 1, -1, 8, -8, 1]], dtype=np.float64),
+)
+TRANSFORMS = {2: _F2, 4: _F4}
+
+# Largest factor by which the transforms can scale a value (F(4x4): the input
+# transform's rows sum to at most 10 in absolute value, 100 in 2-D; the output
+# transform's to at most 19, 361 in 2-D). Operands whose product, times the
+# reduction length and this factor, comes near the dtype's largest finite
+# value run on the im2col path, where only the naive sum's own terms occur.
+_GROWTH = 1e5
+
+
+class ConvCache(NamedTuple):
+    x: np.ndarray
+    W: np.ndarray
+    spec: object
+    tile: int              # m of F(m x m, 3x3) used forward; 0: forward ran on im2col
+
+
+class _Fallback(NamedTuple):
+    """Cache of a call that ran on the im2col path (non-finite or huge operands)."""
+    inner: object
+    spec: object
+
+
+def supports(spec):
+    """True for a 3x3, stride-1, dilation-1, single-group convolution (any padding)."""
+    return (spec.op == "conv" and spec.filter_hw == (3, 3) and spec.stride == (1, 1)
+            and getattr(spec, "dilation", (1, 1)) == (1, 1) and getattr(spec, "groups", 1) == 1)
+
+
+def _tile_for(out_hw):
+    """m of F(m x m, 3x3) for output maps of ``out_hw`` = (OH, OW): 2 or 4.
+
+    F(4x4) needs 36 products per 16 outputs (2.25 per output), F(2x2) 16 per 4
+    (4 per output), but a 4x4 tile wastes the part that hangs over the map's
+    edge and costs more in the transforms. Measured (2 threads, float32,
+    forward + backward, see the module's report in the benchmark notes):
+    F(4x4) wins on ResNet's 56x56, 28x28 and 14x14 stages and the 224x224 VGG
+    block; on 7x7 maps (two 4x4 tiles per side, 8x8 computed for 7x7) F(2x2)
+    is as fast or faster. Rule: F(4x4) when both sides are at least 8.
+    """
+    return 4 if min(out_hw) >= 8 else 2
+
+
+def _tiles(out_hw, m):
+    return -(-out_hw[0] // m), -(-out_hw[1] // m)
+
+
+def plan(spec):
+    """How this path computes ``spec``: the tile, the number of tiles, the product shapes.
+
+    Returns a dict: ``method``, ``tile`` ("F(4x4,3x3)" or "F(2x2,3x3)"),
+    ``m`` and ``alpha`` (output block and input tile side), ``tiles_per_image``,
+    ``tiles`` (whole batch), ``U_shape`` (a*a, FN, C), ``V_shape`` (a*a, C,
+    tiles), ``M_shape`` (a*a, FN, tiles), ``dx_tile`` (m used for dx), and
+    ``fallback`` (when im2col runs instead). Pooling and unsupported specs get
+    a dict saying so.
+    """
+    if not supports(spec):
+        return {"method": f"not run by this path (it runs {SCOPE})"}
+    N, C = spec.x_shape[:2]
+    FN = spec.w_shape[0]
+    m = _tile_for(spec.out_hw)
+    th, tw = _tiles(spec.out_hw, m)
+    a = m + 2
+    tiles = N * th * tw
+    return {"method": "Winograd minimal filtering: transforms in Numba loops, "
+                      "one batched BLAS product over the a*a tile positions",
+            "tile": f"F({m}x{m},3x3)", "m": m, "alpha": a,
+            "tiles_per_image": th * tw, "tiles": tiles,
+            "U_shape": (a * a, FN, C), "V_shape": (a * a, C, tiles),
+            "M_shape": (a * a, FN, tiles), "dx_tile": _tile_for(spec.x_shape[2:]),
+            "fallback": "im2col, for a call whose operands hold nan or inf (or values "
+                        "near overflow)"}
+
+
+def release_workspace():
+    """Free this path's scratch buffers (they are reallocated when next needed)."""
+    _workspace.release()
+
+
+def pool_forward(x, spec):
+    """Not run by this path: raises ValueError (pooling has no 3x3 filter to transform)."""
+    raise ValueError(f"the winograd path runs {SCOPE}; it cannot run {spec.describe()}")
+
+
+def pool_backward(dout, cache):
+    """Not run by this path: raises ValueError (see ``pool_forward``)."""
+    raise ValueError(f"the winograd path runs {SCOPE}; it cannot run pooling")
+
+
+# ------------------------------------------------------------ compiled kernels
+
+@jit(parallel=True)
+def _tile_transform(src, L, m, ph, pw, th, tw, dst):
+    """dst[xi*ao + nu, c, n*th*tw + ty*tw + tx] = (L d L^T)[xi, nu] for every tile.
+
+    src: (N, C, H, W); L: (ao, ai); d is the ai x ai tile of src whose top-left
+    corner is at (ty*m - ph, tx*m - pw), with zeros outside src (padding, and
+    the part of the last tiles that hangs over the edge). dst: (ao*ao, C,
+    N*th*tw). The input transform is L = B^T (ai = ao = m + 2); the dout
+    transform of dW is L = A (ai = m, ao = m + 2).
+
+    One (image, channel) plane per iteration: it writes dst[:, c, tiles of n]
+    only. The vertical pass combines whole padded rows (contiguous, vectorised),
+    the horizontal pass writes each output row over consecutive tiles.
+    """
+    N, C, H, W = src.shape
+    ao, ai = L.shape
+    T = th * tw
+    Wt = (tw - 1) * m + ai          # padded columns the tiles of one tile row read
+    c_lo = min(Wt, max(0, pw))      # padded columns c_lo..c_hi hold src columns
+    c_hi = max(c_lo, min(Wt, W + pw))
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        plane = src[n, c]
+        rows = np.empty((ai, Wt), dtype=src.dtype)
+        tmp = np.empty((ao, Wt), dtype=src.dtype)
+        for ty in range(th):
+            for i in range(ai):
+                r = ty * m + i - ph
+                row = rows[i]
+                if r < 0 or r >= H:
+                    row[:] = 0
+                else:
+                    row[:c_lo] = 0
+                    row[c_lo:c_hi] = plane[r, c_lo - pw:c_hi - pw]
+                    row[c_hi:] = 0
+            for xi in range(ao):
+                acc = tmp[xi]
+                acc[:] = 0
+                for i in range(ai):
+                    coef = L[xi, i]
+                    if coef != 0:
+                        ri = rows[i]
+                        for s in range(Wt):
+                            acc[s] += coef * ri[s]
+            base = n * T + ty * tw
+            for xi in range(ao):
+                trow = tmp[xi]
+                for nu in range(ao):
+                    d = dst[xi * ao + nu, c, base:base + tw]
+                    d[:] = 0
+                    for j in range(ai):
+                        coef = L[nu, j]
+                        if coef != 0:
+                            # tile tx reads padded column tx*m + j
+                            col = trow[j:j + (tw - 1) * m + 1:m]
+                            for tx in range(tw):
+                                d[tx] += coef * col[tx]
+
+
+@jit(parallel=True)
+def _filter_transform(W, G, U):
+    """U[xi*a + nu, k, c] = (G W[k, c] G^T)[xi, nu]; W: (FN, C, 3, 3), G: (a, 3).
+
+    One filter per iteration: it writes U[:, k, :] only.
+    """
+    FN, C = W.shape[0], W.shape[1]
+    a = G.shape[0]
+    for k in prange(FN):
+        h = np.empty((a, 3), dtype=W.dtype)
+        for c in range(C):
+            g = W[k, c]
+            for xi in range(a):
+                for j in range(3):
+                    h[xi, j] = G[xi, 0] * g[0, j] + G[xi, 1] * g[1, j] + G[xi, 2] * g[2, j]
+            for xi in range(a):
+                for nu in range(a):
+                    U[xi * a + nu, k, c] = (h[xi, 0] * G[nu, 0] + h[xi, 1] * G[nu, 1]
+                                            + h[xi, 2] * G[nu, 2])
+
+
+@jit(parallel=True)
+def _output_transform(Mt, AT, th, tw, b, out):
+    """out[n, k] = A^T M A per tile, plus b[k], cut to (OH, OW).
+
+    Mt: (a*a, FN, N*th*tw); AT: (m, a); out: (N, FN, OH, OW). One (image,
+    filter) map per iteration: it writes out[n, k] only.
+    """
+    N, FN, OH, OW = out.shape
+    m, a = AT.shape
+    T = th * tw
+    for t in prange(N * FN):
+        n = t // FN
+        k = t - n * FN
+        # tmp[xi, j, tx]: the horizontal pass, (M A)[xi, j] of tile tx
+        tmp = np.empty((a, m, tw), dtype=out.dtype)
+        row = np.empty(tw * m, dtype=out.dtype)
+        bias = b[k]
+        for ty in range(th):
+            base = n * T + ty * tw
+            for xi in range(a):
+                for j in range(m):
+                    acc = tmp[xi, j]
+                    acc[:] = 0
+                    for nu in range(a):
+                        coef = AT[j, nu]
+                        if coef != 0:
+                            src = Mt[xi * a + nu, k, base:base + tw]
+                            for tx in range(tw):
+                                acc[tx] += coef * src[tx]
+            for i in range(m):
+                y = ty * m + i
+                if y >= OH:
+                    break
+                row[:] = 0
+                for xi in range(a):
+                    coef = AT[i, xi]
+                    if coef != 0:
+                        for j in range(m):
+                            dst = row[j:j + (tw - 1) * m + 1:m]
+                            src = tmp[xi, j]
+                            for tx in range(tw):
+                                dst[tx] += coef * src[tx]
+                orow = out[n, k, y]
+                for x in range(OW):
+                    orow[x] = row[x] + bias
+
+
+@jit(parallel=True)
+def _dw_transform(X, G, dW):
+    """dW[k, c] = G^T X[:, k, c] G, with X: (a*a, FN, C) viewed as a x a per (k, c).
+
+    One filter per iteration: it writes dW[k] only.
+    """
+    FN, C = dW.shape[0], dW.shape[1]
+    a = G.shape[0]
+    for k in prange(FN):
+        h = np.empty((a, 3), dtype=dW.dtype)
+        for c in range(C):
+            for xi in range(a):
+                for j in range(3):
+                    s = dW.dtype.type(0)
+                    for nu in range(a):
+                        s += X[xi * a + nu, k, c] * G[nu, j]
+                    h[xi, j] = s
+            for i in range(3):
+                for j in range(3):
+                    s = dW.dtype.type(0)
+                    for xi in range(a):
+                        s += G[xi, i] * h[xi, j]
+                    dW[k, c, i, j] = s
+
+
+# ------------------------------------------------------------------ the path
+
+def _fits(a, b, length, dtype):
+    """True when every value of a and b is finite and sum of ``length`` products of them,
+    scaled by the transforms, stays far from overflow (nan fails every comparison)."""
+    if a.size == 0 or b.size == 0:
+        return True
+    big = max(float(a.max()), -float(a.min())) * max(float(b.max()), -float(b.min()))
+    return bool(big * length * _GROWTH < float(np.finfo(dtype).max))
+
+
+def _matrices(m, dtype):
+    t = TRANSFORMS[m]
+    return t["BT"].astype(dtype), t["G"].astype(dtype), t["AT"].astype(dtype)
+
+
+def _correlate(x, W, b, pad, out_hw, m):
+    """out: (N, FN, OH, OW) = 3x3 stride-1 correlation of x: (N, C, H, W) padded by
+    ``pad`` (an entry below zero crops instead) with W: (FN, C, 3, 3), plus b."""
+    N, C = x.shape[:2]
+    FN = W.shape[0]
+    BT, G, AT = _matrices(m, x.dtype)
+    a = m + 2
+    th, tw = _tiles(out_hw, m)
+    P = N * th * tw
+    U = _workspace.get(a * a * FN * C, x.dtype, slot=0).reshape(a * a, FN, C)
+    _filter_transform(W, G, U)
+    V = _workspace.get(a * a * C * P, x.dtype, slot=1).reshape(a * a, C, P)
+    _tile_transform(x, BT, m, pad[0], pad[1], th, tw, V)
+    Mt = _workspace.get(a * a * FN * P, x.dtype, slot=2).reshape(a * a, FN, P)
+    np.matmul(U, V, out=Mt)
+    out = np.empty((N, FN, *out_hw), dtype=x.dtype)
+    _output_transform(Mt, AT, th, tw, b, out)
+    return out
+
+
+@one_launch_at_a_time
+def conv_forward(x, W, b, spec):
+    """x: (N, C, H, W), W: (FN, C, 3, 3), b: (FN,) -> out: (N, FN, OH, OW), cache."""
+    if not _fits(x, W, spec.field, x.dtype):
+        out, inner = im2col.conv_forward(x, W, b, spec)
+        return out, _Fallback(inner, spec)
+    m = _tile_for(spec.out_hw)
+    return _correlate(x, W, b, spec.pad, spec.out_hw, m), ConvCache(x, W, spec, m)
+
+
+def _conv_dw(dout, x, pad, m):
+    """dW: (FN, C, 3, 3) of a 3x3 stride-1 correlation with padding ``pad``, tile m."""
+    N, C = x.shape[:2]
+    FN, OH, OW = dout.shape[1:]
+    BT, G, AT = _matrices(m, x.dtype)
+    a = m + 2
+    th, tw = _tiles((OH, OW), m)
+    P = N * th * tw
+    V = _workspace.get(a * a * C * P, x.dtype, slot=1).reshape(a * a, C, P)
+    _tile_transform(x, BT, m, pad[0], pad[1], th, tw, V)
+    E = _workspace.get(a * a * FN * P, x.dtype, slot=2).reshape(a * a, FN, P)
+    _tile_transform(dout, np.ascontiguousarray(AT.T), m, 0, 0, th, tw, E)
+    X = np.matmul(E, V.transpose(0, 2, 1))                 # (a*a, FN, C)
+    dW = np.empty((FN, C, 3, 3), dtype=x.dtype)
+    _dw_transform(X, G, dW)
+    return dW
+
+
+@one_launch_at_a_time
+def conv_backward(dout, cache):
+    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, 3, 3), db: (FN,)."""
+    if isinstance(cache, _Fallback):
+        return im2col.conv_backward(dout, cache.inner)
+    x, W, spec, m = cache
+    if not (_fits(dout, W, W.shape[0] * 9, x.dtype)
+            and _fits(dout, x, x.shape[0] * dout.shape[2] * dout.shape[3], x.dtype)):
+        return im2col.conv_backward(dout, im2col.ConvCache(x, W, spec))
+    ph, pw = spec.pad
+    H, Wd = spec.x_shape[2:]
+    # dx: dout padded by 2 - pad, filters rotated 180 degrees, channels swapped
+    W_rot = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    no_bias = np.zeros(W.shape[1], dtype=x.dtype)
+    dx = _correlate(dout, W_rot, no_bias, (2 - ph, 2 - pw), (H, Wd), _tile_for((H, Wd)))
+    dW = _conv_dw(dout, x, spec.pad, m)
+    db = dout.sum(axis=(0, 2, 3))
+    return dx, dW, db
