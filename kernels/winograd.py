@@ -237,8 +237,10 @@ def _tile_transform(src, L, m, ph, pw, th, tw, dst):
     transform of dW is L = A (ai = m, ao = m + 2).
 
     One (image, channel) plane per iteration: it writes dst[:, c, tiles of n]
-    only. The vertical pass combines whole padded rows (contiguous, vectorised),
-    the horizontal pass writes each output row over consecutive tiles.
+    only. Per row of tiles, the vertical pass combines whole padded rows (long
+    loops that vectorise); the horizontal pass then runs over the tiles of
+    the row in the innermost loop. Plain indexing, no slices: on small maps,
+    making a slice per tile costs more than the arithmetic.
     """
     N, C, H, W = src.shape
     ao, ai = L.shape
@@ -249,62 +251,36 @@ def _tile_transform(src, L, m, ph, pw, th, tw, dst):
     for t in prange(N * C):
         n = t // C
         c = t - n * C
-        plane = src[n, c]
-        rows = np.empty((ai, Wt), dtype=src.dtype)
+        rows = np.zeros((ai, Wt), dtype=src.dtype)
         tmp = np.empty((ao, Wt), dtype=src.dtype)
         for ty in range(th):
             for i in range(ai):
                 r = ty * m + i - ph
-                row = rows[i]
                 if r < 0 or r >= H:
-                    row[:] = 0
+                    for s in range(Wt):
+                        rows[i, s] = 0
                 else:
-                    row[:c_lo] = 0
-                    row[c_lo:c_hi] = plane[r, c_lo - pw:c_hi - pw]
-                    row[c_hi:] = 0
+                    rows[i, c_lo:c_hi] = src[n, c, r, c_lo - pw:c_hi - pw]
             for xi in range(ao):
-                acc = tmp[xi]
-                acc[:] = 0
+                for s in range(Wt):
+                    tmp[xi, s] = 0
                 for i in range(ai):
                     coef = L[xi, i]
                     if coef != 0:
-                        ri = rows[i]
                         for s in range(Wt):
-                            acc[s] += coef * ri[s]
+                            tmp[xi, s] += coef * rows[i, s]
             base = n * T + ty * tw
             for xi in range(ao):
-                trow = tmp[xi]
                 for nu in range(ao):
-                    d = dst[xi * ao + nu, c, base:base + tw]
-                    d[:] = 0
+                    q = xi * ao + nu
+                    for tx in range(tw):
+                        dst[q, c, base + tx] = 0
                     for j in range(ai):
                         coef = L[nu, j]
                         if coef != 0:
                             # tile tx reads padded column tx*m + j
-                            col = trow[j:j + (tw - 1) * m + 1:m]
                             for tx in range(tw):
-                                d[tx] += coef * col[tx]
-
-
-@jit(parallel=True)
-def _filter_transform(W, G, U):
-    """U[xi*a + nu, k, c] = (G W[k, c] G^T)[xi, nu]; W: (FN, C, 3, 3), G: (a, 3).
-
-    One filter per iteration: it writes U[:, k, :] only.
-    """
-    FN, C = W.shape[0], W.shape[1]
-    a = G.shape[0]
-    for k in prange(FN):
-        h = np.empty((a, 3), dtype=W.dtype)
-        for c in range(C):
-            g = W[k, c]
-            for xi in range(a):
-                for j in range(3):
-                    h[xi, j] = G[xi, 0] * g[0, j] + G[xi, 1] * g[1, j] + G[xi, 2] * g[2, j]
-            for xi in range(a):
-                for nu in range(a):
-                    U[xi * a + nu, k, c] = (h[xi, 0] * G[nu, 0] + h[xi, 1] * G[nu, 1]
-                                            + h[xi, 2] * G[nu, 2])
+                                dst[q, c, base + tx] += coef * tmp[xi, tx * m + j]
 
 
 @jit(parallel=True)
@@ -320,63 +296,32 @@ def _output_transform(Mt, AT, th, tw, b, out):
     for t in prange(N * FN):
         n = t // FN
         k = t - n * FN
-        # tmp[xi, j, tx]: the horizontal pass, (M A)[xi, j] of tile tx
-        tmp = np.empty((a, m, tw), dtype=out.dtype)
-        row = np.empty(tw * m, dtype=out.dtype)
+        tmp = np.empty((a, m, tw), dtype=out.dtype)    # (M A)[xi, j] of each tile tx
+        band = np.empty((m, tw * m), dtype=out.dtype)  # m output rows of a row of tiles
         bias = b[k]
         for ty in range(th):
             base = n * T + ty * tw
             for xi in range(a):
                 for j in range(m):
-                    acc = tmp[xi, j]
-                    acc[:] = 0
+                    for tx in range(tw):
+                        tmp[xi, j, tx] = 0
                     for nu in range(a):
                         coef = AT[j, nu]
                         if coef != 0:
-                            src = Mt[xi * a + nu, k, base:base + tw]
                             for tx in range(tw):
-                                acc[tx] += coef * src[tx]
+                                tmp[xi, j, tx] += coef * Mt[xi * a + nu, k, base + tx]
             for i in range(m):
-                y = ty * m + i
-                if y >= OH:
-                    break
-                row[:] = 0
-                for xi in range(a):
-                    coef = AT[i, xi]
-                    if coef != 0:
-                        for j in range(m):
-                            dst = row[j:j + (tw - 1) * m + 1:m]
-                            src = tmp[xi, j]
-                            for tx in range(tw):
-                                dst[tx] += coef * src[tx]
-                orow = out[n, k, y]
-                for x in range(OW):
-                    orow[x] = row[x] + bias
-
-
-@jit(parallel=True)
-def _dw_transform(X, G, dW):
-    """dW[k, c] = G^T X[:, k, c] G, with X: (a*a, FN, C) viewed as a x a per (k, c).
-
-    One filter per iteration: it writes dW[k] only.
-    """
-    FN, C = dW.shape[0], dW.shape[1]
-    a = G.shape[0]
-    for k in prange(FN):
-        h = np.empty((a, 3), dtype=dW.dtype)
-        for c in range(C):
-            for xi in range(a):
-                for j in range(3):
-                    s = dW.dtype.type(0)
-                    for nu in range(a):
-                        s += X[xi * a + nu, k, c] * G[nu, j]
-                    h[xi, j] = s
-            for i in range(3):
-                for j in range(3):
-                    s = dW.dtype.type(0)
+                for j in range(m):
+                    for tx in range(tw):
+                        band[i, tx * m + j] = 0
                     for xi in range(a):
-                        s += G[xi, i] * h[xi, j]
-                    dW[k, c, i, j] = s
+                        coef = AT[i, xi]
+                        if coef != 0:
+                            for tx in range(tw):
+                                band[i, tx * m + j] += coef * tmp[xi, j, tx]
+            for i in range(min(m, OH - ty * m)):
+                for x in range(OW):
+                    out[n, k, ty * m + i, x] = band[i, x] + bias
 
 
 # ------------------------------------------------------------------ the path
@@ -404,8 +349,9 @@ def _correlate(x, W, b, pad, out_hw, m):
     a = m + 2
     th, tw = _tiles(out_hw, m)
     P = N * th * tw
+    # U[(xi, nu), (k, c)] = sum over (i, j) of G[xi, i] G[nu, j] W[k, c, i, j]: one product
     U = _workspace.get(a * a * FN * C, x.dtype, slot=0).reshape(a * a, FN, C)
-    _filter_transform(W, G, U)
+    np.matmul(np.kron(G, G), W.reshape(FN * C, 9).T, out=U.reshape(a * a, FN * C))
     V = _workspace.get(a * a * C * P, x.dtype, slot=1).reshape(a * a, C, P)
     _tile_transform(x, BT, m, pad[0], pad[1], th, tw, V)
     Mt = _workspace.get(a * a * FN * P, x.dtype, slot=2).reshape(a * a, FN, P)
@@ -438,8 +384,9 @@ def _conv_dw(dout, x, pad, m):
     E = _workspace.get(a * a * FN * P, x.dtype, slot=2).reshape(a * a, FN, P)
     _tile_transform(dout, np.ascontiguousarray(AT.T), m, 0, 0, th, tw, E)
     X = np.matmul(E, V.transpose(0, 2, 1))                 # (a*a, FN, C)
+    # dW[k, c, i, j] = sum over (xi, nu) of G[xi, i] G[nu, j] X[(xi, nu), k, c]: one product
     dW = np.empty((FN, C, 3, 3), dtype=x.dtype)
-    _dw_transform(X, G, dW)
+    np.matmul(X.reshape(a * a, FN * C).T, np.kron(G, G), out=dW.reshape(FN * C, 9))
     return dW
 
 
