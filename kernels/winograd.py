@@ -17,20 +17,28 @@ matrix product: for every (xi, nu) of the a x a transformed tile,
 
 run here as one batched BLAS call, ``numpy.matmul`` on (a*a, FN, C) x (a*a, C,
 tiles). The transforms (V from the input, U from the filters, Y from M) are
-Numba parallel loops; most of the arithmetic is in the products.
+Numba parallel loops (the filter transform and the back-transform of dW are
+small matrix products too); most of the FLOPs are in the products.
 
-Where B, G and A come from (Toom-Cook): the 1-D problem F(m, 3) (m outputs of a
-3-tap correlation, y_i = sum_k d[i+k] g[k]) is the product of two polynomials
-d(x) g(x) read at some coefficients. Evaluate both polynomials at a = m + 2
-points, multiply the a values pairwise (the only real multiplications), and
-interpolate the product back (Lagrange interpolation, i.e. the Chinese remainder
-theorem over the moduli (x - p_i)). The point "inf" stands for the leading
-coefficient. G evaluates the filter polynomial at the points (with the
-interpolation's denominators folded in, so they cost nothing at run time), B^T
-evaluates the data side, A^T interpolates; for correlation rather than
-convolution the roles of the evaluation and interpolation matrices on the data
-side swap (the transposition principle). The 2-D algorithm nests the 1-D one
-in both directions.
+Where B, G and A come from (Toom-Cook): first the 1-D linear convolution of
+an m-sample signal with a 3-tap filter. Read both as polynomials, of degree
+m - 1 and 2; their product has degree m + 1, so its m + 2 coefficients are
+fixed by its values at m + 2 points. So: evaluate the filter polynomial at the
+points (the matrix G), evaluate the signal polynomial there too, multiply the
+m + 2 pairs (the only general multiplications), and recover the coefficients
+by Lagrange interpolation, which is the Chinese remainder theorem for the
+moduli (x - p) of the points p. The point "inf" stands for the leading
+coefficient (the value of x^deg f(1/x) at 0) and saves one large point. The
+interpolation's denominators (2 for the points 0, 1, -1; 4, 6 and 24 once 2
+and -2 join) are folded into G, where they cost nothing at run time since the
+filters are transformed once per call. A correlation, y_i = sum_k d[i+k]
+g[k], which is what convolution layers compute, is the transpose of that
+linear convolution with respect to the signal (the transposition principle):
+transposing the algorithm turns the interpolation matrix into B^T, which
+combines the m + 2 input samples, and the signal's evaluation matrix into
+A^T, which maps the m + 2 products to the m outputs (up to the signs chosen
+for the point at infinity). The 2-D algorithm applies the 1-D one along rows
+and along columns: B^T d B, G g G^T, A^T (.) A.
 
 F(2x2, 3x3), points 0, 1, -1, inf::
 
@@ -54,10 +62,13 @@ F(4x4, 3x3), points 0, 1, -1, 2, -2, inf::
            [0, 1, -1, 8, -8, 1]]
 
 The larger points of F(4x4) (2 and -2, hence the 4s, 8s and 1/24) make it less
-accurate: measured against the float64 naive path, relative to the largest
-output (float32, random normal data, 64 to 512 channels), F(2x2) errs by about
-1e-7 to 3e-7 and F(4x4) by about 1e-6 to 3e-6, both well inside the 1e-4
-float32 tolerance; see ``_tile_for`` for which one runs.
+accurate. Measured in float32 against the float64 naive path, as the largest
+error divided by the largest output value (random normal data, weights scaled
+by 1/sqrt(9C), the four ResNet-18 stages at batch 1-2, C = 64 to 512):
+F(2x2) errs by 3e-7 to 7e-7 (forward, dx and dW alike, about as much as the
+im2col path's 2e-7 to 5e-7); F(4x4) by 4e-6 to 8e-6 forward, 8e-6 to 1.5e-5
+for dx and 2e-6 to 9e-6 for dW: 10 to 30 times more, still below 1e-4.
+``_tile_for`` says which one runs.
 
 Gradients (g rotated means flipped in both directions):
 
@@ -168,11 +179,13 @@ def _tile_for(out_hw):
 
     F(4x4) needs 36 products per 16 outputs (2.25 per output), F(2x2) 16 per 4
     (4 per output), but a 4x4 tile wastes the part that hangs over the map's
-    edge and costs more in the transforms. Measured (2 threads, float32,
-    forward + backward, see the module's report in the benchmark notes):
-    F(4x4) wins on ResNet's 56x56, 28x28 and 14x14 stages and the 224x224 VGG
-    block; on 7x7 maps (two 4x4 tiles per side, 8x8 computed for 7x7) F(2x2)
-    is as fast or faster. Rule: F(4x4) when both sides are at least 8.
+    edge, and on small maps there are few tiles per matrix product. Measured
+    (2 threads, float32, best of 5 interleaved runs on a shared 2-core
+    machine): on 28x28 maps F(4x4) took 0.5x the time of F(2x2) forward and
+    0.4-0.9x backward; on 14x14 about the same forward and 0.8x backward; on
+    7x7 maps (two 4x4 tiles per side: 8x8 computed for 7x7) F(4x4) took about
+    the same forward but 3x backward. Rule: F(4x4) when both sides are at
+    least 8.
     """
     return 4 if min(out_hw) >= 8 else 2
 
@@ -237,50 +250,50 @@ def _tile_transform(src, L, m, ph, pw, th, tw, dst):
     transform of dW is L = A (ai = m, ao = m + 2).
 
     One (image, channel) plane per iteration: it writes dst[:, c, tiles of n]
-    only. Per row of tiles, the vertical pass combines whole padded rows (long
-    loops that vectorise); the horizontal pass then runs over the tiles of
-    the row in the innermost loop. Plain indexing, no slices: on small maps,
-    making a slice per tile costs more than the arithmetic.
+    only. The plane is copied once into a zero-bordered buffer; the vertical
+    pass combines its rows for every row of tiles at once (long contiguous
+    loops), the horizontal pass runs over all tiles of the plane in its
+    innermost loop. Slices are taken per plane, never per tile: on small maps
+    a slice per tile costs more than the arithmetic.
     """
     N, C, H, W = src.shape
     ao, ai = L.shape
     T = th * tw
-    Wt = (tw - 1) * m + ai          # padded columns the tiles of one tile row read
-    c_lo = min(Wt, max(0, pw))      # padded columns c_lo..c_hi hold src columns
-    c_hi = max(c_lo, min(Wt, W + pw))
+    Hp = (th - 1) * m + ai          # rows and columns of padded plane the tiles read
+    Wp = (tw - 1) * m + ai
+    r_lo, r_hi = min(Hp, max(0, ph)), max(min(Hp, max(0, ph)), min(Hp, H + ph))
+    c_lo, c_hi = min(Wp, max(0, pw)), max(min(Wp, max(0, pw)), min(Wp, W + pw))
     for t in prange(N * C):
         n = t // C
         c = t - n * C
-        rows = np.zeros((ai, Wt), dtype=src.dtype)
-        tmp = np.empty((ao, Wt), dtype=src.dtype)
-        for ty in range(th):
+        pp = np.zeros((Hp, Wp), dtype=src.dtype)
+        pp[r_lo:r_hi, c_lo:c_hi] = src[n, c, r_lo - ph:r_hi - ph, c_lo - pw:c_hi - pw]
+        # vertical pass: rows[xi, ty*Wp + s] = sum_i L[xi, i] pp[ty*m + i, s]
+        rows = np.zeros((ao, th * Wp), dtype=src.dtype)
+        flat = pp.reshape(Hp * Wp)
+        for xi in range(ao):
+            out_row = rows[xi]
             for i in range(ai):
-                r = ty * m + i - ph
-                if r < 0 or r >= H:
-                    for s in range(Wt):
-                        rows[i, s] = 0
-                else:
-                    rows[i, c_lo:c_hi] = src[n, c, r, c_lo - pw:c_hi - pw]
-            for xi in range(ao):
-                for s in range(Wt):
-                    tmp[xi, s] = 0
-                for i in range(ai):
-                    coef = L[xi, i]
+                coef = L[xi, i]
+                if coef != 0:
+                    for ty in range(th):
+                        o = ty * Wp
+                        q = (ty * m + i) * Wp
+                        for s in range(Wp):
+                            out_row[o + s] += coef * flat[q + s]
+        # horizontal pass: tile (ty, tx) reads rows[xi, ty*Wp + tx*m + j]
+        for xi in range(ao):
+            in_row = rows[xi]
+            for nu in range(ao):
+                d = dst[xi * ao + nu, c, n * T:(n + 1) * T]
+                d[:] = 0
+                for j in range(ai):
+                    coef = L[nu, j]
                     if coef != 0:
-                        for s in range(Wt):
-                            tmp[xi, s] += coef * rows[i, s]
-            base = n * T + ty * tw
-            for xi in range(ao):
-                for nu in range(ao):
-                    q = xi * ao + nu
-                    for tx in range(tw):
-                        dst[q, c, base + tx] = 0
-                    for j in range(ai):
-                        coef = L[nu, j]
-                        if coef != 0:
-                            # tile tx reads padded column tx*m + j
+                        for ty in range(th):
+                            o = ty * Wp + j
                             for tx in range(tw):
-                                dst[q, c, base + tx] += coef * tmp[xi, tx * m + j]
+                                d[ty * tw + tx] += coef * in_row[o + tx * m]
 
 
 @jit(parallel=True)
@@ -288,40 +301,44 @@ def _output_transform(Mt, AT, th, tw, b, out):
     """out[n, k] = A^T M A per tile, plus b[k], cut to (OH, OW).
 
     Mt: (a*a, FN, N*th*tw); AT: (m, a); out: (N, FN, OH, OW). One (image,
-    filter) map per iteration: it writes out[n, k] only.
+    filter) map per iteration: it writes out[n, k] only. The first pass
+    combines whole runs of the image's tiles (contiguous), the second writes a
+    zero-bordered map of th*m x tw*m, whose valid part is then copied out.
     """
     N, FN, OH, OW = out.shape
     m, a = AT.shape
     T = th * tw
+    Wm = tw * m
     for t in prange(N * FN):
         n = t // FN
         k = t - n * FN
-        tmp = np.empty((a, m, tw), dtype=out.dtype)    # (M A)[xi, j] of each tile tx
-        band = np.empty((m, tw * m), dtype=out.dtype)  # m output rows of a row of tiles
+        tmp = np.zeros((a, m, T), dtype=out.dtype)     # (M A)[xi, j] of every tile
+        for xi in range(a):
+            for nu in range(a):
+                src = Mt[xi * a + nu, k, n * T:(n + 1) * T]
+                for j in range(m):
+                    coef = AT[j, nu]
+                    if coef != 0:
+                        acc = tmp[xi, j]
+                        for p in range(T):
+                            acc[p] += coef * src[p]
+        full = np.zeros(th * m * Wm, dtype=out.dtype)
+        for i in range(m):
+            for j in range(m):
+                for xi in range(a):
+                    coef = AT[i, xi]
+                    if coef != 0:
+                        src = tmp[xi, j]
+                        for ty in range(th):
+                            o = (ty * m + i) * Wm + j
+                            for tx in range(tw):
+                                full[o + tx * m] += coef * src[ty * tw + tx]
         bias = b[k]
-        for ty in range(th):
-            base = n * T + ty * tw
-            for xi in range(a):
-                for j in range(m):
-                    for tx in range(tw):
-                        tmp[xi, j, tx] = 0
-                    for nu in range(a):
-                        coef = AT[j, nu]
-                        if coef != 0:
-                            for tx in range(tw):
-                                tmp[xi, j, tx] += coef * Mt[xi * a + nu, k, base + tx]
-            for i in range(m):
-                for j in range(m):
-                    for tx in range(tw):
-                        band[i, tx * m + j] = 0
-                    for xi in range(a):
-                        coef = AT[i, xi]
-                        if coef != 0:
-                            for tx in range(tw):
-                                band[i, tx * m + j] += coef * tmp[xi, j, tx]
-            for i in range(min(m, OH - ty * m)):
-                for x in range(OW):
-                    out[n, k, ty * m + i, x] = band[i, x] + bias
+        for y in range(OH):
+            orow = out[n, k, y]
+            frow = full[y * Wm:y * Wm + OW]
+            for x in range(OW):
+                orow[x] = frow[x] + bias
 
 
 # ------------------------------------------------------------------ the path
