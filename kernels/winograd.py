@@ -264,10 +264,10 @@ def _tile_transform(src, L, m, ph, pw, th, tw, dst):
 
     One (image, channel) plane per iteration: it writes dst[:, c, tiles of n]
     only. The plane is copied once into a zero-bordered buffer; the vertical
-    pass combines its rows for every row of tiles at once (long contiguous
-    loops), the horizontal pass runs over all tiles of the plane in its
-    innermost loop. Slices are taken per plane, never per tile: on small maps
-    a slice per tile costs more than the arithmetic.
+    pass combines its rows for every row of tiles at once, the horizontal pass
+    gathers each tile column position into a run over all tiles of the plane
+    first: every sum is a contiguous loop. Slices are taken per plane, never
+    per tile: on small maps a slice per tile costs more than the arithmetic.
     """
     N, C, H, W = src.shape
     ao, ai = L.shape
@@ -294,19 +294,26 @@ def _tile_transform(src, L, m, ph, pw, th, tw, dst):
                         q = (ty * m + i) * Wp
                         for s in range(Wp):
                             out_row[o + s] += coef * flat[q + s]
-        # horizontal pass: tile (ty, tx) reads rows[xi, ty*Wp + tx*m + j]
+        # horizontal pass: tile (ty, tx) reads rows[xi, ty*Wp + tx*m + j]; gathered
+        # first into cols[j, tile], so that the sums run over contiguous tiles
+        cols = np.empty((ai, T), dtype=src.dtype)
         for xi in range(ao):
             in_row = rows[xi]
+            for j in range(ai):
+                col = cols[j]
+                for ty in range(th):
+                    o = ty * Wp + j
+                    for tx in range(tw):
+                        col[ty * tw + tx] = in_row[o + tx * m]
             for nu in range(ao):
                 d = dst[xi * ao + nu, c, n * T:(n + 1) * T]
                 d[:] = 0
                 for j in range(ai):
                     coef = L[nu, j]
                     if coef != 0:
-                        for ty in range(th):
-                            o = ty * Wp + j
-                            for tx in range(tw):
-                                d[ty * tw + tx] += coef * in_row[o + tx * m]
+                        col = cols[j]
+                        for p in range(T):
+                            d[p] += coef * col[p]
 
 
 @jit(parallel=True)
@@ -314,9 +321,9 @@ def _output_transform(Mt, AT, th, tw, b, out):
     """out[n, k] = A^T M A per tile, plus b[k], cut to (OH, OW).
 
     Mt: (a*a, FN, N*th*tw); AT: (m, a); out: (N, FN, OH, OW). One (image,
-    filter) map per iteration: it writes out[n, k] only. The first pass
-    combines whole runs of the image's tiles (contiguous), the second writes a
-    zero-bordered map of th*m x tw*m, whose valid part is then copied out.
+    filter) map per iteration: it writes out[n, k] only. Both passes combine
+    whole runs of the image's tiles (contiguous loops); the result is then
+    scattered into a th*m x tw*m map whose valid part is copied out.
     """
     N, FN, OH, OW = out.shape
     m, a = AT.shape
@@ -335,17 +342,23 @@ def _output_transform(Mt, AT, th, tw, b, out):
                         acc = tmp[xi, j]
                         for p in range(T):
                             acc[p] += coef * src[p]
-        full = np.zeros(th * m * Wm, dtype=out.dtype)
+        # y[i, j, tile] = sum over xi of AT[i, xi] tmp[xi, j, tile], contiguous over
+        # tiles, then scattered into a zero-bordered th*m x tw*m map
+        y = np.empty(T, dtype=out.dtype)
+        full = np.empty(th * m * Wm, dtype=out.dtype)
         for i in range(m):
             for j in range(m):
+                y[:] = 0
                 for xi in range(a):
                     coef = AT[i, xi]
                     if coef != 0:
                         src = tmp[xi, j]
-                        for ty in range(th):
-                            o = (ty * m + i) * Wm + j
-                            for tx in range(tw):
-                                full[o + tx * m] += coef * src[ty * tw + tx]
+                        for p in range(T):
+                            y[p] += coef * src[p]
+                for ty in range(th):
+                    o = (ty * m + i) * Wm + j
+                    for tx in range(tw):
+                        full[o + tx * m] = y[ty * tw + tx]
         bias = b[k]
         for y in range(OH):
             orow = out[n, k, y]
