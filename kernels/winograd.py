@@ -83,18 +83,22 @@ Gradients (g rotated means flipped in both directions):
   ``(a*a, FN, tiles) x (a*a, tiles, C)``, and the back-transform runs once.
 - db: the sum of dout over images and positions.
 
-Speed, measured (float32, forward, best of 5 interleaved runs, one Numba
-and one BLAS thread, on the shared 2-core development machine): ResNet-18
-stage 1 (8x64x56x56, 64 filters) took 104 ms here against 72 ms on the
-im2col path and 82 ms on the direct path; stage 3 (8x256x14x14) 114 ms
-against 90 and 102 ms. The products need 2.25x fewer FLOPs than im2col's
-(F(4x4)), but at C = 64 to 512 their reduction is short, and the transforms,
-which are loops over every tile of every channel, take about three quarters
-of the time. With two threads on that machine, while other work ran on it,
-this path measured 1.2 to 15 times slower than the im2col and direct paths
-on every ResNet-18 stage, the VGG-16 block at batch 1 and a 3x3 layer at
-batch 1. "auto" measures the candidates, so it picks this path only on
-machines and layers where it wins.
+Speed, measured on the shared 2-core development machine (float32, median of
+5 interleaved runs, time of this path over time of the other, forward /
+backward). With one Numba and one BLAS thread: ResNet-18 stage 1 (8x64x56x56,
+64 filters, pad 1) 0.98 / 0.96 against im2col, stage 2 (8x128x28x28) 0.74 /
+0.84, stage 3 (8x256x14x14) 0.88 / 0.99, stage 4 (8x512x7x7) 1.20 / 1.37,
+the VGG-16 block at batch 1 (1x64x224x224) 0.84 / 0.90, a 3x3 layer at batch
+1 (1x128x28x28) 0.97 / 1.20; against PyTorch's CPU convolution 1.1 to 1.9.
+The products need 2.25x fewer FLOPs than im2col's (F(4x4)), but at C = 64
+to 512 their reduction is short, and the transforms, loops over every tile
+of every channel, take more than half of the time. With two threads each, while
+other work loaded the machine, this path measured 1.7 to 8 times slower than
+im2col on these layers. Each multi-threaded BLAS call then pays milliseconds
+of thread hand-over (numpy's sgemm of the im2col product of the 3x3 layer at
+batch 1: 39 ms with two threads, 4.7 ms with one), and this path makes a*a + 1
+BLAS calls per convolution where im2col makes one per chunk of images.
+"auto" measures the candidates, so it picks this path only where it wins.
 
 Non-finite values: Winograd mixes the values of a whole tile, so a nan or inf
 in x would spread to outputs of its tile that the naive path leaves finite. To
@@ -192,15 +196,14 @@ def _tile_for(out_hw):
 
     F(4x4) needs 36 products per 16 outputs (2.25 per output), F(2x2) 16 per 4
     (4 per output), but a 4x4 tile wastes the part that hangs over the map's
-    edge, and on small maps there are few tiles per matrix product. Measured
-    (2 threads, float32, best of 5 interleaved runs on a shared 2-core
-    machine): on 28x28 maps F(4x4) took 0.5x the time of F(2x2) forward and
-    0.4-0.9x backward; on 14x14 about the same forward and 0.8x backward; on
-    7x7 maps (two 4x4 tiles per side: 8x8 computed for 7x7) F(4x4) took about
-    the same forward but 3x backward. Rule: F(4x4) when both sides are at
-    least 8.
+    edge, its transforms cost more per tile, and small maps give few tiles
+    per matrix product. Measured (float32, one thread, median of 5 interleaved
+    runs, forward / backward, F(4x4) time over F(2x2) time): 224x224 maps
+    (VGG-16 block, batch 1) 0.72 / 0.77; 56x56 (ResNet-18 stage 1) 1.01 /
+    0.97; 28x28 (stage 2) 0.78 / 1.02; 14x14 (stage 3) 1.59 / 1.31; 7x7
+    (stage 4) 1.20 / 1.35. Rule: F(4x4) when both sides are at least 20.
     """
-    return 4 if min(out_hw) >= 8 else 2
+    return 4 if min(out_hw) >= 20 else 2
 
 
 def _tiles(out_hw, m):

@@ -53,7 +53,8 @@ def test_1d_transforms_compute_a_3_tap_correlation(m):
                                    rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("out_hw, m", [((56, 56), 4), ((8, 9), 4), ((7, 7), 2), ((30, 4), 2)])
+@pytest.mark.parametrize("out_hw, m", [((56, 56), 4), ((20, 31), 4), ((19, 40), 2),
+                                        ((7, 7), 2), ((30, 4), 2)])
 def test_tile_rule_and_plan(out_hw, m):
     spec = fastconv.conv_spec((2, 5, out_hw[0] + 2, out_hw[1] + 2), (6, 5, 3, 3), 1, 0)
     p = winograd.plan(spec)
