@@ -92,10 +92,11 @@ the VGG-16 block at batch 1 (1x64x224x224) 0.84 / 0.90, a 3x3 layer at batch
 1 (1x128x28x28) 0.97 / 1.20; against PyTorch's CPU convolution 1.1 to 1.9.
 The products need 2.25x fewer FLOPs than im2col's (F(4x4)), but at C = 64
 to 512 their reduction is short, and the transforms, loops over every tile
-of every channel, take more than half of the time. With two threads each, while
-other work loaded the machine, this path measured 1.2 to 20 times slower
-than im2col on these layers (two runs of 7 rounds; such runs scatter widely). Each multi-threaded BLAS call then pays milliseconds
-of thread hand-over (numpy's sgemm of the im2col product of the 3x3 layer at
+of every channel, take more than half of the time. With two threads each,
+while other work loaded the machine, this path measured 1.2 to 20 times
+slower than im2col on these layers (two runs of 7 rounds; such runs scatter
+widely). Each multi-threaded BLAS call then pays milliseconds of thread
+hand-over (numpy's sgemm of the im2col product of the 3x3 layer at
 batch 1: 39 ms with two threads, 4.7 ms with one), and this path makes a*a + 1
 BLAS calls per convolution where im2col makes one per chunk of images.
 "auto" measures the candidates, so it picks this path only where it wins.
