@@ -234,6 +234,22 @@ def test_auto_considers_it_only_where_it_applies():
         assert "winograd" not in tuner.candidates(spec), name
 
 
+def test_explain_and_compare_leave_it_out_where_it_does_not_apply(fresh_cache):
+    from fastconv.compare import compare
+
+    e = fastconv.explain((1, 2, 9, 9), (3, 2, 5, 5), measure=True, repeat=1)
+    assert e.timings and "winograd" not in [t.path for t in e.timings]
+    e = fastconv.explain((1, 2, 9, 9), (3, 2, 3, 3), pad=1, measure=True, repeat=1)
+    assert "winograd" in [t.path for t in e.timings]
+    with pytest.raises(ValueError, match="path 'winograd' runs 3x3 stride-1"):
+        fastconv.explain((1, 2, 9, 9), (3, 2, 5, 5), measure=True, paths=["winograd"])
+    kw = dict(N=1, C=2, H=9, W=9, K=3, repeat=1)
+    assert "winograd" not in [r["path"] for r in compare(FH=5, FW=5, **kw)]
+    rows = compare(FH=3, FW=3, pad=1, **kw)
+    assert "winograd" in [r["path"] for r in rows]
+    assert all(r["max_rel_diff"] < 1e-4 for r in rows)
+
+
 def test_auto_may_choose_it_and_then_matches_the_oracle(fresh_cache):
     """With measuring on, "auto" times winograd among the candidates of a 3x3 s1 layer."""
     spec = fastconv.conv_spec((2, 16, 16, 16), (16, 16, 3, 3), 1, 1)
