@@ -6,7 +6,7 @@ Every module in the table keeps the contract written down in
 """
 from types import ModuleType
 
-from .kernels import direct, im2col, naive
+from .kernels import direct, im2col, naive, winograd
 
 # path name -> kernel module. "cuda" is imported on first use (None until
 # then): importing numba.cuda takes seconds, and most sessions never need it.
@@ -14,6 +14,7 @@ PATHS: dict[str, ModuleType | None] = {
     "naive": naive,
     "im2col": im2col,
     "direct": direct,
+    "winograd": winograd,
     "cuda": None,
 }
 

@@ -2,7 +2,8 @@
 import numpy as np
 
 from . import functional as F
-from .backends import available_backends
+from .backends import available_backends, get_path
+from .spec import conv_spec
 from .timing import measure
 
 
@@ -24,7 +25,9 @@ def compare(N=100, C=1, H=28, W=28, K=30, FH=5, FW=5, stride=1, pad=0, dtype="fl
     out_ref, saved_ref = F.conv_forward(x, w, b, stride, pad, backend="naive")
     dout = rng.standard_normal(out_ref.shape).astype(dtype)
     grads_ref = F.conv_backward(dout, saved_ref)
-    paths = list(paths or available_backends())
+    # by default every path that runs this layer (winograd runs 3x3 stride-1 only)
+    spec = conv_spec(x.shape, w.shape, stride, pad, dtype)
+    paths = list(paths or [p for p in available_backends() if get_path(p).supports(spec)])
     results, calls = {}, {}
     for path in paths:
         def forward(path=path):

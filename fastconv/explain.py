@@ -214,13 +214,16 @@ def explain(x_shape: tuple[int, int, int, int], w_shape: tuple[int, int, int, in
 
     available = backends.available_backends()
     if paths is None:
-        paths = [p for p in available if p != "cuda"]
+        paths = [p for p in available if p != "cuda" and backends.get_path(p).supports(spec)]
     for p in paths:
         if p not in backends.PATHS:
             valid = ", ".join(repr(n) for n in ("auto", *backends.PATHS))
             raise ValueError(f"backend must be one of {valid}; got {p!r}")
         if p not in available:
             raise ValueError(f"path {p!r} is not available on this machine; available: {available}")
+        if not backends.get_path(p).supports(spec):
+            raise ValueError(f"path {p!r} runs {backends.get_path(p).SCOPE}; it cannot run "
+                             f"{spec.describe()}")
     times = timing.time_paths(spec, list(paths), rounds=repeat, budget_s=budget_s, seed=seed)
     for p in paths:
         fwd_ms, bwd_ms = times[p].forward.best_s * 1e3, times[p].backward.best_s * 1e3

@@ -6,6 +6,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 import fastconv
 
@@ -83,6 +84,17 @@ def _test_paths():
 
 PATHS = _test_paths()
 FAST_PATHS = [p for p in PATHS if p != "naive"]
+
+
+def skip_unless_supported(path, spec):
+    """Skip the calling test for a path of narrower scope (winograd runs 3x3 stride-1
+    convolutions only) when it does not run ``spec``; such a path's own test file
+    covers what it does run. Paths that run everything are never skipped."""
+    from fastconv import backends
+
+    module = backends.get_path(path)
+    if not module.supports(spec):
+        pytest.skip(f"the {path} path runs {module.SCOPE}, not {spec.describe()}")
 
 
 # A Python for subprocesses: -P keeps the current directory off sys.path, so a

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from support import FAST_PATHS, assert_close, oracle_conv
+import fastconv
+from support import FAST_PATHS, assert_close, oracle_conv, skip_unless_supported
 from fastconv import functional as F
 
 SETTINGS = settings(max_examples=60, deadline=None,
@@ -60,6 +61,7 @@ def _conv_all(x, W, b, stride, pad, path, dout=None):
 @given(case=conv_cases())
 def test_conv_forward_backward_match_naive(path, case):
     _, x, W, b = _conv_arrays(case)
+    skip_unless_supported(path, fastconv.conv_spec(x.shape, W.shape, case["stride"], case["pad"]))
     actual, dout = _conv_all(x, W, b, case["stride"], case["pad"], path)
     expected = oracle_conv(x, W, b, case["stride"], case["pad"], dout)
     for name, a, e in zip(("out", "dx", "dW", "db"), actual, expected):
@@ -73,6 +75,7 @@ def test_pool_forward_backward_match_naive(path, case):
     rng = np.random.default_rng(case["seed"])
     x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"])).astype(case["dtype"])
     args = (*case["pool"], case["stride"], case["pad"], case["mode"])
+    skip_unless_supported(path, fastconv.pool_spec(x.shape, *args))
     out_ref, saved_ref = F.pool_forward(x, *args, backend="naive")
     out, saved = F.pool_forward(x, *args, backend=path)
     assert_close(out, out_ref)
@@ -85,6 +88,7 @@ def test_pool_forward_backward_match_naive(path, case):
 def test_max_pool_ties_go_to_the_first_maximum(path, dtype):
     # small integers: many equal values in every window; overlapping windows
     x = np.random.default_rng(3).integers(0, 3, size=(2, 3, 9, 8)).astype(dtype)
+    skip_unless_supported(path, fastconv.pool_spec(x.shape, 3, 3, 1, 1, "max"))
     for stride in [1, 2]:
         out_ref, saved_ref = F.pool_forward(x, 3, 3, stride, 1, "max", backend="naive")
         out, saved = F.pool_forward(x, 3, 3, stride, 1, "max", backend=path)
@@ -100,6 +104,7 @@ def test_runs_are_bit_identical(path, dtype):
     x = rng.standard_normal((8, 5, 13, 11)).astype(dtype)
     W = rng.standard_normal((7, 5, 3, 3)).astype(dtype)
     b = rng.standard_normal(7).astype(dtype)
+    skip_unless_supported(path, fastconv.conv_spec(x.shape, W.shape, (1, 2), 1))
     first, dout = _conv_all(x, W, b, (1, 2), 1, path)
     second, _ = _conv_all(x, W, b, (1, 2), 1, path, dout)
     for a, c in zip(first, second):
@@ -118,6 +123,7 @@ def test_larger_layer_matches_naive(path):
     x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
     W = (0.1 * rng.standard_normal((30, 1, 5, 5))).astype(np.float32)
     b = rng.standard_normal(30).astype(np.float32)
+    skip_unless_supported(path, fastconv.conv_spec(x.shape, W.shape, 1, 0))
     actual, dout = _conv_all(x, W, b, 1, 0, path)
     for name, a, e in zip(("out", "dx", "dW", "db"), actual, oracle_conv(x, W, b, 1, 0, dout)):
         assert_close(a, e, name)

@@ -1,0 +1,457 @@
+"""The winograd path: 3x3 stride-1 convolutions with Winograd's minimal filtering.
+
+A 3x3 stride-1 convolution computes each output pixel from 9 products. Winograd's
+minimal filtering algorithm F(m x m, 3 x 3) (Lavin & Gray, "Fast Algorithms for
+Convolutional Neural Networks", 2016) computes an m x m block of outputs from an
+(m+2) x (m+2) tile of input with (m+2)^2 products instead of 9*m^2: 16 instead of
+36 for F(2x2, 3x3), 36 instead of 144 for F(4x4, 3x3). With a = m + 2:
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A
+
+where d is an a x a input tile, g the 3x3 filter, * the elementwise product and
+Y the m x m output block. Over channels and filters the elementwise products
+become a sum over channels for each of the a*a positions of the tile, which is a
+matrix product: for every (xi, nu) of the a x a transformed tile,
+
+    M[xi, nu] (FN, tiles) = U[xi, nu] (FN, C) @ V[xi, nu] (C, tiles),
+
+run here as one batched BLAS call, ``numpy.matmul`` on (a*a, FN, C) x (a*a, C,
+tiles). The transforms (V from the input, U from the filters, Y from M) are
+Numba parallel loops (the filter transform and the back-transform of dW are
+small matrix products too); most of the FLOPs are in the products.
+
+Where B, G and A come from (Toom-Cook): first the 1-D linear convolution of
+an m-sample signal with a 3-tap filter. Read both as polynomials, of degree
+m - 1 and 2; their product has degree m + 1, so its m + 2 coefficients are
+fixed by its values at m + 2 points. So: evaluate the filter polynomial at the
+points (the matrix G), evaluate the signal polynomial there too, multiply the
+m + 2 pairs (the only general multiplications), and recover the coefficients
+by Lagrange interpolation, which is the Chinese remainder theorem for the
+moduli (x - p) of the points p. The point "inf" stands for the leading
+coefficient (the value of x^deg f(1/x) at 0) and saves one large point. The
+interpolation's denominators (2 for the points 0, 1, -1; 4, 6 and 24 once 2
+and -2 join) are folded into G, where they cost nothing at run time since the
+filters are transformed once per call. A correlation, y_i = sum_k d[i+k]
+g[k], which is what convolution layers compute, is the transpose of that
+linear convolution with respect to the signal (the transposition principle):
+transposing the algorithm turns the interpolation matrix into B^T, which
+combines the m + 2 input samples, and the signal's evaluation matrix into
+A^T, which maps the m + 2 products to the m outputs (up to the signs chosen
+for the point at infinity). The 2-D algorithm applies the 1-D one along rows
+and along columns: B^T d B, G g G^T, A^T (.) A.
+
+F(2x2, 3x3), points 0, 1, -1, inf::
+
+    B^T = [[1,  0, -1,  0],      G = [[  1,    0,    0],      A^T = [[1, 1,  1,  0],
+           [0,  1,  1,  0],           [1/2,  1/2,  1/2],             [0, 1, -1, -1]]
+           [0, -1,  1,  0],           [1/2, -1/2,  1/2],
+           [0,  1,  0, -1]]           [  0,    0,    1]]
+
+F(4x4, 3x3), points 0, 1, -1, 2, -2, inf::
+
+    B^T = [[4,  0, -5,  0, 1, 0],      G = [[ 1/4,     0,    0],
+           [0, -4, -4,  1, 1, 0],           [-1/6,  -1/6, -1/6],
+           [0,  4, -4, -1, 1, 0],           [-1/6,   1/6, -1/6],
+           [0, -2, -1,  2, 1, 0],           [1/24,  1/12,  1/6],
+           [0,  2, -1, -2, 1, 0],           [1/24, -1/12,  1/6],
+           [0,  4,  0, -5, 0, 1]]           [   0,     0,    1]]
+
+    A^T = [[1, 1,  1, 1,  1, 0],
+           [0, 1, -1, 2, -2, 0],
+           [0, 1,  1, 4,  4, 0],
+           [0, 1, -1, 8, -8, 1]]
+
+The larger points of F(4x4) (2 and -2, hence the 4s, 8s and 1/24) make it less
+accurate. Measured in float32 against the float64 naive path, as the largest
+error divided by the largest output value (random normal data, weights scaled
+by 1/sqrt(9C), the four ResNet-18 stages at batch 1-2, C = 64 to 512):
+F(2x2) errs by 3e-7 to 7e-7 (forward, dx and dW alike, about as much as the
+im2col path's 2e-7 to 5e-7); F(4x4) by 4e-6 to 8e-6 forward, 8e-6 to 1.5e-5
+for dx and 2e-6 to 9e-6 for dW: 10 to 30 times more, still below 1e-4.
+``_tile_for`` says which one runs.
+
+Gradients (g rotated means flipped in both directions):
+
+- dx: the gradient of a 3x3 stride-1 convolution with padding p is itself a 3x3
+  stride-1 convolution of dout padded by 2 - p, with every filter rotated 180
+  degrees and the roles of input and output channels swapped. It runs through
+  the same forward code (a padding below zero crops dout instead).
+- dW: by the transposition principle, the 3x3 dW of one tile pair is
+  ``G^T [ (A e A^T) * (B^T d B) ] G`` with e the m x m tile of dout and d the
+  a x a tile of (padded) x, the same V as the forward pass. Summed over tiles
+  and images this is again one batched product,
+  ``(a*a, FN, tiles) x (a*a, tiles, C)``, and the back-transform runs once.
+- db: the sum of dout over images and positions.
+
+Speed, measured on the shared 2-core development machine (float32, median of
+5 interleaved runs, time of this path over time of the other, forward /
+backward). With one Numba and one BLAS thread: ResNet-18 stage 1 (8x64x56x56,
+64 filters, pad 1) 0.98 / 0.96 against im2col, stage 2 (8x128x28x28) 0.74 /
+0.84, stage 3 (8x256x14x14) 0.88 / 0.99, stage 4 (8x512x7x7) 1.20 / 1.37,
+the VGG-16 block at batch 1 (1x64x224x224) 0.84 / 0.90, a 3x3 layer at batch
+1 (1x128x28x28) 0.97 / 1.20; against PyTorch's CPU convolution 1.1 to 1.9.
+The products need 2.25x fewer FLOPs than im2col's (F(4x4)), but at C = 64
+to 512 their reduction is short, and the transforms, loops over every tile
+of every channel, take more than half of the time. With two threads each,
+while other work loaded the machine, this path measured 1.2 to 20 times
+slower than im2col on these layers (two runs of 7 rounds; such runs scatter
+widely). Each multi-threaded BLAS call then pays milliseconds of thread
+hand-over (numpy's sgemm of the im2col product of the 3x3 layer at
+batch 1: 39 ms with two threads, 4.7 ms with one), and this path makes a*a + 1
+BLAS calls per convolution where im2col makes one per chunk of images.
+"auto" measures the candidates, so it picks this path only where it wins.
+
+Non-finite values: Winograd mixes the values of a whole tile, so a nan or inf
+in x would spread to outputs of its tile that the naive path leaves finite. To
+propagate non-finite values exactly as the naive path does, every call first
+checks its operands (one max/min reduction per array); when one holds a nan or
+an inf, or values large enough that the transforms (which scale values by up to
+about 4e4) could overflow where the naive sum does not, that call runs on the
+im2col path instead, whose matrix products sum the same terms as the naive
+loops.
+
+Threads: the transforms follow ``numba.set_num_threads``, the products run on
+numpy's BLAS; the public functions hold ``launch_lock`` of
+``fastconv.kernels._jit``. Every parallel loop writes only its own elements
+(one (image, channel) or one filter per iteration) and sums in a fixed order,
+so results are bit-identical from run to run for a given thread count of BLAS.
+
+Pooling has no 3x3 filter to transform: ``supports`` is False for every
+pooling spec and ``pool_forward``/``pool_backward`` raise ValueError.
+"""
+from typing import NamedTuple
+
+import numpy as np
+from numba import prange
+
+from . import im2col
+from ._jit import jit, one_launch_at_a_time
+from ._workspace import Workspace
+
+SCOPE = "3x3 stride-1 convolutions (dilation 1, groups 1)"
+
+_workspace = Workspace()
+
+# The transform matrices, float64; each call uses a copy in the data's dtype.
+_F2 = dict(
+    BT=np.array([[1, 0, -1, 0],
+                 [0, 1, 1, 0],
+                 [0, -1, 1, 0],
+                 [0, 1, 0, -1]], dtype=np.float64),
+    G=np.array([[1, 0, 0],
+                [1 / 2, 1 / 2, 1 / 2],
+                [1 / 2, -1 / 2, 1 / 2],
+                [0, 0, 1]], dtype=np.float64),
+    AT=np.array([[1, 1, 1, 0],
+                 [0, 1, -1, -1]], dtype=np.float64),
+)
+_F4 = dict(
+    BT=np.array([[4, 0, -5, 0, 1, 0],
+                 [0, -4, -4, 1, 1, 0],
+                 [0, 4, -4, -1, 1, 0],
+                 [0, -2, -1, 2, 1, 0],
+                 [0, 2, -1, -2, 1, 0],
+                 [0, 4, 0, -5, 0, 1]], dtype=np.float64),
+    G=np.array([[1 / 4, 0, 0],
+                [-1 / 6, -1 / 6, -1 / 6],
+                [-1 / 6, 1 / 6, -1 / 6],
+                [1 / 24, 1 / 12, 1 / 6],
+                [1 / 24, -1 / 12, 1 / 6],
+                [0, 0, 1]], dtype=np.float64),
+    AT=np.array([[1, 1, 1, 1, 1, 0],
+                 [0, 1, -1, 2, -2, 0],
+                 [0, 1, 1, 4, 4, 0],
+                 [0, 1, -1, 8, -8, 1]], dtype=np.float64),
+)
+TRANSFORMS = {2: _F2, 4: _F4}
+
+# Largest factor by which the transforms can scale a value (F(4x4): the input
+# transform's rows sum to at most 10 in absolute value, 100 in 2-D; the output
+# transform's to at most 19, 361 in 2-D). Operands whose product, times the
+# reduction length and this factor, comes near the dtype's largest finite
+# value run on the im2col path, where only the naive sum's own terms occur.
+_GROWTH = 1e5
+
+
+class ConvCache(NamedTuple):
+    x: np.ndarray
+    W: np.ndarray
+    spec: object
+    tile: int              # m of F(m x m, 3x3) used forward (and for dW)
+
+
+class _Fallback(NamedTuple):
+    """Cache of a call that ran on the im2col path (non-finite or huge operands)."""
+    inner: object
+    spec: object
+
+
+def supports(spec):
+    """True for a 3x3, stride-1, dilation-1, single-group convolution (any padding)."""
+    return (spec.op == "conv" and spec.filter_hw == (3, 3) and spec.stride == (1, 1)
+            and getattr(spec, "dilation", (1, 1)) == (1, 1) and getattr(spec, "groups", 1) == 1)
+
+
+def _tile_for(out_hw):
+    """m of F(m x m, 3x3) for output maps of ``out_hw`` = (OH, OW): 2 or 4.
+
+    F(4x4) needs 36 products per 16 outputs (2.25 per output), F(2x2) 16 per 4
+    (4 per output), but a 4x4 tile wastes the part that hangs over the map's
+    edge, its transforms cost more per tile, and small maps give few tiles
+    per matrix product. Measured (float32, one thread, median of 5 interleaved
+    runs, forward / backward, F(4x4) time over F(2x2) time): 224x224 maps
+    (VGG-16 block, batch 1) 0.72 / 0.77; 56x56 (ResNet-18 stage 1) 1.01 /
+    0.97; 28x28 (stage 2) 0.78 / 1.02; 14x14 (stage 3) 1.59 / 1.31; 7x7
+    (stage 4) 1.20 / 1.35. Rule: F(4x4) when both sides are at least 20.
+    """
+    return 4 if min(out_hw) >= 20 else 2
+
+
+def _tiles(out_hw, m):
+    return -(-out_hw[0] // m), -(-out_hw[1] // m)
+
+
+def plan(spec):
+    """How this path computes ``spec``: the tile, the number of tiles, the product shapes.
+
+    Returns a dict: ``method``, ``tile`` ("F(4x4,3x3)" or "F(2x2,3x3)"),
+    ``m`` and ``alpha`` (output block and input tile side), ``tiles_per_image``,
+    ``tiles`` (whole batch), ``U_shape`` (a*a, FN, C), ``V_shape`` (a*a, C,
+    tiles), ``M_shape`` (a*a, FN, tiles), ``dx_tile`` (m used for dx), and
+    ``fallback`` (when im2col runs instead). Pooling and unsupported specs get
+    a dict saying so.
+    """
+    if not supports(spec):
+        return {"method": f"not run by this path (it runs {SCOPE})"}
+    N, C = spec.x_shape[:2]
+    FN = spec.w_shape[0]
+    m = _tile_for(spec.out_hw)
+    th, tw = _tiles(spec.out_hw, m)
+    a = m + 2
+    tiles = N * th * tw
+    return {"method": "Winograd minimal filtering: transforms in Numba loops, "
+                      "one batched BLAS product over the a*a tile positions",
+            "tile": f"F({m}x{m},3x3)", "m": m, "alpha": a,
+            "tiles_per_image": th * tw, "tiles": tiles,
+            "U_shape": (a * a, FN, C), "V_shape": (a * a, C, tiles),
+            "M_shape": (a * a, FN, tiles), "dx_tile": _tile_for(spec.x_shape[2:]),
+            "fallback": "im2col, for a call whose operands hold nan or inf (or values "
+                        "near overflow)"}
+
+
+def release_workspace():
+    """Free this path's scratch buffers (they are reallocated when next needed)."""
+    _workspace.release()
+
+
+def pool_forward(x, spec):
+    """Not run by this path: raises ValueError (pooling has no 3x3 filter to transform)."""
+    raise ValueError(f"the winograd path runs {SCOPE}; it cannot run {spec.describe()}")
+
+
+def pool_backward(dout, cache):
+    """Not run by this path: raises ValueError (see ``pool_forward``)."""
+    raise ValueError(f"the winograd path runs {SCOPE}; it cannot run pooling")
+
+
+# ------------------------------------------------------------ compiled kernels
+
+@jit(parallel=True)
+def _tile_transform(src, L, m, ph, pw, th, tw, dst):
+    """dst[xi*ao + nu, c, n*th*tw + ty*tw + tx] = (L d L^T)[xi, nu] for every tile.
+
+    src: (N, C, H, W); L: (ao, ai); d is the ai x ai tile of src whose top-left
+    corner is at (ty*m - ph, tx*m - pw), with zeros outside src (padding, and
+    the part of the last tiles that hangs over the edge). dst: (ao*ao, C,
+    N*th*tw). The input transform is L = B^T (ai = ao = m + 2); the dout
+    transform of dW is L = A (ai = m, ao = m + 2).
+
+    One (image, channel) plane per iteration: it writes dst[:, c, tiles of n]
+    only. The plane is copied once into a zero-bordered buffer; the vertical
+    pass combines its rows for every row of tiles at once, the horizontal pass
+    gathers each tile column position into a run over all tiles of the plane
+    first: every sum is a contiguous loop. Slices are taken per plane, never
+    per tile: on small maps a slice per tile costs more than the arithmetic.
+    """
+    N, C, H, W = src.shape
+    ao, ai = L.shape
+    T = th * tw
+    Hp = (th - 1) * m + ai          # rows and columns of padded plane the tiles read
+    Wp = (tw - 1) * m + ai
+    r_lo, r_hi = min(Hp, max(0, ph)), max(min(Hp, max(0, ph)), min(Hp, H + ph))
+    c_lo, c_hi = min(Wp, max(0, pw)), max(min(Wp, max(0, pw)), min(Wp, W + pw))
+    for t in prange(N * C):
+        n = t // C
+        c = t - n * C
+        pp = np.zeros((Hp, Wp), dtype=src.dtype)
+        pp[r_lo:r_hi, c_lo:c_hi] = src[n, c, r_lo - ph:r_hi - ph, c_lo - pw:c_hi - pw]
+        # vertical pass: rows[xi, ty*Wp + s] = sum_i L[xi, i] pp[ty*m + i, s]
+        rows = np.zeros((ao, th * Wp), dtype=src.dtype)
+        flat = pp.reshape(Hp * Wp)
+        for xi in range(ao):
+            out_row = rows[xi]
+            for i in range(ai):
+                coef = L[xi, i]
+                if coef != 0:
+                    for ty in range(th):
+                        o = ty * Wp
+                        q = (ty * m + i) * Wp
+                        for s in range(Wp):
+                            out_row[o + s] += coef * flat[q + s]
+        # horizontal pass: tile (ty, tx) reads rows[xi, ty*Wp + tx*m + j]; gathered
+        # first into cols[j, tile], so that the sums run over contiguous tiles
+        cols = np.empty((ai, T), dtype=src.dtype)
+        for xi in range(ao):
+            in_row = rows[xi]
+            for j in range(ai):
+                col = cols[j]
+                for ty in range(th):
+                    o = ty * Wp + j
+                    for tx in range(tw):
+                        col[ty * tw + tx] = in_row[o + tx * m]
+            for nu in range(ao):
+                d = dst[xi * ao + nu, c, n * T:(n + 1) * T]
+                d[:] = 0
+                for j in range(ai):
+                    coef = L[nu, j]
+                    if coef != 0:
+                        col = cols[j]
+                        for p in range(T):
+                            d[p] += coef * col[p]
+
+
+@jit(parallel=True)
+def _output_transform(Mt, AT, th, tw, b, out):
+    """out[n, k] = A^T M A per tile, plus b[k], cut to (OH, OW).
+
+    Mt: (a*a, FN, N*th*tw); AT: (m, a); out: (N, FN, OH, OW). One (image,
+    filter) map per iteration: it writes out[n, k] only. Both passes combine
+    whole runs of the image's tiles (contiguous loops); the result is then
+    scattered into a th*m x tw*m map whose valid part is copied out.
+    """
+    N, FN, OH, OW = out.shape
+    m, a = AT.shape
+    T = th * tw
+    Wm = tw * m
+    for t in prange(N * FN):
+        n = t // FN
+        k = t - n * FN
+        tmp = np.zeros((a, m, T), dtype=out.dtype)     # (M A)[xi, j] of every tile
+        for xi in range(a):
+            for nu in range(a):
+                src = Mt[xi * a + nu, k, n * T:(n + 1) * T]
+                for j in range(m):
+                    coef = AT[j, nu]
+                    if coef != 0:
+                        acc = tmp[xi, j]
+                        for p in range(T):
+                            acc[p] += coef * src[p]
+        # y[i, j, tile] = sum over xi of AT[i, xi] tmp[xi, j, tile], contiguous over
+        # tiles, then scattered into a zero-bordered th*m x tw*m map
+        y = np.empty(T, dtype=out.dtype)
+        full = np.empty(th * m * Wm, dtype=out.dtype)
+        for i in range(m):
+            for j in range(m):
+                y[:] = 0
+                for xi in range(a):
+                    coef = AT[i, xi]
+                    if coef != 0:
+                        src = tmp[xi, j]
+                        for p in range(T):
+                            y[p] += coef * src[p]
+                for ty in range(th):
+                    o = (ty * m + i) * Wm + j
+                    for tx in range(tw):
+                        full[o + tx * m] = y[ty * tw + tx]
+        bias = b[k]
+        for y in range(OH):
+            orow = out[n, k, y]
+            frow = full[y * Wm:y * Wm + OW]
+            for x in range(OW):
+                orow[x] = frow[x] + bias
+
+
+# ------------------------------------------------------------------ the path
+
+def _fits(a, b, length, dtype):
+    """True when every value of a and b is finite and sum of ``length`` products of them,
+    scaled by the transforms, stays far from overflow (nan fails every comparison)."""
+    if a.size == 0 or b.size == 0:
+        return True
+    big = max(float(a.max()), -float(a.min())) * max(float(b.max()), -float(b.min()))
+    return bool(big * length * _GROWTH < float(np.finfo(dtype).max))
+
+
+def _matrices(m, dtype):
+    t = TRANSFORMS[m]
+    return t["BT"].astype(dtype), t["G"].astype(dtype), t["AT"].astype(dtype)
+
+
+def _correlate(x, W, b, pad, out_hw, m):
+    """out: (N, FN, OH, OW) = 3x3 stride-1 correlation of x: (N, C, H, W) padded by
+    ``pad`` (an entry below zero crops instead) with W: (FN, C, 3, 3), plus b."""
+    N, C = x.shape[:2]
+    FN = W.shape[0]
+    BT, G, AT = _matrices(m, x.dtype)
+    a = m + 2
+    th, tw = _tiles(out_hw, m)
+    P = N * th * tw
+    # U[(xi, nu), (k, c)] = sum over (i, j) of G[xi, i] G[nu, j] W[k, c, i, j]: one product
+    U = _workspace.get(a * a * FN * C, x.dtype, slot=0).reshape(a * a, FN, C)
+    np.matmul(np.kron(G, G), W.reshape(FN * C, 9).T, out=U.reshape(a * a, FN * C))
+    V = _workspace.get(a * a * C * P, x.dtype, slot=1).reshape(a * a, C, P)
+    _tile_transform(x, BT, m, pad[0], pad[1], th, tw, V)
+    Mt = _workspace.get(a * a * FN * P, x.dtype, slot=2).reshape(a * a, FN, P)
+    np.matmul(U, V, out=Mt)
+    out = np.empty((N, FN, *out_hw), dtype=x.dtype)
+    _output_transform(Mt, AT, th, tw, b, out)
+    return out
+
+
+@one_launch_at_a_time
+def conv_forward(x, W, b, spec):
+    """x: (N, C, H, W), W: (FN, C, 3, 3), b: (FN,) -> out: (N, FN, OH, OW), cache."""
+    if not _fits(x, W, spec.field, x.dtype):
+        out, inner = im2col.conv_forward(x, W, b, spec)
+        return out, _Fallback(inner, spec)
+    m = _tile_for(spec.out_hw)
+    return _correlate(x, W, b, spec.pad, spec.out_hw, m), ConvCache(x, W, spec, m)
+
+
+def _conv_dw(dout, x, pad, m):
+    """dW: (FN, C, 3, 3) of a 3x3 stride-1 correlation with padding ``pad``, tile m."""
+    N, C = x.shape[:2]
+    FN, OH, OW = dout.shape[1:]
+    BT, G, AT = _matrices(m, x.dtype)
+    a = m + 2
+    th, tw = _tiles((OH, OW), m)
+    P = N * th * tw
+    V = _workspace.get(a * a * C * P, x.dtype, slot=1).reshape(a * a, C, P)
+    _tile_transform(x, BT, m, pad[0], pad[1], th, tw, V)
+    E = _workspace.get(a * a * FN * P, x.dtype, slot=2).reshape(a * a, FN, P)
+    _tile_transform(dout, np.ascontiguousarray(AT.T), m, 0, 0, th, tw, E)
+    X = np.matmul(E, V.transpose(0, 2, 1))                 # (a*a, FN, C)
+    # dW[k, c, i, j] = sum over (xi, nu) of G[xi, i] G[nu, j] X[(xi, nu), k, c]: one product
+    dW = np.empty((FN, C, 3, 3), dtype=x.dtype)
+    np.matmul(X.reshape(a * a, FN * C).T, np.kron(G, G), out=dW.reshape(FN * C, 9))
+    return dW
+
+
+@one_launch_at_a_time
+def conv_backward(dout, cache):
+    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, 3, 3), db: (FN,)."""
+    if isinstance(cache, _Fallback):
+        return im2col.conv_backward(dout, cache.inner)
+    x, W, spec, m = cache
+    if not (_fits(dout, W, W.shape[0] * 9, x.dtype)
+            and _fits(dout, x, x.shape[0] * dout.shape[2] * dout.shape[3], x.dtype)):
+        return im2col.conv_backward(dout, im2col.ConvCache(x, W, spec))
+    ph, pw = spec.pad
+    H, Wd = spec.x_shape[2:]
+    # dx: dout padded by 2 - pad, filters rotated 180 degrees, channels swapped
+    W_rot = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    no_bias = np.zeros(W.shape[1], dtype=x.dtype)
+    dx = _correlate(dout, W_rot, no_bias, (2 - ph, 2 - pw), (H, Wd), _tile_for((H, Wd)))
+    dW = _conv_dw(dout, x, spec.pad, m)
+    db = dout.sum(axis=(0, 2, 3))
+    return dx, dW, db

@@ -1,0 +1,261 @@
+"""The winograd path against the float64 naive oracle, its scope, its transforms,
+and non-finite values (which it hands to the im2col path)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support import assert_close, oracle_conv
+
+import fastconv
+from fastconv import backends, conv2d, tuner
+from fastconv import functional as F
+from fastconv.kernels import winograd
+
+pytestmark = pytest.mark.skipif("winograd" not in fastconv.available_backends(),
+                                reason="the winograd path is not in the table")
+
+DTYPES = [np.float32, np.float64]
+
+
+def _arrays(shape_x, fn, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape_x).astype(dtype)
+    W = rng.standard_normal((fn, shape_x[1], 3, 3)).astype(dtype)
+    b = rng.standard_normal(fn).astype(dtype)
+    return rng, x, W, b
+
+
+def _run(x, W, b, pad, dout=None, backend="winograd"):
+    out, saved = F.conv_forward(x, W, b, 1, pad, backend=backend)
+    if dout is None:
+        dout = np.random.default_rng(1).standard_normal(out.shape).astype(x.dtype)
+    return (out, *F.conv_backward(dout, saved)), dout
+
+
+def _check_against_oracle(x, W, b, pad):
+    actual, dout = _run(x, W, b, pad)
+    expected = oracle_conv(x, W, b, 1, pad, dout)
+    for name, a, e in zip(("out", "dx", "dW", "db"), actual, expected):
+        assert_close(a, e, name)
+
+
+# ------------------------------------------------------------------ the math
+
+@pytest.mark.parametrize("m", sorted(winograd.TRANSFORMS))
+def test_1d_transforms_compute_a_3_tap_correlation(m):
+    """A^T [(G g) * (B^T d)] is y_i = sum_k d[i+k] g[k], checked on random values."""
+    t = winograd.TRANSFORMS[m]
+    rng = np.random.default_rng(m)
+    for _ in range(5):
+        d, g = rng.standard_normal(m + 2), rng.standard_normal(3)
+        expected = np.array([d[i:i + 3] @ g for i in range(m)])
+        np.testing.assert_allclose(t["AT"] @ ((t["G"] @ g) * (t["BT"] @ d)), expected,
+                                   rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("out_hw, m", [((56, 56), 4), ((20, 31), 4), ((19, 40), 2),
+                                        ((7, 7), 2), ((30, 4), 2)])
+def test_tile_rule_and_plan(out_hw, m):
+    spec = fastconv.conv_spec((2, 5, out_hw[0] + 2, out_hw[1] + 2), (6, 5, 3, 3), 1, 0)
+    p = winograd.plan(spec)
+    a = m + 2
+    tiles = 2 * -(-out_hw[0] // m) * -(-out_hw[1] // m)
+    assert (p["m"], p["alpha"], p["tiles"]) == (m, a, tiles)
+    assert p["U_shape"] == (a * a, 6, 5)
+    assert p["V_shape"] == (a * a, 5, tiles) and p["M_shape"] == (a * a, 6, tiles)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_both_tiles_match_the_oracle_whatever_the_rule_picks(m, monkeypatch):
+    monkeypatch.setattr(winograd, "_tile_for", lambda out_hw: m)
+    for dtype in DTYPES:
+        _, x, W, b = _arrays((2, 5, 11, 9), 4, dtype, seed=m)
+        for pad in (0, 1, 2, 3):
+            _check_against_oracle(x, W, b, pad)
+
+
+# ------------------------------------------------------------ against the oracle
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 5), fn=st.integers(1, 5),
+       h=st.integers(1, 19), w=st.integers(1, 19), ph=st.integers(0, 2),
+       pw=st.integers(0, 2), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1))
+def test_forward_and_gradients_match_the_float64_oracle(n, c, fn, h, w, ph, pw, dtype, seed):
+    if h + 2 * ph < 3 or w + 2 * pw < 3:
+        return                                  # no output position: not a valid conv
+    _, x, W, b = _arrays((n, c, h, w), fn, dtype, seed)
+    _check_against_oracle(x, W, b, (ph, pw))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, fn", [((2, 64, 28, 28), 64), ((1, 128, 7, 7), 96),
+                                       ((1, 16, 40, 33), 8)])
+def test_layer_sized_cases_match_the_oracle(shape, fn, dtype):
+    """Long reductions (C = 64, 128): float32 error stays inside the tolerance table."""
+    _, x, W, b = _arrays(shape, fn, dtype)
+    W /= np.sqrt(9 * shape[1]).astype(dtype)
+    _check_against_oracle(x, W, b, 1)
+
+
+def test_padding_beyond_two_crops_dout_for_dx():
+    """pad 3 and 4 (dout is cropped, not padded, for dx)."""
+    _, x, W, b = _arrays((2, 3, 6, 5), 2, np.float64)
+    for pad in ((3, 3), (4, 1), (0, 4)):
+        _check_against_oracle(x, W, b, pad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_worked_example1_with_and_without_padding(dtype):
+    x = np.array([[1, 2, 3, 0], [0, 1, 2, 3], [3, 0, 1, 2], [2, 3, 0, 1]], dtype)[None, None]
+    w = np.array([[2, 0, 1], [0, 1, 2], [1, 0, 2]], dtype)[None, None]
+    padded = conv2d(x, w, pad=1, backend="winograd")
+    assert padded.dtype == dtype
+    np.testing.assert_array_equal(
+        padded[0, 0], [[7, 12, 10, 2], [4, 15, 16, 10], [10, 6, 15, 6], [8, 10, 4, 3]])
+    np.testing.assert_array_equal(conv2d(x, w, backend="winograd")[0, 0], [[15, 16], [6, 15]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_worked_example2_vertical_edge_detector(dtype):
+    x = np.zeros((1, 1, 5, 6), dtype)
+    x[..., 3:] = 100
+    w = np.array([[-1, 0, 1]] * 3, dtype)[None, None]
+    np.testing.assert_array_equal(conv2d(x, w, backend="winograd")[0, 0], [[0, 300, 300, 0]] * 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_keeps_dtype_leaves_inputs_alone_and_repeats_bit_for_bit(dtype):
+    _, x, W, b = _arrays((2, 3, 9, 10), 4, dtype)
+    copies = [a.copy() for a in (x, W, b)]
+    first, dout = _run(x, W, b, 1)
+    dout_copy = dout.copy()
+    second, _ = _run(x, W, b, 1, dout)
+    for a, c in zip((x, W, b, dout), (*copies, dout_copy)):
+        np.testing.assert_array_equal(a, c)
+    for a, c in zip(first, second):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a, c)
+
+
+def test_results_never_alias_the_workspace():
+    _, x, W, b = _arrays((1, 2, 8, 8), 3, np.float32)
+    (out1, dx1, dW1, _), dout = _run(x, W, b, 1)
+    keep = [a.copy() for a in (out1, dx1, dW1)]
+    _run(x * 2, W * 3, b, 1, dout)                     # reuses the same scratch buffers
+    for a, k in zip((out1, dx1, dW1), keep):
+        np.testing.assert_array_equal(a, k)
+
+
+# ------------------------------------------------------------ non-finite values
+
+def _nonfinite_pattern(a):
+    return np.isnan(a), np.isposinf(a), np.isneginf(a)
+
+
+def _assert_same_nonfinite(actual, expected, name):
+    for kind, a, e in zip(("nan", "+inf", "-inf"), _nonfinite_pattern(actual),
+                          _nonfinite_pattern(expected)):
+        np.testing.assert_array_equal(a, e, err_msg=f"{name}: {kind} positions")
+    finite = np.isfinite(expected)
+    assert_close(actual[finite], expected[finite], name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("where", ["x_nan", "x_inf", "W_inf", "dout_nan", "dout_inf"])
+def test_non_finite_values_propagate_as_in_the_naive_path(where, dtype):
+    """One bad value would spread over its whole Winograd tile; the path must give
+    the naive path's nan/inf pattern instead (it hands such calls to im2col)."""
+    _, x, W, b = _arrays((2, 3, 12, 12), 4, dtype)
+    dout = np.random.default_rng(2).standard_normal((2, 4, 12, 12)).astype(dtype)
+    if where == "x_nan":
+        x[0, 1, 5, 6] = np.nan
+    elif where == "x_inf":
+        x[1, 0, 3, 3] = np.inf
+    elif where == "W_inf":
+        W[2, 1, 0, 2] = -np.inf
+    elif where == "dout_nan":
+        dout[0, 3, 7, 2] = np.nan
+    else:
+        dout[1, 1, 0, 9] = np.inf
+    actual, _ = _run(x, W, b, 1, dout)
+    expected, _ = _run(x, W, b, 1, dout, backend="naive")
+    for name, a, e in zip(("out", "dx", "dW", "db"), actual, expected):
+        _assert_same_nonfinite(a, e, name)
+
+
+def test_huge_finite_values_do_not_overflow_in_the_transforms():
+    """Values whose naive sums are finite but whose transformed tiles would overflow."""
+    _, x, W, b = _arrays((1, 2, 8, 8), 2, np.float32)
+    x *= np.float32(1e35)                  # the dW transforms alone would reach inf
+    W /= np.float32(np.sqrt(18))
+    actual, dout = _run(x, W, b, 1)
+    expected, _ = _run(x, W, b, 1, dout, backend="naive")
+    for name, a, e in zip(("out", "dx", "dW", "db"), actual, expected):
+        assert np.isfinite(e).all(), name
+        _assert_same_nonfinite(a, e, name)
+
+
+# ------------------------------------------------------------------ the scope
+
+SUPPORTED = fastconv.conv_spec((1, 2, 6, 6), (3, 2, 3, 3), 1, 1)
+UNSUPPORTED = {
+    "5x5": fastconv.conv_spec((1, 2, 9, 9), (3, 2, 5, 5), 1, 0),
+    "3x2": fastconv.conv_spec((1, 2, 9, 9), (3, 2, 3, 2), 1, 0),
+    "stride 2": fastconv.conv_spec((1, 2, 9, 9), (3, 2, 3, 3), 2, 0),
+    "stride (1, 2)": fastconv.conv_spec((1, 2, 9, 9), (3, 2, 3, 3), (1, 2), 0),
+    "pooling": fastconv.pool_spec((1, 2, 6, 6), 3, 3, 1, 0),
+}
+
+
+def test_supports_exactly_3x3_stride_1_convolutions():
+    assert winograd.supports(SUPPORTED)
+    for name, spec in UNSUPPORTED.items():
+        assert not winograd.supports(spec), name
+        assert "not run" in winograd.plan(spec)["method"]
+
+
+def test_asking_for_it_on_an_unsupported_problem_is_a_clear_value_error():
+    x = np.zeros((1, 2, 9, 9))
+    with pytest.raises(ValueError, match=r"backend 'winograd' runs 3x3 stride-1 convolutions.*"
+                                         r"cannot run conv x=\(1, 2, 9, 9\) W=\(3, 2, 5, 5\)"):
+        conv2d(x, np.zeros((3, 2, 5, 5)), backend="winograd")
+    with pytest.raises(ValueError, match=r"backend 'winograd' runs .* cannot run conv.*stride=\(2, 2\)"):
+        conv2d(x, np.zeros((3, 2, 3, 3)), stride=2, backend="winograd")
+    with pytest.raises(ValueError, match=r"backend 'winograd' runs .* cannot run max pool"):
+        fastconv.pool2d(x, 2, 2, 2, backend="winograd")
+    with pytest.raises(ValueError, match="cannot run"):
+        winograd.pool_forward(x, UNSUPPORTED["pooling"])
+
+
+def test_auto_considers_it_only_where_it_applies():
+    assert backends.PATHS["winograd"] is winograd
+    assert "winograd" in tuner.candidates(SUPPORTED)
+    for name, spec in UNSUPPORTED.items():
+        assert "winograd" not in tuner.candidates(spec), name
+
+
+def test_explain_and_compare_leave_it_out_where_it_does_not_apply(fresh_cache):
+    from fastconv.compare import compare
+
+    e = fastconv.explain((1, 2, 9, 9), (3, 2, 5, 5), measure=True, repeat=1)
+    assert e.timings and "winograd" not in [t.path for t in e.timings]
+    e = fastconv.explain((1, 2, 9, 9), (3, 2, 3, 3), pad=1, measure=True, repeat=1)
+    assert "winograd" in [t.path for t in e.timings]
+    with pytest.raises(ValueError, match="path 'winograd' runs 3x3 stride-1"):
+        fastconv.explain((1, 2, 9, 9), (3, 2, 5, 5), measure=True, paths=["winograd"])
+    kw = dict(N=1, C=2, H=9, W=9, K=3, repeat=1)
+    assert "winograd" not in [r["path"] for r in compare(FH=5, FW=5, **kw)]
+    rows = compare(FH=3, FW=3, pad=1, **kw)
+    assert "winograd" in [r["path"] for r in rows]
+    assert all(r["max_rel_diff"] < 1e-4 for r in rows)
+
+
+def test_auto_may_choose_it_and_then_matches_the_oracle(fresh_cache):
+    """With measuring on, "auto" times winograd among the candidates of a 3x3 s1 layer."""
+    spec = fastconv.conv_spec((2, 16, 16, 16), (16, 16, 3, 3), 1, 1)
+    decision = tuner.decide_spec(spec)
+    assert "winograd" in decision.times_ms
+    _, x, W, b = _arrays(spec.x_shape, 16, np.float32)
+    actual, dout = _run(x, W, b, 1, backend="auto")
+    for name, a, e in zip(("out", "dx", "dW", "db"), actual, oracle_conv(x, W, b, 1, 1, dout)):
+        assert_close(a, e, name)
