@@ -38,5 +38,6 @@ def cuda_present() -> bool:
 
 
 def available_backends() -> list[str]:
-    """The path names usable on this machine, in the order naive, im2col, direct, cuda."""
+    """The path names usable on this machine, in the table's order (cuda only with a GPU
+    or the simulator)."""
     return [name for name in PATHS if name != "cuda" or cuda_present()]

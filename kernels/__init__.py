@@ -1,7 +1,7 @@
 """Compute kernels of fastconv, installed as ``fastconv.kernels``.
 
 Every path module of the dispatch table (``naive``, ``im2col``, ``direct``,
-``cuda``; see ``fastconv.backends``) keeps one contract, in the CS231n style
+``winograd``, ``cuda``; see ``fastconv.backends``) keeps one contract, in the CS231n style
 (``(out, cache)`` forward, gradients from ``(dout, cache)`` backward), checked
 by ``tests/test_kernel_contract.py``:
 

@@ -415,7 +415,8 @@ def conv_forward(x, W, b, spec):
         out, inner = im2col.conv_forward(x, W, b, spec)
         return out, _Fallback(inner, spec)
     m = _tile_for(spec.out_hw)
-    return _correlate(x, W, b, spec.pad, spec.out_hw, m), ConvCache(x, W, spec, m)
+    # copies: backward must see x and W as they were, even if the caller changes them
+    return _correlate(x, W, b, spec.pad, spec.out_hw, m), ConvCache(x.copy(), W.copy(), spec, m)
 
 
 def _conv_dw(dout, x, pad, m):
