@@ -86,6 +86,17 @@ PATHS = _test_paths()
 FAST_PATHS = [p for p in PATHS if p != "naive"]
 
 
+def _runs_everything(path):
+    from fastconv import backends, pool_spec
+
+    return backends.get_path(path).supports(pool_spec((1, 1, 2, 2), 2, 2))
+
+
+# The fast paths that run every convolution and pooling (winograd runs a
+# subset and has its own tests); property tests over random geometry use these.
+GENERAL_PATHS = [p for p in FAST_PATHS if _runs_everything(p)]
+
+
 def skip_unless_supported(path, spec):
     """Skip the calling test for a path of narrower scope (winograd runs 3x3 stride-1
     convolutions only) when it does not run ``spec``; such a path's own test file

@@ -8,32 +8,24 @@ own float32 rounding does not count against the path under test.
 import numba
 import numpy as np
 import pytest
-from support import conv_kernel, pool_kernel
+from support import assert_close, conv_kernel, oracle_conv, pool_kernel
 
 from fastconv.geometry import output_hw
 from fastconv.kernels import direct, naive
 
-# float32 results against a float64 oracle: sums of up to ~2000 products
-TOL = {np.float32: dict(rtol=2e-4, atol=2e-4), np.float64: dict(rtol=1e-10, atol=1e-10)}
-
-
 def _conv_both(x, W, b, stride, pad, dout_seed=0):
-    """(out, dx, dW, db) from the direct path and from naive in float64."""
+    """(out, dx, dW, db) from the direct path and from the float64 naive oracle."""
     out_hw = output_hw(x.shape[2:], W.shape[2:], stride, pad, "floor")
     out, cache = conv_kernel(direct, x, W, b, stride, pad, out_hw)
     dout = np.random.default_rng(dout_seed).standard_normal(out.shape).astype(x.dtype)
     got = (out, *direct.conv_backward(dout, cache))
-    f64 = [a.astype(np.float64) for a in (x, W, b, dout)]
-    ref_out, ref_cache = conv_kernel(naive, *f64[:3], stride, pad, out_hw)
-    want = (ref_out, *naive.conv_backward(f64[3], ref_cache))
-    return got, want
+    return got, oracle_conv(x, W, b, stride, pad, dout)
 
 
 def _assert_conv_matches(x, W, b, stride, pad):
     got, want = _conv_both(x, W, b, stride, pad)
     for name, g, w in zip(("out", "dx", "dW", "db"), got, want):
-        assert g.dtype == x.dtype, name
-        np.testing.assert_allclose(g, w, err_msg=name, **TOL[x.dtype.type])
+        assert_close(g, w, name)
 
 
 def _random_conv(rng, N, C, H, W, FN, FH, FW, dtype):
@@ -178,7 +170,7 @@ def test_cells_no_window_reads_never_touch_a_result():
     got, want = _conv_both(x, W, b, (3, 3), (0, 0))
     for name, g, w in zip(("out", "dx", "dW", "db"), got, want):
         assert np.isfinite(g).all(), name
-        np.testing.assert_allclose(g, w, err_msg=name, **TOL[np.float64])
+        assert_close(g, w, name)
 
 
 def test_scratch_buffer_never_reaches_the_caller():
@@ -248,8 +240,8 @@ def test_overlapping_windows_match_naive(mode, pool_hw, stride, pad):
     # stride < window: one input cell feeds several outputs (race-free gather)
     x = np.round(np.random.default_rng(10).standard_normal((2, 3, 9, 11)) * 2)  # many ties
     (out, dx), (ref, ref_dx) = _pool_both(x, pool_hw, stride, pad, mode)
-    np.testing.assert_allclose(out, ref, rtol=1e-12)
-    np.testing.assert_allclose(dx, ref_dx, rtol=1e-12, atol=1e-12)
+    assert_close(out, ref, "out")
+    assert_close(dx, ref_dx, "dx")
 
 
 def test_max_pool_treats_nan_and_minus_inf_as_naive_does():

@@ -1,6 +1,7 @@
 """fastconv.im2col / col2im: the seed layout, and col2im as the adjoint of im2col."""
 import numpy as np
 import pytest
+from support import assert_close
 
 from fastconv import col2im, conv2d, im2col
 
@@ -38,7 +39,7 @@ def test_convolution_is_im2col_times_reshaped_weights():
     W = rng.standard_normal((4, 2, 3, 3))
     col = im2col(x, 3, 3, stride=1, pad=1)
     out = (col @ W.reshape(4, -1).T).reshape(3, 6, 6, 4).transpose(0, 3, 1, 2)
-    np.testing.assert_allclose(out, conv2d(x, W, pad=1, backend="naive"), rtol=1e-12, atol=1e-12)
+    assert_close(out, conv2d(x, W, pad=1, backend="naive"), "out")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from support import FAST_PATHS, tol
+from support import GENERAL_PATHS, tol
 
 DTYPES = [np.float32, np.float64]
 SPECIALS = np.array([np.nan, np.inf, -np.inf])
-fast_path = pytest.mark.parametrize("path", FAST_PATHS)
+fast_path = pytest.mark.parametrize("path", GENERAL_PATHS)
 
 
 # ------------------------------------------------------------------ helpers
@@ -118,7 +118,7 @@ def _out_hw(hw, window, stride, pad):
 
 # ---------------------------------------------------------- worked examples
 
-@pytest.mark.parametrize("path", ["naive", *FAST_PATHS])
+@pytest.mark.parametrize("path", ["naive", *GENERAL_PATHS])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_one_nan_weight_reaches_only_the_cells_it_multiplies(path, dtype):
     # 4x4 ones, a 3x3 filter with nan at its centre, no padding: 2x2 output.
@@ -139,7 +139,7 @@ def test_one_nan_weight_reaches_only_the_cells_it_multiplies(path, dtype):
     np.testing.assert_array_equal(db, [4])
 
 
-@pytest.mark.parametrize("path", ["naive", *FAST_PATHS])
+@pytest.mark.parametrize("path", ["naive", *GENERAL_PATHS])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_inf_in_x_gives_inf_in_dw_and_never_nan_where_the_true_value_is_finite(path, dtype):
     # x: ones with +inf at the top-left corner; 3x3 ones filter, pad 1: 4x4 output.
@@ -163,7 +163,7 @@ def test_inf_in_x_gives_inf_in_dw_and_never_nan_where_the_true_value_is_finite(p
                                   np.pad(np.ones((2, 2), bool), ((0, 2), (0, 2))))
 
 
-@pytest.mark.parametrize("path", FAST_PATHS)
+@pytest.mark.parametrize("path", GENERAL_PATHS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stride, pad", [((1, 1), (0, 0)), ((2, 1), (1, 2)), ((3, 2), (2, 1)),
                                          ((1, 3), (1, 0))])
