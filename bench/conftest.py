@@ -15,7 +15,8 @@ What is timed, and how:
   backward as separate benchmarks; backward = ``dx, dW, db`` (or ``dx`` for
   pooling) from a forward saved before timing starts;
 - every path of ``fastconv.available_backends()`` plus the baselines
-  ``seeds_numpy`` (``bench/seeds_numpy.py``), ``torch`` (CPU, 2 threads, skipped
+  ``book_numpy`` (``bench/book_numpy.py``, the reference NumPy code of "Deep
+  Learning from Scratch", ch. 7), ``torch`` (CPU, 2 threads, skipped
   when torch is not importable) and ``gemm`` (the numpy sgemm of each layer's
   im2col matrix product: the ceiling an im2col path can reach);
 - the ``naive`` path is a Python loop over output positions, so its time grows
