@@ -1,9 +1,12 @@
 """The one place where Numba compile options for the CPU paths are chosen."""
 import functools
 import os
+import sys
 import threading
+import warnings
 
 import numba
+import numba.core.event
 
 # cache=True: compiled machine code is written next to the module, so a fresh
 #   process pays the compile once per machine, not once per run.
@@ -17,6 +20,64 @@ JIT_OPTIONS = dict(
     fastmath={"reassoc", "contract", "nsz"},
     error_model="numpy",
 )
+
+
+# -------------------------------------------------------- first-use notice
+#
+# A path's kernels are compiled the first time they run on a machine (later
+# processes load them from Numba's cache), which takes seconds. Numba's
+# "numba:compile" event fires only after a cache miss, right before a compile:
+# at the first one for a path and dtype, one line says so. Silence it with
+# ``warnings.filterwarnings("ignore", category=fastconv.CompileNotice)``.
+
+class CompileNotice(UserWarning):
+    """fastconv is compiling a path's kernels (once per machine, dtype and version)."""
+
+
+# Rough compile times on this project's 2-core machine, for the notice.
+COMPILE_SECONDS = {"im2col": 4, "direct": 8, "cuda": 10}
+_noticed = set()
+
+
+class _FirstCompileListener(numba.core.event.Listener):
+    def on_start(self, event):
+        func = getattr(event.data.get("dispatcher"), "py_func", None)
+        module = getattr(func, "__module__", "") or ""
+        if not module.startswith("fastconv.kernels."):
+            return
+        path = module.rsplit(".", 1)[1]
+        dtype = next((str(a.dtype) for a in event.data.get("args", ())
+                      if isinstance(a, numba.types.Array)), "")
+        if (path, dtype) in _noticed:
+            return
+        _noticed.add((path, dtype))
+        what = f"the {path} path's kernels" + (" (pooling on every CPU path uses them)"
+                                                if path == "direct" else "")
+        warn_at_caller(f"fastconv: compiling {what} for {dtype or 'these arguments'} (first use "
+                       f"on this machine, ~{COMPILE_SECONDS.get(path, 5)} s; later runs load them "
+                       f"from Numba's cache)")
+
+    def on_end(self, event):
+        pass
+
+
+numba.core.event.register("numba:compile", _FirstCompileListener())
+
+_INTERNAL = ("fastconv", "numba", "contextlib", "llvmlite")
+
+
+def warn_at_caller(message, category=CompileNotice):
+    """warnings.warn, attributed to the first frame outside fastconv and Numba (the
+    user's line that triggered the work), so the notice names a line the user wrote."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in _INTERNAL:
+        frame = frame.f_back
+    if frame is None:
+        warnings.warn(message, category, stacklevel=2)
+        return
+    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__"),
+                           registry=frame.f_globals.setdefault("__warningregistry__", {}))
 
 
 def jit(fn=None, *, parallel=False):

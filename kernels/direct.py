@@ -36,6 +36,7 @@ where the naive path may hold inf. Cells that no window reads (dropped by floor
 rounding) never touch a result.
 """
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -200,16 +201,17 @@ def _accumulate(acc, nb, src, ops, o_start, o_end, wt, base):
                         ar[m] += u * s0[m]
 
 
-@jit
 def _weight_blocks(Wm):
-    """Wm: (rows, taps) -> (ceil(rows/KB), taps, KB), rows past the end zero."""
+    """Wm: (rows, taps) -> (ceil(rows/KB), taps, KB), rows past the end zero.
+
+    Plain NumPy, not compiled: one copy and one transpose, and one kernel fewer
+    to compile on first use.
+    """
     R, T = Wm.shape
     nb = (R + KB - 1) // KB
-    wt = np.zeros((nb, T, KB), dtype=Wm.dtype)
-    for r in range(R):
-        for t in range(T):
-            wt[r // KB, t, r % KB] = Wm[r, t]
-    return wt
+    padded = np.zeros((nb * KB, T), dtype=Wm.dtype)
+    padded[:R] = Wm
+    return np.ascontiguousarray(padded.reshape(nb, KB, T).transpose(0, 2, 1))
 
 
 # ------------------------------------------------------------- forward conv
@@ -219,7 +221,10 @@ def _weight_blocks(Wm):
 GROUP = 3
 
 
-@jit
+# The tap tables are small (one row per group of taps) and depend on the
+# geometry alone: built in Python once per geometry and kept, rather than
+# compiled (each compiled helper costs about a second on first use).
+@lru_cache(maxsize=64)
 def _forward_ops(C, FH, FW, sh, sw, Wq):
     """Tap table of the forward pass, ordered by channel; see _accumulate.
 
@@ -261,7 +266,8 @@ def _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, RB):
         k0 = kb * KB
         nb = min(KB, FN - k0)
         acc = np.zeros((KB, (i1 - i0) * Wq), dtype=xq.dtype)
-        _accumulate(acc, nb, xq[n], ops, 0, ops.shape[0], wt[kb], i0 * Wq)
+        # np.int64(0), not 0: a literal 0 would compile a second _accumulate
+        _accumulate(acc, nb, xq[n], ops, np.int64(0), ops.shape[0], wt[kb], i0 * Wq)
         for r in range(nb):
             bias = b[k0 + r]
             for i in range(i0, i1):
@@ -309,10 +315,14 @@ def _dout_image(dout_n, Ty, Tx, Wq, dp_n, sums):
             else:
                 src = dout_n[k, i]
                 row[:Tx - 1] = 0
-                row[Tx - 1:Tx - 1 + OW] = src
-                row[Tx - 1 + OW:] = 0
+                # an element loop, not a slice copy: an array-to-array slice
+                # assignment makes Numba compile its shape-mismatch message
+                # (string formatting), seconds on first use
+                dst = row[Tx - 1:Tx - 1 + OW]
                 for j in range(OW):
+                    dst[j] = src[j]
                     total += src[j]
+                row[Tx - 1 + OW:] = 0
         sums[k] += total
 
 
@@ -326,7 +336,7 @@ def _dout_planes(dout, Ty, Tx, Wq, dp):
     return dp, sums
 
 
-@jit
+@lru_cache(maxsize=64)
 def _backward_ops(K, FH, FW, sh, sw, Wq, Ty, Tx):
     """Tap tables of dx, one per phase (a, b) of dx: rows ops[starts[p]:starts[p+1]].
 
@@ -508,9 +518,8 @@ def _conv_dw(xq, dp, ops, C, FN, FH, FW, OH, Wq, base):
     return dW
 
 
-@jit
 def _conv_db(sums):
-    """sums: (N, K) per-map sums of dout -> db: (K,), added image by image."""
+    """sums: (N, K) per-map sums of dout -> db: (K,), added image by image (NumPy, not compiled)."""
     db = sums[0].copy()
     for n in range(1, sums.shape[0]):
         db += sums[n]
@@ -555,7 +564,9 @@ def _max_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
         c = task % C
         best = np.empty(M, dtype=xq.dtype)
         where = np.zeros(M, dtype=np.int32)
-        best[:] = xq[n, c * P, :M]
+        first = xq[n, c * P]
+        for m in range(M):          # not a slice copy: see _dout_image
+            best[m] = first[m]
         for py in range(PH):
             for px in range(PW):
                 if py == 0 and px == 0:

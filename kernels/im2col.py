@@ -178,8 +178,14 @@ def _unroll(x, n0, n_imgs, r0, r1, FH, FW, sh, sw, ph, pw, OW, col, s_img, s_row
                 dst[q + j] = 0
             src = y * W + off
             if sw == 1:
-                # a slice copy: the element loop does not vectorize here
-                dst[q + j_lo:q + j_hi] = plane[src + j_lo:src + j_hi]
+                # an element loop over two views with the same index (it
+                # vectorizes, as in _col2im), not a slice copy: an
+                # array-to-array slice assignment makes Numba compile its
+                # shape-mismatch message (string formatting), seconds on first use
+                src_c = plane[src + j_lo:src + j_hi]
+                dst_c = dst[q + j_lo:q + j_hi]
+                for j in range(j_hi - j_lo):
+                    dst_c[j] = src_c[j]
             elif j_hi > j_lo:
                 first = src + j_lo * sw
                 src_s = plane[first:first + (j_hi - j_lo - 1) * sw + 1:sw]
@@ -248,7 +254,10 @@ def _images_to_side_by_side(a, n0, n_imgs, out):
         f = t // n_imgs
         ii = t - f * n_imgs
         base = (f * n_imgs + ii) * P
-        out[base:base + P] = a[n0 + ii, f]
+        src = a[n0 + ii, f]
+        dst = out[base:base + P]
+        for p in range(P):          # not a slice copy: see _unroll
+            dst[p] = src[p]
 
 
 @jit(parallel=True)
@@ -259,7 +268,10 @@ def _side_by_side_to_images(buf, n0, n_imgs, out):
         f = t // n_imgs
         ii = t - f * n_imgs
         base = (f * n_imgs + ii) * P
-        out[n0 + ii, f] = buf[base:base + P]
+        src = buf[base:base + P]
+        dst = out[n0 + ii, f]
+        for p in range(P):          # not a slice copy: see _unroll
+            dst[p] = src[p]
 
 
 @jit(parallel=True)
