@@ -156,12 +156,14 @@ def _blas_info():
         from threadpoolctl import threadpool_info
     except ImportError:
         return None
-    for pool in threadpool_info():
-        if pool.get("user_api") == "blas":
-            return {key: pool.get(key) for key in
-                    ("internal_api", "version", "architecture", "num_threads", "threading_layer",
-                     "filepath")}
-    return None
+    pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    # numpy's own BLAS first: SciPy (which Numba imports) may load a second one
+    pools.sort(key=lambda pool: "numpy" not in str(pool.get("filepath", "")))
+    if not pools:
+        return None
+    return {key: pools[0].get(key) for key in
+            ("internal_api", "version", "architecture", "num_threads", "threading_layer",
+             "filepath")}
 
 
 def measure_sgemm_gflops(n=SGEMM_SIZE, repeats=5):

@@ -56,7 +56,8 @@ class Trainer:
     first step (see ``fastconv.warmup``); ``prepare_seconds`` then holds what
     that took.
     checkpoint_path: where save_checkpoint writes (after every epoch and when
-    training stops) and load_checkpoint reads. paths_run: for "train" and
+    training stops) and load_checkpoint reads. eval_batch_size: images per
+    evaluation batch (default: mini_batch_size). paths_run: for "train" and
     "eval" batches separately, layer name -> Counter {path: forward calls}, so
     the report says which paths really ran (``paths_summary()`` as one line).
     """
@@ -64,7 +65,7 @@ class Trainer:
     def __init__(self, network, x_train, t_train, x_test, t_test, epochs=20,
                  mini_batch_size=100, optimizer="Adam", optimizer_param=None,
                  evaluate_sample_num_per_epoch=None, seed=0, verbose=True,
-                 progress=True, checkpoint_path=None, eval_batch_size=500, prepare=True):
+                 progress=True, checkpoint_path=None, eval_batch_size=None, prepare=True):
         for name, x, t in (("train", x_train, t_train), ("test", x_test, t_test)):
             if not isinstance(x, np.ndarray) or x.ndim != 4:
                 raise ValueError(f"x_{name} must be an array (N, C, H, W), got "
@@ -83,7 +84,9 @@ class Trainer:
         self.batch_size = int(mini_batch_size)
         self.optimizer = make_optimizer(optimizer, **(optimizer_param or {"lr": 0.001}))
         self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
-        self.eval_batch_size = eval_batch_size
+        # evaluating in training-sized batches reuses the kernels and the "auto" choices
+        # made for training; another size would be one more shape to time on first use
+        self.eval_batch_size = int(eval_batch_size or mini_batch_size)
         self.seed = seed
         self.verbose = verbose
         self.progress = progress and verbose
