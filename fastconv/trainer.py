@@ -57,7 +57,7 @@ class Trainer:
     that took.
     checkpoint_path: where save_checkpoint writes (after every epoch and when
     training stops) and load_checkpoint reads. eval_batch_size: images per
-    evaluation batch (default: mini_batch_size). paths_run: for "train" and
+    evaluation batch (default: mini_batch_size, at least 100). paths_run: for "train" and
     "eval" batches separately, layer name -> Counter {path: forward calls}, so
     the report says which paths really ran (``paths_summary()`` as one line).
     """
@@ -85,8 +85,9 @@ class Trainer:
         self.optimizer = make_optimizer(optimizer, **(optimizer_param or {"lr": 0.001}))
         self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
         # evaluating in training-sized batches reuses the kernels and the "auto" choices
-        # made for training; another size would be one more shape to time on first use
-        self.eval_batch_size = int(eval_batch_size or mini_batch_size)
+        # made for training (another size is one more shape to time on first use);
+        # at least 100, the batch Network.evaluate uses by default
+        self.eval_batch_size = int(eval_batch_size or max(mini_batch_size, 100))
         self.seed = seed
         self.verbose = verbose
         self.progress = progress and verbose

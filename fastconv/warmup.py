@@ -15,6 +15,8 @@ kernels a full batch runs.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -153,7 +155,8 @@ def warmup(net_or_shapes=None, dtype="float32", paths=None, *, batch_sizes=None,
     """Compile (or load from Numba's cache) the kernels a network or a list of layers needs.
 
     net_or_shapes: a fastconv network (its conv and pool layers, in order, up
-    to the first Affine), a list of layer shapes in any format
+    to the first Affine), a JSON file shaped like ``bench/layers.json``, a
+    list of layer shapes in any format
     ``fastconv.autotune`` takes (dicts like ``bench/layers.json``'s entries,
     ``(x_shape, w_shape[, stride[, pad]])`` tuples) or ConvSpec/PoolSpec
     objects; None: the SimpleConvNet of "Deep Learning from Scratch" (ch. 7),
@@ -180,6 +183,10 @@ def warmup(net_or_shapes=None, dtype="float32", paths=None, *, batch_sizes=None,
         layers = _shape_specs([((WARMUP_BATCH, 1, 28, 28), (30, 1, 5, 5)),
                                {"x_shape": (WARMUP_BATCH, 30, 24, 24), "w_shape": (2, 2),
                                 "stride": 2, "mode": "max"}], dtype)
+    elif isinstance(net_or_shapes, (str, os.PathLike)):
+        with open(net_or_shapes, encoding="utf-8") as f:
+            suite = json.load(f)
+        layers = _shape_specs(list(suite.get("layers", [])) + list(suite.get("pooling", [])), dtype)
     elif hasattr(net_or_shapes, "layers"):
         net_dtype = getattr(net_or_shapes, "dtype", None)
         if net_dtype is not None and dtype == np.float32:

@@ -125,7 +125,7 @@ def test_one_bar_per_epoch_and_an_evaluation_bar(capsys):
     # each epoch's bar counts that epoch's 4 steps (its own ETA), not 8 steps in all
     assert "epoch 1/2" in err and "epoch 2/2" in err
     assert "4/4" in err and "/8" not in err
-    assert "evaluating" in err                          # 4 + 2 evaluation batches of 25
+    assert "evaluating" in err                          # 1 + 1 evaluation batches of 100
     assert trainer.prepare_seconds is not None
 
 

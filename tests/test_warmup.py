@@ -56,6 +56,17 @@ def test_shapes_in_the_layer_suite_format_and_float64():
     assert any("float64" in str(sig) for sig in direct._avg_pool.signatures)
 
 
+def test_a_layer_suite_file(tmp_path):
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"layers": [{"id": "one", "N": 2, "C": 1, "H": 8, "W": 8, "K": 2,
+                                             "FH": 3, "FW": 3, "stride": 1, "pad": 0}],
+                                 "pooling": [{"id": "two", "N": 2, "C": 2, "H": 6, "W": 6,
+                                              "FH": 2, "FW": 2, "stride": 2, "pad": 0,
+                                              "mode": "max"}]}))
+    report = fastconv.warmup(str(suite), paths="direct")
+    assert report.runs == [("one", "conv", "direct"), ("two", "pool", "direct")]
+
+
 def test_warmup_with_batch_sizes_stores_the_choices(fresh_cache, two_candidates):
     net = fastconv.SimpleConvNet(input_dim=(1, 12, 12), conv_param={"filter_num": 4},
                                  hidden_size=8, seed=0)
