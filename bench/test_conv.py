@@ -2,11 +2,11 @@
 
 See bench/conftest.py for how to run them and what is timed.
 """
+import book_numpy
 import numpy as np
+from harness import assert_close, blas_threads, numba_threads, run_benchmark, torch_or_skip
 
 import fastconv.functional as F
-import book_numpy
-from harness import assert_close, blas_threads, numba_threads, run_benchmark, torch_or_skip
 
 # im2col GEMM of the book's layout: W_rows (K, C*FH*FW) @ col.T (C*FH*FW, N*OH*OW).
 # Backward is its two products: dW = dout_rows @ col and dcol = W_rows.T @ dout_rows.

@@ -2,9 +2,10 @@
 
 See bench/conftest.py for how to run them and what is timed.
 """
-import fastconv.functional as F
 import book_numpy
 from harness import assert_close, blas_threads, numba_threads, run_benchmark, torch_or_skip
+
+import fastconv.functional as F
 
 
 def _geometry(case):
