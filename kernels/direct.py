@@ -321,8 +321,9 @@ def _dout_image(dout_n, Ty, Tx, Wq, dp_n, sums):
                 dst = row[Tx - 1:Tx - 1 + OW]
                 for j in range(OW):
                     dst[j] = src[j]
-                    total += src[j]
                 row[Tx - 1 + OW:] = 0
+                for j in range(OW):
+                    total += src[j]
         sums[k] += total
 
 
