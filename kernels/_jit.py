@@ -35,7 +35,7 @@ class CompileNotice(UserWarning):
 
 
 # Rough compile times on this project's 2-core machine, for the notice.
-COMPILE_SECONDS = {"im2col": 4, "direct": 8, "cuda": 10}
+COMPILE_SECONDS = {"im2col": 4, "direct": 12, "cuda": 10}
 _noticed = set()
 
 
