@@ -23,8 +23,8 @@ SMALL_N, SMALL_CHANNELS, SMALL_HW = 2, 8, 12
 NAIVE_FULL_N = 1
 # Paths that are not fastconv backends, in the order they run within a layer
 # (after fastconv's paths).
-BASELINES = ("seeds_numpy", "gemm", "torch")
-POOL_BASELINES = ("seeds_numpy", "torch")
+BASELINES = ("book_numpy", "gemm", "torch")
+POOL_BASELINES = ("book_numpy", "torch")
 
 
 def small_mode(option=False):

@@ -25,7 +25,7 @@ Rules behind the numbers:
 - "best" is the fastest fastconv path that ran the layer's own batch;
 - the GEMM ceiling of a layer is numpy's sgemm on that layer's im2col product,
   measured in the same run; the peak is numpy sgemm on square matrices;
-- ``seeds_numpy`` is the suite's NumPy reference code (the im2col + np.dot
+- ``book_numpy`` is the suite's NumPy reference code (the im2col + np.dot
   layers of Deep Learning from Scratch, ch. 7), a baseline, not a path.
 
 Nothing is graded unless targets are passed (``--target NAME=VALUE``, see
@@ -44,9 +44,9 @@ from dataclasses import dataclass
 STATS = ("min", "median", "mean")
 MERGES = ("last", "min")
 # Display order and colours of the paths in every chart.
-PATH_ORDER = ("naive", "im2col", "direct", "cuda", "seeds_numpy", "torch", "gemm")
+PATH_ORDER = ("naive", "im2col", "direct", "cuda", "book_numpy", "torch", "gemm")
 PATH_COLORS = {"naive": "#9e9e9e", "im2col": "#1f77b4", "direct": "#2ca02c", "cuda": "#76b900",
-               "seeds_numpy": "#ff7f0e", "torch": "#d62728", "gemm": "#333333"}
+               "book_numpy": "#ff7f0e", "torch": "#d62728", "gemm": "#333333"}
 DIRECTIONS = ("forward", "backward")
 # --target NAME=VALUE: what each name grades, over the conv layers of the results.
 TARGETS = {
@@ -54,7 +54,7 @@ TARGETS = {
     "backward": "geometric mean of best/torch, backward, at most VALUE",
     "worst": "best/torch of every layer and direction at most VALUE",
     "gemm": "im2col at least VALUE (a fraction) of its layer's sgemm rate, every layer, forward",
-    "numpy": "geometric mean speed-up of best over seeds_numpy at least VALUE",
+    "numpy": "geometric mean speed-up of best over book_numpy at least VALUE",
 }
 
 
@@ -171,7 +171,7 @@ def summarize(results):
     Returns ``{"rows": [...], "geomeans": {...}, "peak_gflops": float|None,
     "small": bool}``. Each row holds ``kind, layer, direction, best_path, best_s,
     torch_s, best_vs_torch`` (best time / torch time: below 1 is faster than
-    torch), ``seeds_s, seeds_vs_best`` (speed-up of best over seeds_numpy),
+    torch), ``book_s, book_vs_best`` (speed-up of best over book_numpy),
     ``gflops`` (path -> GFLOP/s, every path), ``gemm_gflops`` (the layer's
     sgemm ceiling), ``im2col_vs_gemm`` and ``best_vs_gemm`` (im2col's and the
     best path's share of that ceiling).
@@ -185,7 +185,7 @@ def summarize(results):
                     continue
                 own = [r for r in paths.values() if r.library == "fastconv" and r.full_batch]
                 best = min(own, key=lambda r: r.seconds) if own else None
-                torch, seeds = paths.get("torch"), paths.get("seeds_numpy")
+                torch, book = paths.get("torch"), paths.get("book_numpy")
                 gemm, im2col = paths.get("gemm"), paths.get("im2col")
                 rows.append(dict(
                     kind=kind, layer=layer, direction=direction,
@@ -195,8 +195,8 @@ def summarize(results):
                     torch_s=torch.seconds if torch else None,
                     # torch's speed-up over best = best time / torch time (same batch)
                     best_vs_torch=_speedup(best, torch),
-                    seeds_s=seeds.seconds if seeds else None,
-                    seeds_vs_best=_speedup(seeds, best),
+                    book_s=book.seconds if book else None,
+                    book_vs_best=_speedup(book, best),
                     gflops={p: paths[p].gflops for p in _ordered(paths, PATH_ORDER)},
                     gemm_gflops=gemm.gflops if gemm else None,
                     im2col_vs_gemm=_speedup(gemm, im2col),
@@ -208,9 +208,9 @@ def summarize(results):
         for direction in DIRECTIONS:
             sel = [r for r in rows if r["kind"] == kind and r["direction"] == direction]
             geomeans[f"{kind} {direction} best/torch"] = geomean([r["best_vs_torch"] for r in sel])
-            geomeans[f"{kind} {direction} seeds/best"] = geomean([r["seeds_vs_best"] for r in sel])
-        geomeans[f"{kind} seeds/best"] = geomean(
-            [r["seeds_vs_best"] for r in rows if r["kind"] == kind])
+            geomeans[f"{kind} {direction} book/best"] = geomean([r["book_vs_best"] for r in sel])
+        geomeans[f"{kind} book/best"] = geomean(
+            [r["book_vs_best"] for r in rows if r["kind"] == kind])
         for direction in DIRECTIONS:
             sel = [r for r in rows if r["kind"] == kind and r["direction"] == direction]
             for share in ("im2col", "best"):
@@ -264,8 +264,8 @@ def check_targets(summary: dict, targets: dict) -> list:
                         f"min {low['im2col_vs_gemm']:.1%} ({low['layer']})" if low else "-",
                         None if low is None else low["im2col_vs_gemm"] >= limit))
         else:
-            v = g.get("conv seeds/best")
-            out.append((f"best >= {limit:g}x seeds_numpy, geomean", _fmt(v, "{:.2f}x"),
+            v = g.get("conv book/best")
+            out.append((f"best >= {limit:g}x book_numpy, geomean", _fmt(v, "{:.2f}x"),
                         None if v is None else v >= limit))
     return out
 
@@ -293,7 +293,7 @@ def format_summary(summary: dict, graded: list | None = None) -> str:
     graded: check_targets' list, printed as a last section when given.
     """
     head = (f"{'layer':<15} {'dir':<8} {'best':<8} {'best ms':>9} {'torch ms':>9} "
-            f"{'best/torch':>10} {'seeds ms':>9} {'seeds/best':>10} {'im2col GF/s':>11} "
+            f"{'best/torch':>10} {'book ms':>9} {'book/best':>10} {'im2col GF/s':>11} "
             f"{'gemm GF/s':>9} {'im2col/gemm':>11} {'best/gemm':>9}")
     lines = []
     if summary["small"]:
@@ -304,8 +304,8 @@ def format_summary(summary: dict, graded: list | None = None) -> str:
             f"{r['layer']:<15} {r['direction']:<8} {r['best_path'] or '-':<8} "
             f"{_ms(r['best_s']):>9} {_ms(r['torch_s']):>9} "
             f"{_fmt(r['best_vs_torch'], '{:.2f}'):>10} "
-            f"{_ms(r['seeds_s']):>9} "
-            f"{_fmt(r['seeds_vs_best'], '{:.2f}x'):>10} "
+            f"{_ms(r['book_s']):>9} "
+            f"{_fmt(r['book_vs_best'], '{:.2f}x'):>10} "
             f"{_fmt(r['gflops'].get('im2col'), '{:.1f}'):>11} "
             f"{_fmt(r['gemm_gflops'], '{:.1f}'):>9} "
             f"{_fmt(r['im2col_vs_gemm'], '{:.0%}'):>11} "
@@ -317,8 +317,8 @@ def format_summary(summary: dict, graded: list | None = None) -> str:
         lines.append(f"{r['layer']:<15} {r['direction']:<8} "
                      + " ".join(f"{_fmt(r['gflops'].get(p), '{:.3g}'):>11}" for p in paths))
     lines.append("")
-    lines.append("geometric means (best/torch < 1: fastconv faster; seeds/best: speed-up "
-                 "over seeds_numpy; x/gemm: share of the layer's sgemm ceiling)")
+    lines.append("geometric means (best/torch < 1: fastconv faster; book/best: speed-up "
+                 "over book_numpy; x/gemm: share of the layer's sgemm ceiling)")
     for name, value in summary["geomeans"].items():
         lines.append(f"  {name:<32} {_fmt(value, '{:.2f}')}")
     lines.append(f"  {'sgemm peak GFLOP/s':<32} {_fmt(summary['peak_gflops'], '{:.1f}')}")
@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python bench/plot.py",
         description="Reads the bench suite's pytest-benchmark JSON (pytest bench "
                     "--benchmark-json=RESULTS.json), prints the per-layer ratio table (best "
-                    "fastconv path vs torch and seeds_numpy, im2col and best vs the sgemm "
+                    "fastconv path vs torch and book_numpy, im2col and best vs the sgemm "
                     "ceiling) and writes PNG charts into --out.")
     p.add_argument("results", nargs="+",
                    help="pytest-benchmark JSON written by the bench suite (several: merged "

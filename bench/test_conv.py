@@ -2,13 +2,13 @@
 
 See bench/conftest.py for how to run them and what is timed.
 """
+import book_numpy
 import numpy as np
-
-import fastconv.functional as F
-import seeds_numpy
 from harness import assert_close, blas_threads, numba_threads, run_benchmark, torch_or_skip
 
-# im2col GEMM of the seed layout: W_rows (K, C*FH*FW) @ col.T (C*FH*FW, N*OH*OW).
+import fastconv.functional as F
+
+# im2col GEMM of the book's layout: W_rows (K, C*FH*FW) @ col.T (C*FH*FW, N*OH*OW).
 # Backward is its two products: dW = dout_rows @ col and dcol = W_rows.T @ dout_rows.
 
 
@@ -24,13 +24,13 @@ def _fastconv(case, x, w, b, dout):
     return (lambda: F.conv_backward(dout, saved)), numba_threads()
 
 
-def _seeds(case, x, w, b, dout):
+def _book(case, x, w, b, dout):
     pair = (case.stride, case.stride), (case.pad, case.pad)
     out_hw = case.out_hw
     if case.direction == "forward":
-        return (lambda: (seeds_numpy.conv_forward(x, w, b, *pair, out_hw)[0],)), blas_threads()
-    _, cache = seeds_numpy.conv_forward(x, w, b, *pair, out_hw)
-    return (lambda: seeds_numpy.conv_backward(dout, cache)), blas_threads()
+        return (lambda: (book_numpy.conv_forward(x, w, b, *pair, out_hw)[0],)), blas_threads()
+    _, cache = book_numpy.conv_forward(x, w, b, *pair, out_hw)
+    return (lambda: book_numpy.conv_backward(dout, cache)), blas_threads()
 
 
 def _gemm(case, x, w, b, dout):
@@ -74,7 +74,7 @@ def _torch(case, x, w, b, dout):
     return backward, torch.get_num_threads()
 
 
-RUNNERS = {"seeds_numpy": _seeds, "gemm": _gemm, "torch": _torch}
+RUNNERS = {"book_numpy": _book, "gemm": _gemm, "torch": _torch}
 
 
 def _reference(case, x, w, b, dout):

@@ -2,9 +2,10 @@
 
 See bench/conftest.py for how to run them and what is timed.
 """
-import fastconv.functional as F
-import seeds_numpy
+import book_numpy
 from harness import assert_close, blas_threads, numba_threads, run_benchmark, torch_or_skip
+
+import fastconv.functional as F
 
 
 def _geometry(case):
@@ -24,13 +25,13 @@ def _fastconv(case, x, dout):
     return (lambda: (F.pool_backward(dout, saved),)), numba_threads()
 
 
-def _seeds(case, x, dout):
+def _book(case, x, dout):
     pool_hw, stride, pad = _geometry(case)
     args = (x, pool_hw, stride, pad, case.out_hw, case.mode)
     if case.direction == "forward":
-        return (lambda: (seeds_numpy.pool_forward(*args)[0],)), blas_threads()
-    _, cache = seeds_numpy.pool_forward(*args)
-    return (lambda: (seeds_numpy.pool_backward(dout, cache),)), blas_threads()
+        return (lambda: (book_numpy.pool_forward(*args)[0],)), blas_threads()
+    _, cache = book_numpy.pool_forward(*args)
+    return (lambda: (book_numpy.pool_backward(dout, cache),)), blas_threads()
 
 
 def _torch(case, x, dout):
@@ -52,7 +53,7 @@ def _torch(case, x, dout):
     return backward, torch.get_num_threads()
 
 
-RUNNERS = {"seeds_numpy": _seeds, "torch": _torch}
+RUNNERS = {"book_numpy": _book, "torch": _torch}
 
 
 def _reference(case, x, dout):

@@ -22,11 +22,12 @@ from .optim import SGD, AdaGrad, Adam, Momentum  # noqa: E402
 from .spec import ConvSpec, PoolSpec, conv_spec, pool_spec  # noqa: E402
 from .trainer import Trainer  # noqa: E402
 from .tuner import autotune, clear_cache  # noqa: E402
+from .warmup import CompileNotice, autotune_network, warmup  # noqa: E402
 
 __all__ = [
     "Affine", "Convolution", "Dropout", "Layer", "Pooling", "Relu", "Sigmoid",
     "SoftmaxWithLoss", "available_backends", "col2im", "conv2d", "conv_output_size",
     "im2col", "pool2d", "ConvSpec", "PoolSpec", "conv_spec", "pool_spec",
-    "autotune", "clear_cache", "explain",
+    "autotune", "clear_cache", "explain", "warmup", "autotune_network", "CompileNotice",
     "datasets", "LeNet", "SimpleConvNet", "SGD", "Momentum", "AdaGrad", "Adam", "Trainer",
 ]

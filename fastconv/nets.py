@@ -51,7 +51,7 @@ def _check_dtype(dtype):
 
 
 class Network:
-    """Ordered layers ending in SoftmaxWithLoss, with the seeds' methods."""
+    """Ordered layers ending in SoftmaxWithLoss, with the book's methods."""
 
     def __init__(self, dtype=np.float32, seed=None):
         self.dtype = _check_dtype(dtype)
@@ -74,7 +74,7 @@ class Network:
                 self._owners[key] = (layer, attr)
         return layer
 
-    # -- the seeds' interface
+    # -- the book's interface
     def predict(self, x, train_flg=False):
         """x: (N, C, H, W) -> scores (N, K), before the softmax."""
         for layer in self.layers.values():
@@ -196,7 +196,7 @@ INIT_GAINS = {"he": 2.0, "relu": 2.0, "xavier": 1.0, "sigmoid": 1.0}
 
 def init_std(spec, fan_in):
     """Standard deviation of initial weights: a number as given, or "he"/"relu"
-    (sqrt(2/fan_in)) or "xavier"/"sigmoid" (sqrt(1/fan_in)), the seeds' names."""
+    (sqrt(2/fan_in)) or "xavier"/"sigmoid" (sqrt(1/fan_in)), the book's names."""
     if isinstance(spec, str):
         if spec.lower() not in INIT_GAINS:
             raise ValueError(f"weight_init_std must be a number or one of "
@@ -221,7 +221,7 @@ class SimpleConvNet(Network):
     input_dim: (C, H, W). Parameters: W1 (FN, C, FS, FS), b1 (FN,),
     W2 (FN*PH*PW, hidden_size), b2, W3 (hidden_size, output_size), b3, all
     drawn with standard deviation ``weight_init_std`` (biases zero): 0.01 as in
-    the seeds, or "he" for sqrt(2/fan_in) per layer, which learns faster.
+    the book, or "he" for sqrt(2/fan_in) per layer, which learns faster.
     ``backend`` goes to the conv and pool layers; ``seed`` fixes the weights.
     """
 

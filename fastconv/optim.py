@@ -1,4 +1,4 @@
-"""Optimizers with the seeds' interface: ``update(params, grads)``.
+"""Optimizers with the interface of "Deep Learning from Scratch": ``update(params, grads)``.
 
 ``params`` and ``grads`` are dicts of arrays with the same keys. Every update
 writes into the parameter arrays in place, so a network whose layers hold those
@@ -109,7 +109,7 @@ class AdaGrad(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba, 2015) in the seeds' form: the bias corrections are folded
+    """Adam (Kingma & Ba, 2015) in the book's form: the bias corrections are folded
     into the step size, lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t), and
     p <- p - lr_t * m / (sqrt(v) + 1e-7)."""
 

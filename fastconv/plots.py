@@ -1,4 +1,5 @@
-"""Pictures of a network as PNG files: first-layer filters, feature maps, training curves.
+"""Pictures of a network as PNG files: first-layer filters, feature maps, training curves
+(per-batch loss with its moving average, per-epoch loss and accuracy).
 
 Needs matplotlib, imported only when a picture is drawn (``import fastconv``
 does not load it). Figures are drawn on matplotlib's Agg canvas directly,
@@ -99,27 +100,69 @@ def plot_feature_maps(network, x, path, layer="Conv1", title=None, ncols=None):
                       inches_per_pixel=0.05)
 
 
-def plot_history(history, path, title=None):
-    """Draw per-epoch loss and accuracy curves (train and test) from Trainer.history."""
+def moving_average(values, window):
+    """Trailing mean of the last ``window`` values at each point: (n,) -> (n,).
+
+    The first window-1 points average what there is so far, so the curve starts
+    at the first value instead of being cut.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1:
+        raise ValueError(f"values must be 1-D, got shape {values.shape}")
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    csum = np.concatenate(([0.0], np.cumsum(values)))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(0, idx - window)
+    return (csum[idx] - csum[lo]) / (idx - lo)
+
+
+def plot_history(history, path, title=None, batch_losses=None, window=None):
+    """Draw training curves from Trainer.history (or a Trainer) as a PNG -> its path.
+
+    Left: the loss. With ``batch_losses`` (every mini-batch loss, as
+    ``Trainer.batch_losses``; taken from the trainer when one is passed) the
+    per-batch losses are drawn faintly with their moving average over
+    ``window`` batches (default: a tenth of an epoch, at least 1) on an epoch
+    axis, and the per-epoch train/test losses as points at the end of each
+    epoch. Right: train and test accuracy after each epoch.
+    """
+    if hasattr(history, "history") and hasattr(history, "batch_losses"):
+        if batch_losses is None:
+            batch_losses = history.batch_losses
+        history = history.history
     epochs = np.arange(1, len(history["test_acc"]) + 1)
     if len(epochs) == 0:
         raise ValueError("history has no finished epoch to plot")
     fig = _figure(9, 3.5)
     ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    ax_loss.plot(epochs, history["train_loss"], "o-", label="train")
-    ax_loss.plot(epochs, history["test_loss"], "s--", label="test")
+    if batch_losses is not None and len(batch_losses) > 0:
+        losses = np.asarray(batch_losses, dtype=np.float64)
+        # batch losses may run past the last finished epoch (a stopped run)
+        per_epoch = max(1, len(losses) // len(epochs))
+        if window is None:
+            window = max(1, per_epoch // 10)
+        x = np.arange(1, len(losses) + 1) / per_epoch
+        ax_loss.plot(x, losses, lw=0.5, alpha=0.3, color="C0", label="batch")
+        ax_loss.plot(x, moving_average(losses, window), lw=1.5, color="C0",
+                     label=f"batch, mean of {window}")
+        ax_loss.plot(epochs, history["train_loss"], "o", color="C2", label="train (epoch)")
+        ax_loss.plot(epochs, history["test_loss"], "s", color="C1", label="test (epoch)")
+    else:
+        ax_loss.plot(epochs, history["train_loss"], "o-", label="train")
+        ax_loss.plot(epochs, history["test_loss"], "s--", label="test")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_acc.plot(epochs, history["train_acc"], "o-", label="train")
     ax_acc.plot(epochs, history["test_acc"], "s--", label="test")
     ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylabel("accuracy after the epoch")
     from matplotlib.ticker import MaxNLocator
 
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

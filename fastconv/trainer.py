@@ -1,4 +1,4 @@
-"""Trainer: mini-batch training with a progress bar, per-epoch history and checkpoints.
+"""Trainer: mini-batch training with progress bars, per-epoch history and checkpoints.
 
 Each epoch visits every training image once, in an order drawn from
 ``np.random.default_rng(seed)`` (a new permutation per epoch; the last batch
@@ -14,6 +14,15 @@ then saves everything it needs (parameters, optimizer state, the epoch's order
 and position, the random generator, history) and ``Trainer.load_checkpoint``
 on a fresh trainer continues exactly where it stopped: the finished run equals
 an uninterrupted one bit for bit.
+
+Progress (with ``verbose`` and ``progress``): one tqdm bar per epoch, so its
+ETA is that epoch's; its images/s figure counts training steps only. The
+evaluation after each epoch has its own short bar (evaluation batches),
+which disappears when the epoch's summary line is printed. Before the first
+step, the kernels the network needs are compiled (or loaded from Numba's
+cache) and ``backend="auto"`` layers choose their path for the training batch
+size (``fastconv.warmup``), so that neither cost lands in the first epoch's
+bar or timings.
 """
 import contextlib
 import json
@@ -41,9 +50,14 @@ class Trainer:
     mini-batch losses). batch_losses: every mini-batch loss. epoch_seconds and
     images_per_second: per-epoch timings (training steps only, not evaluation).
     verbose prints one line per epoch and the final test accuracy; progress
-    (with verbose) draws a tqdm bar showing the loss and images/s.
+    (with verbose) draws a tqdm bar per epoch showing the loss and images/s
+    (training steps only), and one for each evaluation. prepare: compile the
+    kernels and tune ``backend="auto"`` layers for the batch size before the
+    first step (see ``fastconv.warmup``); ``prepare_seconds`` then holds what
+    that took.
     checkpoint_path: where save_checkpoint writes (after every epoch and when
-    training stops) and load_checkpoint reads. paths_run: for "train" and
+    training stops) and load_checkpoint reads. eval_batch_size: images per
+    evaluation batch (default: mini_batch_size, at least 100). paths_run: for "train" and
     "eval" batches separately, layer name -> Counter {path: forward calls}, so
     the report says which paths really ran (``paths_summary()`` as one line).
     """
@@ -51,7 +65,7 @@ class Trainer:
     def __init__(self, network, x_train, t_train, x_test, t_test, epochs=20,
                  mini_batch_size=100, optimizer="Adam", optimizer_param=None,
                  evaluate_sample_num_per_epoch=None, seed=0, verbose=True,
-                 progress=True, checkpoint_path=None, eval_batch_size=500):
+                 progress=True, checkpoint_path=None, eval_batch_size=None, prepare=True):
         if network.dtype == np.float16:
             raise TypeError("training in float16 is not supported: train in float32 and convert "
                             "the trained network with network.astype(np.float16) for inference")
@@ -73,11 +87,16 @@ class Trainer:
         self.batch_size = int(mini_batch_size)
         self.optimizer = make_optimizer(optimizer, **(optimizer_param or {"lr": 0.001}))
         self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
-        self.eval_batch_size = eval_batch_size
+        # evaluating in training-sized batches reuses the kernels and the "auto" choices
+        # made for training (another size is one more shape to time on first use);
+        # at least 100, the batch Network.evaluate uses by default
+        self.eval_batch_size = int(eval_batch_size or max(mini_batch_size, 100))
         self.seed = seed
         self.verbose = verbose
         self.progress = progress and verbose
         self.checkpoint_path = checkpoint_path
+        self.prepare = prepare
+        self.prepare_seconds = None
         self.iter_per_epoch = -(-len(x_train) // self.batch_size)
 
         self.rng = np.random.default_rng(seed)
@@ -109,10 +128,37 @@ class Trainer:
         if n is not None:
             xtr, ttr, xte, tte = xtr[:n], ttr[:n], xte[:n], tte[:n]
         before = self.network.path_counts()
-        train_loss, train_acc = self.network.evaluate(xtr, ttr, self.eval_batch_size)
-        test_loss, test_acc = self.network.evaluate(xte, tte, self.eval_batch_size)
+        bar = self._bar(self._eval_batches(len(xtr)) + self._eval_batches(len(xte)),
+                        "  evaluating", leave=False)
+        try:
+            train_loss, train_acc = self._evaluate_set(xtr, ttr, bar)
+            test_loss, test_acc = self._evaluate_set(xte, tte, bar)
+        finally:
+            if bar is not None:
+                bar.close()
         self._count_paths("eval", before)
         return train_loss, train_acc, test_loss, test_acc
+
+    def _eval_batches(self, n):
+        return -(-n // self.eval_batch_size)
+
+    def _evaluate_set(self, x, t, bar):
+        """(mean loss, accuracy) of x: network.evaluate one batch at a time, so a bar can follow.
+
+        The same batches, summed in the same order, with or without a bar: the
+        history does not depend on whether progress is shown.
+        """
+        if len(x) == 0:
+            return self.network.evaluate(x, t, self.eval_batch_size)
+        total_loss, correct = 0.0, 0
+        for i in range(0, len(x), self.eval_batch_size):
+            xb, tb = x[i:i + self.eval_batch_size], t[i:i + self.eval_batch_size]
+            loss, acc = self.network.evaluate(xb, tb, self.eval_batch_size)
+            total_loss += loss * len(xb)
+            correct += round(acc * len(xb))
+            if bar is not None:
+                bar.update(1)
+        return total_loss / len(x), correct / len(x)
 
     def _count_paths(self, phase, before):
         """Add the forward calls each layer ran since ``before`` to ``paths_run[phase]``."""
@@ -140,16 +186,13 @@ class Trainer:
         then raises KeyboardInterrupt (a second Ctrl-C interrupts at once).
         """
         self._interrupted = False
-        bar = self._progress_bar()
-        try:
-            with _deferred_interrupt(self):
-                while self.epoch < self.epochs:
-                    self._run_epoch(bar, max_iterations)
-                    if self._should_stop(max_iterations):
-                        break
-        finally:
-            if bar is not None:
-                bar.close()
+        if self.prepare and self.prepare_seconds is None and self.epoch < self.epochs:
+            self._prepare()
+        with _deferred_interrupt(self):
+            while self.epoch < self.epochs:
+                self._run_epoch(max_iterations)
+                if self._should_stop(max_iterations):
+                    break
         self.save_checkpoint()
         if self._interrupted:
             raise KeyboardInterrupt(f"training stopped after {self.iterations_done} steps"
@@ -167,38 +210,65 @@ class Trainer:
     def iterations_done(self):
         return self.epoch * self.iter_per_epoch + self.step_in_epoch
 
-    def _progress_bar(self):
+    def _prepare(self):
+        """Compile (or load) the kernels and tune "auto" layers before the first step.
+
+        What is prepared: the network's conv and pool layers at the training batch
+        size and at the evaluation batch sizes, on tiny random inputs; parameters,
+        layer state and path counts are untouched.
+        """
+        from .warmup import warmup
+
+        start = time.perf_counter()
+        sizes = {self.batch_size, len(self.x_train) % self.batch_size}
+        for n in self._eval_set_sizes():
+            sizes |= {min(n, self.eval_batch_size), n % self.eval_batch_size}
+        warmup(self.network, dtype=self.network.dtype, input_shape=self.x_train.shape[1:],
+               batch_sizes=sorted(s for s in sizes if s > 0))
+        self.prepare_seconds = time.perf_counter() - start
+
+    def _eval_set_sizes(self):
+        n = self.evaluate_sample_num_per_epoch
+        return [len(x) if n is None else min(n, len(x)) for x in (self.x_train, self.x_test)]
+
+    def _bar(self, total, desc, initial=0, leave=True):
         if not self.progress:
             return None
-        from tqdm.auto import tqdm   # only needed when a bar is drawn
+        from tqdm.auto import tqdm  # only needed when a bar is drawn
 
-        return tqdm(total=self.epochs * self.iter_per_epoch, initial=self.iterations_done,
-                    unit="batch", dynamic_ncols=True)
+        return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=leave,
+                    dynamic_ncols=True)
 
-    def _run_epoch(self, bar, max_iterations):
+    def _run_epoch(self, max_iterations):
         if self._order is None:
             self._order = self.rng.permutation(len(self.x_train))
             self.step_in_epoch, self._epoch_loss_sum = 0, 0.0
-        if bar is not None:
-            bar.set_description(f"epoch {self.epoch + 1}/{self.epochs}")
+        # one bar per epoch: its ETA and rate are this epoch's
+        bar = self._bar(self.iter_per_epoch, f"epoch {self.epoch + 1}/{self.epochs}",
+                        initial=self.step_in_epoch)
         seconds, images = 0.0, 0
-        while self.step_in_epoch < self.iter_per_epoch:
-            if self._should_stop(max_iterations):
-                self._add_time(seconds, images, partial=True)
-                return
-            i = self.step_in_epoch * self.batch_size
-            idx = self._order[i:i + self.batch_size]
-            start = time.perf_counter()
-            loss = self.train_step(self.x_train[idx], self.t_train[idx])
-            seconds += time.perf_counter() - start
-            images += len(idx)
-            self.batch_losses.append(loss)
-            self._epoch_loss_sum += loss
-            self.step_in_epoch += 1
+        try:
+            while self.step_in_epoch < self.iter_per_epoch:
+                if self._should_stop(max_iterations):
+                    self._add_time(seconds, images, partial=True)
+                    return
+                i = self.step_in_epoch * self.batch_size
+                idx = self._order[i:i + self.batch_size]
+                start = time.perf_counter()
+                loss = self.train_step(self.x_train[idx], self.t_train[idx])
+                seconds += time.perf_counter() - start
+                images += len(idx)
+                self.batch_losses.append(loss)
+                self._epoch_loss_sum += loss
+                self.step_in_epoch += 1
+                if bar is not None:
+                    # images/s of the training steps alone (not the bar, not evaluation)
+                    bar.set_postfix(loss=f"{loss:.4f}",
+                                    img_s=f"{images / max(seconds, 1e-9):.0f}", refresh=False)
+                    bar.update(1)
+        finally:
             if bar is not None:
-                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images / max(seconds, 1e-9):.0f}",
-                                refresh=False)
-                bar.update(1)
+                bar.close()
         self._add_time(seconds, images, partial=False)
         train_loss, train_acc, test_loss, test_acc = self.evaluate()
         for key, value in zip(HISTORY_KEYS, (train_loss, train_acc, test_loss, test_acc,
@@ -208,9 +278,7 @@ class Trainer:
         self.step_in_epoch, self._order, self._epoch_loss_sum = 0, None, 0.0
         line = (f"epoch {self.epoch}: train acc {train_acc:.4f}, test acc {test_acc:.4f}, "
                 f"test loss {test_loss:.4f}, {self.images_per_second[-1]:.0f} images/s")
-        if bar is not None:
-            bar.write(line)
-        elif self.verbose:
+        if self.verbose:
             print(line, flush=True)
         if self.checkpoint_path is not None:
             self.save_checkpoint()

@@ -5,8 +5,10 @@ import importlib.metadata
 import os
 import sys
 import threading
+import warnings
 
 import numba
+import numba.core.event
 
 # cache=True: compiled machine code is written next to the module, so a fresh
 #   process pays the compile once per machine, not once per run.
@@ -20,6 +22,66 @@ JIT_OPTIONS = dict(
     fastmath={"reassoc", "contract", "nsz"},
     error_model="numpy",
 )
+
+
+# -------------------------------------------------------- first-use notice
+#
+# A path's kernels are compiled the first time they run on a machine (later
+# processes load them from Numba's cache), which takes seconds. Numba's
+# "numba:compile" event fires only after a cache miss, right before a compile:
+# at the first one for a path and dtype, one line says so. Silence it with
+# ``warnings.filterwarnings("ignore", category=fastconv.CompileNotice)``.
+
+class CompileNotice(UserWarning):
+    """fastconv is compiling a path's kernels (once per machine, dtype and version)."""
+
+
+# Rough compile times on this project's 2-core machine, for the notice.
+COMPILE_SECONDS = {"im2col": 4, "direct": 12, "cpu_pooling": 4, "winograd": 4, "cuda": 10}
+_noticed = set()
+
+
+class _FirstCompileListener(numba.core.event.Listener):
+    def on_start(self, event):
+        func = getattr(event.data.get("dispatcher"), "py_func", None)
+        module = getattr(func, "__module__", "") or ""
+        if not module.startswith("fastconv.kernels."):
+            return
+        # the phase planes are the direct path's layout (CPU pooling uses them too)
+        path = {"_planes": "direct"}.get(module.rsplit(".", 1)[1], module.rsplit(".", 1)[1])
+        dtype = next((str(a.dtype) for a in event.data.get("args", ())
+                      if isinstance(a, numba.types.Array)), "")
+        # a helper of scalars only (compiled inside a kernel's compile) says nothing
+        if not dtype or (path, dtype) in _noticed:
+            return
+        _noticed.add((path, dtype))
+        what = ("the CPU pooling kernels (the im2col and direct paths pool with them)"
+                if path == "cpu_pooling" else f"the {path} path's kernels")
+        warn_at_caller(f"fastconv: compiling {what} for {dtype} (first use "
+                       f"on this machine, ~{COMPILE_SECONDS.get(path, 5)} s; later runs load them "
+                       f"from Numba's cache)")
+
+    def on_end(self, event):
+        pass
+
+
+numba.core.event.register("numba:compile", _FirstCompileListener())
+
+_INTERNAL = ("fastconv", "numba", "contextlib", "llvmlite")
+
+
+def warn_at_caller(message, category=CompileNotice):
+    """warnings.warn, attributed to the first frame outside fastconv and Numba (the
+    user's line that triggered the work), so the notice names a line the user wrote."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in _INTERNAL:
+        frame = frame.f_back
+    if frame is None:
+        warnings.warn(message, category, stacklevel=2)
+        return
+    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__"),
+                           registry=frame.f_globals.setdefault("__warningregistry__", {}))
 
 
 def jit(fn=None, *, parallel=False):

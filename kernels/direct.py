@@ -22,8 +22,8 @@ accumulator carries twelve).
   plane with the shifted x plane (eight per pass: four filters, two taps); each
   task owns a block of four filters of one channel and adds images in order.
 - db: summed while dout is copied into its bordered planes.
-- pooling: the same planes (padded with -inf for max), every (n, c) plane one
-  task; max backward scatters into its own plane only, so windows may overlap.
+- pooling: ``cpu_pooling.py``, on the same planes (``_planes.py``); the
+  im2col path pools with it too.
 
 Every parallel task writes only its own output elements and sums in a fixed
 order, so results are bit-identical from run to run for any thread count. The
@@ -41,13 +41,16 @@ and nan and +-inf land in the same cells. Cells that no window reads
 (dropped by floor rounding) never touch a result.
 """
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
 from numba import prange
 
 from ._jit import jit, one_launch_at_a_time
+from ._planes import _phases, _to_planes
 from ._workspace import Workspace
+from .cpu_pooling import PoolCache, pool_backward, pool_forward  # noqa: F401  (this path's pooling)
 
 # Output channels per block: four accumulator rows stay in L1 next to the input.
 KB = 4
@@ -70,11 +73,6 @@ class ConvCache(NamedTuple):
     Wq: int
 
 
-class PoolCache(NamedTuple):
-    argmax: np.ndarray | None
-    spec: object
-
-
 def supports(spec):
     """Every spec fastconv can describe."""
     return True
@@ -94,54 +92,6 @@ def release_workspace():
 
 def _rows_per_block(pitch, itemsize):
     return max(1, ACC_BYTES // (KB * itemsize * pitch))
-
-
-# ---------------------------------------------------------------- phase planes
-
-@jit
-def _phases(stride, window):
-    """Stride phases along one axis that a window of this size reads: min(stride, window).
-
-    Tap f reads phase f % stride; with a stride larger than the window the
-    phases window..stride-1 are never read, so they get no plane at all and
-    the planes' memory does not grow with the stride.
-    """
-    return min(stride, window)
-
-
-@jit(parallel=True)
-def _to_planes(x, sh, sw, ph, pw, Hq, Wq, r_end, s_end, fill, FH, FW):
-    """x: (N, C, H, W) -> (N, C*Ph*Pw, Hq*Wq): padded x split into the stride phases an
-    FH x FW window reads (Ph = min(sh, FH), Pw = min(sw, FW); see ``_phases``).
-
-    Plane c*Ph*Pw + a*Pw + b, row u, column v holds padded pixel
-    (u*sh + a, v*sw + b). Cells outside x, and cells at padded row >= r_end or
-    column >= s_end (which no window reads: floor rounding dropped them), hold
-    ``fill``, so what the wide grid's spare columns read is always harmless.
-    """
-    N, C, H, W = x.shape
-    Ph = _phases(sh, FH)
-    Pw = _phases(sw, FW)
-    P = Ph * Pw
-    h_end = min(H, r_end - ph)
-    w_end = min(W, s_end - pw)
-    xq = np.empty((N, C * P, Hq * Wq), dtype=x.dtype)
-    for task in prange(N * C):
-        n = task // C
-        c = task % C
-        for a in range(Ph):
-            for bq in range(Pw):
-                plane = xq[n, c * P + a * Pw + bq]
-                for u in range(Hq):
-                    h = u * sh + a - ph
-                    row = plane[u * Wq:(u + 1) * Wq]
-                    if h < 0 or h >= h_end:
-                        row[:] = fill
-                        continue
-                    for v in range(Wq):
-                        w = v * sw + bq - pw
-                        row[v] = x[n, c, h, w] if 0 <= w < w_end else fill
-    return xq
 
 
 # ------------------------------------------------------- the shared inner loop
@@ -219,16 +169,17 @@ def _accumulate(acc, nb, src, ops, o_start, o_end, wt, base):
                         ar[m] += u * s0[m]
 
 
-@jit
 def _weight_blocks(Wm):
-    """Wm: (rows, taps) -> (ceil(rows/KB), taps, KB), rows past the end zero."""
+    """Wm: (rows, taps) -> (ceil(rows/KB), taps, KB), rows past the end zero.
+
+    Plain NumPy, not compiled: one copy and one transpose, and one kernel fewer
+    to compile on first use.
+    """
     R, T = Wm.shape
     nb = (R + KB - 1) // KB
-    wt = np.zeros((nb, T, KB), dtype=Wm.dtype)
-    for r in range(R):
-        for t in range(T):
-            wt[r // KB, t, r % KB] = Wm[r, t]
-    return wt
+    padded = np.zeros((nb * KB, T), dtype=Wm.dtype)
+    padded[:R] = Wm
+    return np.ascontiguousarray(padded.reshape(nb, KB, T).transpose(0, 2, 1))
 
 
 # ------------------------------------------------------------- forward conv
@@ -238,7 +189,10 @@ def _weight_blocks(Wm):
 GROUP = 3
 
 
-@jit
+# The tap tables are small (one row per group of taps) and depend on the
+# geometry alone: built in Python once per geometry and kept, rather than
+# compiled (each compiled helper costs about a second on first use).
+@lru_cache(maxsize=64)
 def _forward_ops(C, FH, FW, sh, sw, Wq):
     """Tap table of the forward pass, ordered by channel; see _accumulate.
 
@@ -282,7 +236,8 @@ def _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, RB):
         k0 = kb * KB
         nb = min(KB, FN - k0)
         acc = np.zeros((KB, (i1 - i0) * Wq), dtype=xq.dtype)
-        _accumulate(acc, nb, xq[n], ops, 0, ops.shape[0], wt[kb], i0 * Wq)
+        # np.int64(0), not 0: a literal 0 would compile a second _accumulate
+        _accumulate(acc, nb, xq[n], ops, np.int64(0), ops.shape[0], wt[kb], i0 * Wq)
         for r in range(nb):
             bias = b[k0 + r]
             for i in range(i0, i1):
@@ -331,7 +286,12 @@ def _dout_image(dout_n, Ty, Tx, Wq, dp_n, sums):
             else:
                 src = dout_n[k, i]
                 row[:Tx - 1] = 0
-                row[Tx - 1:Tx - 1 + OW] = src
+                # an element loop, not a slice copy: an array-to-array slice
+                # assignment makes Numba compile its shape-mismatch message
+                # (string formatting), seconds on first use
+                dst = row[Tx - 1:Tx - 1 + OW]
+                for j in range(OW):
+                    dst[j] = src[j]
                 row[Tx - 1 + OW:] = 0
                 for j in range(OW):
                     total += src[j]
@@ -348,7 +308,7 @@ def _dout_planes(dout, Ty, Tx, Wq, dp):
     return dp, sums
 
 
-@jit
+@lru_cache(maxsize=64)
 def _backward_ops(K, FH, FW, sh, sw, Wq, Ty, Tx):
     """Tap tables of dx, one per phase (a, b) of dx: rows ops[starts[p]:starts[p+1]].
 
@@ -610,9 +570,8 @@ def _conv_dw(xq, dp, ops, C, FN, FH, FW, OH, Wq, base, OW):
     return dW
 
 
-@jit
 def _conv_db(sums):
-    """sums: (N, K) per-map sums of dout -> db: (K,), added image by image."""
+    """sums: (N, K) per-map sums of dout -> db: (K,), added image by image (NumPy, not compiled)."""
     db = sums[0].copy()
     for n in range(1, sums.shape[0]):
         db += sums[n]
@@ -640,156 +599,3 @@ def conv_backward(dout, cache):
     dx = _conv_dx(dp, wt, ops, starts, C, H, Wd, sh, sw, ph, pw, Wq, RB, nrb, FH, FW, OH, OW)
     dW = _conv_dw(xq, dp, fops, C, FN, FH, FW, OH, Wq, (Ty - 1) * Wq + Tx - 1, OW)
     return dx, dW, _conv_db(sums)
-
-
-# --------------------------------------------------------------------- pooling
-
-@jit(parallel=True)
-def _max_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
-    """xq: -inf padded planes -> out, argmax: (N, C, OH, OW); argmax = py*PW + px."""
-    N = xq.shape[0]
-    Pw = _phases(sw, PW)
-    P = _phases(sh, PH) * Pw
-    M = OH * Wq
-    out = np.empty((N, C, OH, OW), dtype=xq.dtype)
-    arg = np.empty((N, C, OH, OW), dtype=np.int32)
-    for task in prange(N * C):
-        n = task // C
-        c = task % C
-        best = np.empty(M, dtype=xq.dtype)
-        where = np.zeros(M, dtype=np.int32)
-        best[:] = xq[n, c * P, :M]
-        for py in range(PH):
-            for px in range(PW):
-                if py == 0 and px == 0:
-                    continue
-                k = np.int32(py * PW + px)
-                off = (py // sh) * Wq + px // sw
-                src = xq[n, c * P + (py % sh) * Pw + px % sw, off:off + M]
-                for m in range(M):
-                    v = src[m]
-                    # strictly greater keeps the first maximum; nan wins as in np.argmax
-                    if v > best[m] or (v != v and best[m] == best[m]):
-                        best[m] = v
-                        where[m] = k
-        for i in range(OH):
-            for j in range(OW):
-                out[n, c, i, j] = best[i * Wq + j]
-                arg[n, c, i, j] = where[i * Wq + j]
-    return out, arg
-
-
-@jit(parallel=True)
-def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
-    """xq: zero padded planes -> out: (N, C, OH, OW), window sums over PH*PW."""
-    N = xq.shape[0]
-    Pw = _phases(sw, PW)
-    P = _phases(sh, PH) * Pw
-    M = OH * Wq
-    area = xq.dtype.type(PH * PW)  # a float of x's dtype: float32 stays float32
-    out = np.empty((N, C, OH, OW), dtype=xq.dtype)
-    for task in prange(N * C):
-        n = task // C
-        c = task % C
-        acc = np.zeros(M, dtype=xq.dtype)
-        for py in range(PH):
-            for px in range(PW):
-                off = (py // sh) * Wq + px // sw
-                src = xq[n, c * P + (py % sh) * Pw + px % sw, off:off + M]
-                for m in range(M):
-                    acc[m] += src[m]
-        for i in range(OH):
-            for j in range(OW):
-                out[n, c, i, j] = acc[i * Wq + j] / area
-    return out
-
-
-@one_launch_at_a_time
-def pool_forward(x, spec):
-    """x: (N, C, H, W) -> out: (N, C, OH, OW), cache; every channel pooled on its own."""
-    N, C, H, Wd = x.shape
-    (PH, PW), (sh, sw), (ph, pw), (OH, OW) = spec.pool_hw, spec.stride, spec.pad, spec.out_hw
-    mode = spec.mode
-    Wq = -(-(Wd + 2 * pw) // sw)
-    Hq = OH + (PH - 1) // sh + 1
-    fill = x.dtype.type(-np.inf if mode == "max" else 0)
-    xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, (OH - 1) * sh + PH, (OW - 1) * sw + PW, fill,
-                    PH, PW)
-    if mode == "max":
-        out, arg = _max_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq)
-    else:
-        out, arg = _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq), None
-    return out, PoolCache(arg, spec)
-
-
-@jit(parallel=True)
-def _max_pool_backward(dout, arg, H, W, PW, sh, sw, ph, pw):
-    """Each output's gradient goes to its window's first maximum; one (n, c) plane per task."""
-    N, C, OH, OW = dout.shape
-    dx = np.empty((N, C, H, W), dtype=dout.dtype)
-    for task in prange(N * C):
-        n = task // C
-        c = task % C
-        dx[n, c] = 0
-        for i in range(OH):
-            for j in range(OW):
-                k = arg[n, c, i, j]
-                h = i * sh + k // PW - ph
-                w = j * sw + k % PW - pw
-                # a padded cell can only win when its whole window is -inf: drop it
-                if 0 <= h < H and 0 <= w < W:
-                    dx[n, c, h, w] += dout[n, c, i, j]
-    return dx
-
-
-@jit(parallel=True)
-def _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw):
-    """Each output's gradient / (PH*PW) to every cell of its window; one plane per task."""
-    N, C, OH, OW = dout.shape
-    Ph = _phases(sh, PH)
-    Pw = _phases(sw, PW)
-    Wq = -(-(W + 2 * pw) // sw)
-    Hq = OH + (PH - 1) // sh + 1
-    area = dout.dtype.type(PH * PW)
-    dx = np.empty((N, C, H, W), dtype=dout.dtype)
-    for task in prange(N * C):
-        n = task // C
-        c = task % C
-        share = dout[n, c] / area
-        # cells no window covers (below the last window, or in a stride phase
-        # no tap reads) get no gradient
-        dx[n, c] = 0
-        # phase planes of the padded dx: each window tap is a contiguous row shift
-        buf = np.zeros((Ph * Pw, Hq * Wq), dtype=dout.dtype)
-        for py in range(PH):
-            for px in range(PW):
-                plane = buf[(py % sh) * Pw + px % sw]
-                for i in range(OH):
-                    start = (i + py // sh) * Wq + px // sw
-                    row = plane[start:start + OW]
-                    g = share[i]
-                    for j in range(OW):
-                        row[j] += g[j]
-        for a in range(Ph):
-            for b in range(Pw):
-                plane = buf[a * Pw + b]
-                for u in range(Hq):
-                    h = u * sh + a - ph
-                    if h < 0 or h >= H:
-                        continue
-                    for v in range(Wq):
-                        w = v * sw + b - pw
-                        if 0 <= w < W:
-                            dx[n, c, h, w] = plane[u * Wq + v]
-    return dx
-
-
-@one_launch_at_a_time
-def pool_backward(dout, cache):
-    """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
-    arg, spec = cache
-    (PH, PW), (sh, sw), (ph, pw) = spec.pool_hw, spec.stride, spec.pad
-    H, W = spec.x_shape[2], spec.x_shape[3]
-    if spec.mode == "max":
-        return _max_pool_backward(dout, arg, H, W, PW, sh, sw, ph, pw)
-    return _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw)

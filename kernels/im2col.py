@@ -42,9 +42,8 @@ public functions hold its ``launch_lock``, so several Python threads may call
 them at once.
 
 Pooling: a pooling window has no reduction over channels, so there is no
-matrix product to gain by unrolling; the im2col path pools with the direct
-path's compiled loops (``fastconv.kernels.direct.pool_forward`` and
-``pool_backward``), one implementation for both.
+matrix product to gain by unrolling; both CPU paths pool with
+``fastconv.kernels.cpu_pooling``, one implementation for both.
 """
 from typing import NamedTuple
 
@@ -55,7 +54,7 @@ from . import _workspace as _store
 from ._jit import jit, one_launch_at_a_time
 from ._workspace import (DEFAULT_WORKSPACE_BUDGET, Workspace,  # noqa: F401  (re-exported)
                          _budget_from_env, get_workspace_budget, set_workspace_budget)
-from .direct import PoolCache, pool_backward, pool_forward  # noqa: F401  (this path's pooling)
+from .cpu_pooling import PoolCache, pool_backward, pool_forward  # noqa: F401  (this path's pooling)
 
 SCOPE = "every convolution and pooling"
 
@@ -159,8 +158,14 @@ def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, col, s_img, s_row
                 dst[q + j] = 0
             src = y * W + off
             if sw == 1:
-                # a slice copy: the element loop does not vectorize here
-                dst[q + j_lo:q + j_hi] = plane[src + j_lo:src + j_hi]
+                # an element loop over two views with the same index (it
+                # vectorizes, as in _col2im), not a slice copy: an
+                # array-to-array slice assignment makes Numba compile its
+                # shape-mismatch message (string formatting), seconds on first use
+                src_c = plane[src + j_lo:src + j_hi]
+                dst_c = dst[q + j_lo:q + j_hi]
+                for j in range(j_hi - j_lo):
+                    dst_c[j] = src_c[j]
             elif j_hi > j_lo:
                 first = src + j_lo * sw
                 src_s = plane[first:first + (j_hi - j_lo - 1) * sw + 1:sw]
@@ -232,7 +237,10 @@ def _images_to_side_by_side(a, n0, n_imgs, out):
         f = t // n_imgs
         ii = t - f * n_imgs
         base = (f * n_imgs + ii) * P
-        out[base:base + P] = a[n0 + ii, f]
+        src = a[n0 + ii, f]
+        dst = out[base:base + P]
+        for p in range(P):          # not a slice copy: see _unroll
+            dst[p] = src[p]
 
 
 @jit(parallel=True)
@@ -243,7 +251,10 @@ def _side_by_side_to_images(buf, n0, n_imgs, out):
         f = t // n_imgs
         ii = t - f * n_imgs
         base = (f * n_imgs + ii) * P
-        out[n0 + ii, f] = buf[base:base + P]
+        src = buf[base:base + P]
+        dst = out[n0 + ii, f]
+        for p in range(P):          # not a slice copy: see _unroll
+            dst[p] = src[p]
 
 
 @jit(parallel=True)
@@ -294,7 +305,7 @@ def plan(spec):
     into bands of output positions).
     """
     if spec.op != "conv":
-        return {"method": "pooling with the direct path's loops (no matrix product to gain)"}
+        return {"method": "pooling with the CPU pooling loops (no matrix product to gain)"}
     N = spec.x_shape[0]
     OH, OW = spec.out_hw
     rows = spec.field + 1

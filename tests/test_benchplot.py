@@ -38,7 +38,7 @@ def _bench(kind, layer, path, direction, seconds, flops, N=8, ref_N=8, median=No
            library=None):
     """One benchmark entry as pytest-benchmark writes it (only the fields the suite uses)."""
     if library is None:
-        library = "baseline" if path in ("seeds_numpy", "torch", "gemm") else "fastconv"
+        library = "baseline" if path in ("book_numpy", "torch", "gemm") else "fastconv"
     return {
         "group": f"{layer} {direction}", "name": f"test_{kind}[{path}-{layer}-{direction}]",
         "extra_info": dict(kind=kind, layer=layer, path=path, direction=direction,
@@ -62,7 +62,7 @@ def _constructed():
         fl = RES_F * mult
         b += [_bench("conv", "resnet_64", "im2col", direction, 20 * ms * mult, fl),
               _bench("conv", "resnet_64", "direct", direction, 40 * ms * mult, fl),
-              _bench("conv", "resnet_64", "seeds_numpy", direction, 80 * ms * mult, fl),
+              _bench("conv", "resnet_64", "book_numpy", direction, 80 * ms * mult, fl),
               _bench("conv", "resnet_64", "torch", direction, 25 * ms * mult, fl),
               _bench("conv", "resnet_64", "gemm", direction, 16 * ms * mult, fl),
               # naive at batch 1 of 8: an eighth of the work in 500 ms
@@ -71,11 +71,11 @@ def _constructed():
         big = dict(N=100, ref_N=100)
         b += [_bench("conv", "dlfs_conv1", "im2col", direction, 4 * ms * mult, fl, **big),
               _bench("conv", "dlfs_conv1", "direct", direction, 2 * ms * mult, fl, **big),
-              _bench("conv", "dlfs_conv1", "seeds_numpy", direction, 8 * ms * mult, fl, **big),
+              _bench("conv", "dlfs_conv1", "book_numpy", direction, 8 * ms * mult, fl, **big),
               _bench("conv", "dlfs_conv1", "torch", direction, 4 * ms * mult, fl, **big),
               _bench("conv", "dlfs_conv1", "gemm", direction, 1 * ms * mult, fl, **big)]
         b += [_bench("pool", "dlfs_pool", "direct", direction, 1 * ms, POOL_F, **big),
-              _bench("pool", "dlfs_pool", "seeds_numpy", direction, 5 * ms, POOL_F, **big),
+              _bench("pool", "dlfs_pool", "book_numpy", direction, 5 * ms, POOL_F, **big),
               _bench("pool", "dlfs_pool", "torch", direction, 2 * ms, POOL_F, **big)]
     peak = _bench("gemm_peak", "sgemm 2048^3", "gemm", "forward", 0.1, 20_000_000_000, N=2048,
                   ref_N=2048)
@@ -160,12 +160,12 @@ def test_summary_ratios(results_json):
     assert row["best_path"] == "im2col"
     assert row["best_s"] == pytest.approx(0.020)
     assert row["best_vs_torch"] == pytest.approx(20 / 25)
-    assert row["seeds_vs_best"] == pytest.approx(80 / 20)
+    assert row["book_vs_best"] == pytest.approx(80 / 20)
     assert row["gemm_gflops"] == pytest.approx(125.0)       # 2e9 FLOP in 16 ms
     assert row["im2col_vs_gemm"] == pytest.approx(16 / 20)
     # naive ran an eighth of the batch: compared by throughput, never chosen as best
     assert row["gflops"]["naive"] == pytest.approx(0.25e9 / 0.5 / 1e9)
-    assert list(row["gflops"]) == ["naive", "im2col", "direct", "seeds_numpy", "torch", "gemm"]
+    assert list(row["gflops"]) == ["naive", "im2col", "direct", "book_numpy", "torch", "gemm"]
     back = _row(s, "resnet_64", "backward")
     assert back["gflops"]["im2col"] == pytest.approx(100.0)  # 4e9 FLOP in 40 ms
     assert back["best_vs_torch"] == pytest.approx(0.8)
@@ -187,8 +187,8 @@ def test_summary_geomeans_and_targets(results_json):
     g = s["geomeans"]
     assert g["conv forward best/torch"] == pytest.approx(math.sqrt(0.8 * 0.5))
     assert g["conv backward best/torch"] == pytest.approx(math.sqrt(0.8 * 0.5))
-    assert g["conv seeds/best"] == pytest.approx((4 * 4 * 4 * 4) ** 0.25)
-    assert g["pool forward seeds/best"] == pytest.approx(5.0)
+    assert g["conv book/best"] == pytest.approx((4 * 4 * 4 * 4) ** 0.25)
+    assert g["pool forward book/best"] == pytest.approx(5.0)
     # im2col's share of sgemm: 16/20 on resnet_64, 1/4 on dlfs_conv1; best's: 16/20, 1/2
     assert g["conv forward im2col/gemm"] == pytest.approx(math.sqrt(0.8 * 0.25))
     assert g["conv forward best/gemm"] == pytest.approx(math.sqrt(0.8 * 0.5))
@@ -206,7 +206,7 @@ def test_summary_geomeans_and_targets(results_json):
     assert verdicts["best/torch geomean forward <= 1"] is True
     assert verdicts["best/torch geomean backward <= 0.8"] is True
     assert verdicts["no layer worse than 1.6x torch"] is True
-    assert verdicts["best >= 2x seeds_numpy, geomean"] is True
+    assert verdicts["best >= 2x book_numpy, geomean"] is True
     # every layer counts: dlfs_conv1's im2col reaches only a quarter of its sgemm rate
     graded = {what: (text, met) for what, text, met in benchplot.check_targets(s, ALL_TARGETS)}
     text, met = graded["im2col >= 65% of sgemm, forward"]
@@ -358,13 +358,13 @@ def test_real_smoke_run_json(tmp_path):
     """A slice of the bench suite (pure-NumPy paths, no compilation) writes JSON benchplot reads."""
     out = tmp_path / "smoke.json"
     cmd = [sys.executable, "-m", "pytest", str(REPO / "bench"), "--bench-small", "-q",
-           "-p", "no:cacheprovider", "-k", "dlfs_conv1 and (seeds_numpy or gemm)",
+           "-p", "no:cacheprovider", "-k", "dlfs_conv1 and (book_numpy or gemm)",
            "--benchmark-min-rounds=1", "--benchmark-max-time=0.001",
            f"--benchmark-json={out}"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     raw = json.loads(out.read_text())["benchmarks"]
-    assert {b["extra_info"]["path"] for b in raw} == {"seeds_numpy", "gemm"}
+    assert {b["extra_info"]["path"] for b in raw} == {"book_numpy", "gemm"}
     results = benchplot.load_results(out)
     assert len(results) == len(raw) == 4
     for b, r in zip(raw, results):
@@ -378,4 +378,4 @@ def test_real_smoke_run_json(tmp_path):
     s = benchplot.summarize(results)
     assert s["small"] and "smoke-mode" in benchplot.format_summary(s)
     row = _row(s, "dlfs_conv1", "forward")
-    assert row["seeds_s"] > 0 and row["gemm_gflops"] > 0
+    assert row["book_s"] > 0 and row["gemm_gflops"] > 0

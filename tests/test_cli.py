@@ -72,7 +72,7 @@ def _subparsers(parser):
 def test_every_option_has_help_and_no_rst_markup():
     parser = build_parser()
     commands = _subparsers(parser)
-    assert set(commands) == {"compare", "explain", "autotune", "train"}
+    assert set(commands) == {"compare", "explain", "autotune", "train", "warmup"}
     for p in [parser, *commands.values()]:
         for action in p._actions:
             if action.__class__.__name__ != "_SubParsersAction":
@@ -419,3 +419,15 @@ def test_ctrl_c_in_a_tool_ends_with_one_line(capsys, monkeypatch):
     monkeypatch.setattr(fastconv.compare, "compare", interrupted)
     assert main(["compare", "--repeat", "1"]) == 130
     assert capsys.readouterr().err.strip() == "fastconv compare: interrupted"
+
+
+def test_warmup_compiles_a_suite_and_refuses_bad_arguments(capsys, tmp_path):
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"layers": [{"id": "a", "N": 1, "C": 1, "H": 6, "W": 6, "K": 2,
+                                             "FH": 3, "FW": 3, "stride": 1, "pad": 0}]}))
+    assert main(["warmup", "--layers", str(suite), "--paths", "naive"]) == 0
+    assert "float32" in capsys.readouterr().out
+    line = usage_error(capsys, ["warmup", "--layers", str(tmp_path / "missing.json")])
+    assert "does not exist" in line
+    line = usage_error(capsys, ["warmup", "--batch-size", "0"])
+    assert "--batch-size" in line

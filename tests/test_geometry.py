@@ -1,4 +1,4 @@
-"""conv_output_size: the worked cases of the seed notes, both rounding rules."""
+"""conv_output_size: the worked cases of the reference notes (the book and CS231n), both rounding rules."""
 import pytest
 
 from fastconv import conv_output_size

@@ -1,4 +1,4 @@
-"""fastconv.im2col / col2im: the seed layout, and col2im as the adjoint of im2col."""
+"""fastconv.im2col / col2im: the book's layout, and col2im as the adjoint of im2col."""
 import numpy as np
 import pytest
 from support import assert_close

@@ -109,3 +109,12 @@ def test_a_path_that_does_not_support_a_spec_is_refused_by_name(monkeypatch):
     with pytest.raises(ValueError, match=r"backend 'poolonly' runs pooling only; it cannot run conv"):
         fastconv.conv2d(x, np.zeros((1, 2, 3, 3)), backend="poolonly")
     assert fastconv.pool2d(x, 2, 2, 2, backend="poolonly").shape == (1, 2, 2, 2)
+
+
+def test_cpu_pooling_is_one_module_both_cpu_paths_use():
+    from fastconv.kernels import cpu_pooling
+
+    for name in ("im2col", "direct"):
+        module = backends.get_path(name)
+        assert module.pool_forward is cpu_pooling.pool_forward
+        assert module.pool_backward is cpu_pooling.pool_backward

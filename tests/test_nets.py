@@ -154,7 +154,7 @@ def test_assigning_a_param_writes_into_the_layer_array():
     w = net.layers["Affine2"].W
     net.params["W3"] = np.ones_like(w)
     assert net.layers["Affine2"].W is w and (w == 1).all()
-    net.params["W3"] -= 0.5                      # the seeds' in-place idiom
+    net.params["W3"] -= 0.5                      # the book's in-place idiom
     assert (w == 0.5).all()
     with pytest.raises(ValueError, match="W3"):
         net.params["W3"] = np.ones((2, 2))

@@ -1,4 +1,5 @@
-"""The notebooks run top to bottom in quick mode, and are committed without outputs."""
+"""The notebooks run top to bottom in quick mode without rewriting the committed files, which
+carry the outputs of a whole run on the project's machine."""
 import json
 from pathlib import Path
 
@@ -14,13 +15,23 @@ def test_the_three_notebooks_exist():
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_committed_without_outputs(notebook):
+def test_committed_with_the_outputs_of_a_whole_run(notebook):
     cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
     code = [c for c in cells if c["cell_type"] == "code"]
     assert code, f"{notebook.name} has no code"
-    for c in code:
-        assert c["outputs"] == [] and c["execution_count"] is None, \
-            f"{notebook.name}: clear the outputs before committing (cell {c.get('id')})"
+    counts = [c["execution_count"] for c in code]
+    # every code cell ran, top to bottom, in one kernel
+    assert counts == list(range(1, len(code) + 1)), f"{notebook.name}: execution counts {counts}"
+    errors = [o for c in code for o in c["outputs"] if o.get("output_type") == "error"]
+    assert not errors, f"{notebook.name} was committed with an error output"
+    first = "".join(_text(o) for o in code[0]["outputs"] if o.get("output_type") == "stream")
+    assert "machine:" in first and "BLAS" in first and "Numba threads" in first
+
+
+def _text(output):
+    """The text of a stream output (stored on disk as one string or a list of lines)."""
+    text = output.get("text", "")
+    return "".join(text) if isinstance(text, list) else text
 
 
 def _skip_without_a_dataset():
@@ -53,9 +64,13 @@ def test_runs_in_quick_mode(notebook, monkeypatch, tmp_path):
     # cache.
     monkeypatch.setenv("FASTCONV_QUICK", "1")
     monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path / "cache"))
+    committed = notebook.read_bytes()
     nb = nbformat.read(notebook, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     client.execute()      # raises CellExecutionError, naming the cell, if any cell fails
     produced = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert produced, f"{notebook.name} ran but printed and drew nothing"
+    first = "".join(_text(o) for o in nb.cells[1].outputs if o.get("output_type") == "stream")
+    assert "quick mode" in first
+    assert notebook.read_bytes() == committed, f"running {notebook.name} rewrote the committed file"

@@ -77,7 +77,7 @@ def test_adam_first_step_moves_every_weight_by_lr():
     params, grads = setup()
     before = {k: v.copy() for k, v in params.items()}
     Adam(lr=0.001).update(params, grads[0])
-    # m_hat / sqrt(v_hat) = g / |g| at t=1; the seeds add eps=1e-7 to sqrt(v) before the
+    # m_hat / sqrt(v_hat) = g / |g| at t=1; the book adds eps=1e-7 to sqrt(v) before the
     # bias correction, i.e. about 3e-6 / |g| relative
     for k in params:
         np.testing.assert_allclose(before[k] - params[k], 0.001 * np.sign(grads[0][k]), rtol=1e-3)

@@ -118,7 +118,7 @@ def test_runs_are_bit_identical(path, dtype):
 
 @fast_path
 def test_larger_layer_matches_naive(path):
-    # the seeds' first layer on a small batch: long rows, many filters
+    # the book's first layer on a small batch: long rows, many filters
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
     W = (0.1 * rng.standard_normal((30, 1, 5, 5))).astype(np.float32)

@@ -1,12 +1,12 @@
 """Plots: the filter grid as numbers (min black, max white), PNG files, lazy imports."""
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from fastconv import SimpleConvNet
-from fastconv.plots import plot_feature_maps, plot_filters, plot_history, tile_images
+from fastconv.plots import (moving_average, plot_feature_maps, plot_filters, plot_history,
+                            tile_images)
 from support import PYTHON
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -65,6 +65,31 @@ def test_feature_maps_and_curves(tmp_path):
     read_png(plot_history(history, tmp_path / "curves.png", "run"))
     with pytest.raises(ValueError, match="no finished epoch"):
         plot_history({k: [] for k in history}, tmp_path / "c.png")
+
+
+def test_moving_average_is_a_trailing_mean():
+    np.testing.assert_allclose(moving_average([1.0, 2.0, 3.0, 4.0], 2), [1.0, 1.5, 2.5, 3.5])
+    np.testing.assert_allclose(moving_average([4.0, 0.0, 2.0], 5), [4.0, 2.0, 2.0])
+    np.testing.assert_allclose(moving_average([3.0, 5.0], 1), [3.0, 5.0])
+    with pytest.raises(ValueError, match="window"):
+        moving_average([1.0], 0)
+
+
+def test_curves_with_batch_losses(tmp_path):
+    history = {"train_loss": [1.0, 0.5], "test_loss": [1.1, 0.6], "train_acc": [0.7, 0.9],
+               "test_acc": [0.68, 0.88], "batch_loss": [1.2, 0.7]}
+    losses = list(np.linspace(2.3, 0.4, 40) + 0.1 * np.sin(np.arange(40)))
+    plain = read_png(plot_history(history, tmp_path / "plain.png"))
+    drawn = read_png(plot_history(history, tmp_path / "batches.png", "run", batch_losses=losses))
+    assert drawn.shape == plain.shape and not np.array_equal(drawn, plain)
+
+    class Trained:                         # what plot_history reads from a Trainer
+        pass
+
+    trained = Trained()
+    trained.history, trained.batch_losses = history, losses
+    from_trainer = read_png(plot_history(trained, tmp_path / "trainer.png", "run"))
+    np.testing.assert_array_equal(from_trainer, drawn)
 
 
 def test_import_fastconv_loads_neither_matplotlib_nor_tqdm():

@@ -118,6 +118,29 @@ def test_progress_bar_and_epoch_lines(capsys):
     assert "final test accuracy" in out
 
 
+def test_one_bar_per_epoch_and_an_evaluation_bar(capsys):
+    trainer = make_trainer(epochs=2, verbose=True)
+    trainer.train()
+    _, err = capsys.readouterr()
+    # each epoch's bar counts that epoch's 4 steps (its own ETA), not 8 steps in all
+    assert "epoch 1/2" in err and "epoch 2/2" in err
+    assert "4/4" in err and "/8" not in err
+    assert "evaluating" in err                          # 1 + 1 evaluation batches of 100
+    assert trainer.prepare_seconds is not None
+
+
+def test_history_does_not_depend_on_progress(reference):
+    shown = make_trainer(verbose=True, progress=True)
+    shown.train()
+    assert_same_run(reference, shown)
+
+
+def test_prepare_can_be_left_out():
+    trainer = make_trainer(epochs=1, prepare=False)
+    trainer.train()
+    assert trainer.prepare_seconds is None and len(trainer.history["test_acc"]) == 1
+
+
 def test_checkpoint_must_fit_the_trainer(tmp_path):
     ckpt = tmp_path / "ckpt.npz"
     make_trainer(epochs=1, checkpoint_path=ckpt).train()

@@ -1,4 +1,4 @@
-"""The seed notes' worked examples, exact, on every path and both dtypes."""
+"""The worked examples of the reference notes (the book and CS231n), exact, on every path and both dtypes."""
 import numpy as np
 import pytest
 from support import skip_unless_supported

@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_compare(sub)
     tools.add_explain(sub)
     tools.add_autotune(sub)
+    tools.add_warmup(sub)
     train.add_train(sub)
     return parser
 

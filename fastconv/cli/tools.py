@@ -3,10 +3,11 @@ import argparse
 import importlib
 import importlib.resources
 import json
+import os
 import numbers
 
 from ..geometry import output_hw
-from .options import add_layer_arguments, check_layer, path_name
+from .options import add_layer_arguments, check_layer, path_name, positive_int
 
 LAYER_DEFAULT = ("Default layer: the first conv layer of SimpleConvNet (Deep Learning from "
                  "Scratch, ch. 7), 100 images 1x28x28, 30 filters 5x5.")
@@ -248,4 +249,45 @@ def run_autotune(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         if k["mode"]:
             shape += f" {k['mode']}"
         print(f"  {shape:<62} -> {d.path:<7} ({d.source}) {_format_times(d.times_ms)}")
+    return 0
+
+
+# ------------------------------------------------------------------- warmup
+
+def add_warmup(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("warmup",
+                       help="compile the kernels a network needs (and choose its paths) ahead of time",
+                       description="Compiles, once per machine, the kernels a network (or a layer "
+                                   "suite shaped like the packaged layers.json) runs, so that a first "
+                                   "training step or benchmark does not pay for it. With "
+                                   "--batch-size, backend='auto' layers also choose and store their "
+                                   "path for that batch size.")
+    p.add_argument("--net", choices=("simple", "lenet"), default="simple",
+                   help="the network whose layers to compile (default: %(default)s)")
+    p.add_argument("--layers", default=None, metavar="SUITE.json",
+                   help="a layer suite JSON file instead of a network")
+    p.add_argument("--dtype", nargs="+", choices=("float32", "float64"), default=["float32"],
+                   help="dtypes to compile for (default: float32)")
+    p.add_argument("--paths", nargs="+", type=path_name, default=None, metavar="PATH",
+                   help="paths to compile (default: those the layers may run)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="also let backend='auto' choose and store its path for this batch size")
+    p.set_defaults(func=run_warmup, command_parser=p)
+    return p
+
+
+def run_warmup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from ..nets import LeNet, SimpleConvNet
+    from ..warmup import warmup
+
+    if args.layers is not None and not os.path.isfile(args.layers):
+        parser.error(f"layer suite {args.layers} does not exist")
+    for dtype in args.dtype:
+        target = args.layers or (SimpleConvNet if args.net == "simple" else LeNet)(dtype=dtype)
+        try:
+            report = warmup(target, dtype=dtype, paths=args.paths,
+                            batch_sizes=[args.batch_size] if args.batch_size else None)
+        except (ValueError, TypeError) as err:
+            parser.error(str(err))
+        print(f"{dtype}: {report}")
     return 0

@@ -261,7 +261,8 @@ def _train(args, parser, checkpoint, saved):
     wall = time.perf_counter() - start
 
     network.save_params(out("params.npz"))
-    plot_history(history, out("curves.png"), f"{args.net} on {args.dataset}")
+    plot_history(history, out("curves.png"), f"{args.net} on {args.dataset}",
+                 batch_losses=trainer.batch_losses)
     plot_filters(network.params["W1"], out("filters_after.png"), "W1 after training")
     plot_feature_maps(network, x_test[0], out("feature_maps.png"))
     report = {"net": args.net, "dataset": args.dataset, "backend": args.backend,
@@ -270,7 +271,8 @@ def _train(args, parser, checkpoint, saved):
               "epochs": args.epochs, "batch_size": args.batch_size,
               "train_size": len(x_train), "test_size": len(x_test), "history": history,
               "epoch_seconds": trainer.epoch_seconds,
-              "images_per_second": trainer.images_per_second, "wall_seconds": wall}
+              "images_per_second": trainer.images_per_second,
+              "prepare_seconds": trainer.prepare_seconds, "wall_seconds": wall}
     io.atomic_write_text(out("history.json"), json.dumps(report, indent=1))
     paths = trainer.paths_summary()
     speed = (f"mean {np.mean(trainer.images_per_second):.0f} images/s while training"

@@ -1,4 +1,4 @@
-"""The seed notes' worked examples 1-5 on the cuda path, exact, in both dtypes."""
+"""The worked examples of the reference notes 1-5 on the cuda path, exact, in both dtypes."""
 import numpy as np
 import pytest
 from cuda_support import DTYPES, FORWARD_KERNELS, cuda_conv_forward, skip_without_cuda

@@ -1,7 +1,8 @@
-"""The seeds' own NumPy convolution and pooling: the baseline fastconv must beat.
+"""The reference NumPy convolution and pooling of "Deep Learning from Scratch" (ch. 7):
+the baseline fastconv must beat.
 
-This is the "Deep Learning from Scratch" style the project grew out of
-(``common/util.py`` and ``common/layers.py``), restated for the benchmarks:
+The book's ``common/util.py`` and ``common/layers.py`` style, restated for the
+benchmarks:
 
 - im2col unrolls the padded input by strided slicing, one ``(FH, FW)`` filter
   offset at a time, into a ``(N, C, FH, FW, OH, OW)`` array, then transposes it
