@@ -75,6 +75,7 @@ from .functional import pool2d as _pool2d
 from .geometry import as_pair, conv_output_size
 from .layers import Dropout
 from .optim import make_optimizer
+from .trainer import check_data
 
 __all__ = [
     "conv2d", "pool2d", "predict", "features", "accuracy", "DataParallelTrainer",
@@ -646,16 +647,8 @@ class DataParallelTrainer:
     def __init__(self, client, network, x_train: np.ndarray, t_train: np.ndarray,
                  mini_batch_size: int = 100, optimizer="Adam", optimizer_param: dict | None = None,
                  n_shards: int | None = None, seed: int = 0):
-        if not isinstance(x_train, np.ndarray) or x_train.ndim != 4:
-            raise ValueError(f"x_train must be a numpy array (N, C, H, W), got "
-                             f"{getattr(x_train, 'shape', type(x_train).__name__)}")
-        if x_train.dtype != network.dtype:
-            raise TypeError(f"x_train has dtype {x_train.dtype} but the network computes in "
-                            f"{network.dtype}: convert it with .astype(np.{network.dtype})")
         t_train = np.asarray(t_train)
-        if len(t_train) != len(x_train):
-            raise ValueError(f"x_train has {len(x_train)} images but t_train has "
-                             f"{len(t_train)} labels")
+        check_data(network, "train", x_train, t_train)
         if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) \
                 or mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be an int >= 1, got {mini_batch_size!r}")

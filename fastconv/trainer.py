@@ -40,6 +40,21 @@ from .optim import make_optimizer
 HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "batch_loss")
 
 
+def check_data(network, name: str, x, t) -> None:
+    """Raise unless x is (N, C, H, W) in the network's dtype with one label of t per image.
+
+    name: "train" or "test", for the messages (x_train, t_train, ...).
+    """
+    if not isinstance(x, np.ndarray) or x.ndim != 4:
+        raise ValueError(f"x_{name} must be a numpy array (N, C, H, W), got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    if x.dtype != network.dtype:
+        raise TypeError(f"x_{name} has dtype {x.dtype} but the network computes in "
+                        f"{network.dtype}: convert it with .astype(np.{network.dtype})")
+    if len(t) != len(x):
+        raise ValueError(f"x_{name} has {len(x)} images but t_{name} has {len(t)} labels")
+
+
 class Trainer:
     """Train ``network`` (a fastconv Network) on (x_train, t_train), reporting on
     (x_test, t_test). x: (N, C, H, W) in the network's dtype; t: (N,) labels
@@ -70,14 +85,7 @@ class Trainer:
             raise TypeError("training in float16 is not supported: train in float32 and convert "
                             "the trained network with network.astype(np.float16) for inference")
         for name, x, t in (("train", x_train, t_train), ("test", x_test, t_test)):
-            if not isinstance(x, np.ndarray) or x.ndim != 4:
-                raise ValueError(f"x_{name} must be an array (N, C, H, W), got "
-                                 f"{getattr(x, 'shape', type(x).__name__)}")
-            if x.dtype != network.dtype:
-                raise TypeError(f"x_{name} has dtype {x.dtype} but the network computes in "
-                                f"{network.dtype}: convert it with .astype(np.{network.dtype})")
-            if len(t) != len(x):
-                raise ValueError(f"x_{name} has {len(x)} images but t_{name} has {len(t)} labels")
+            check_data(network, name, x, t)
         if epochs < 1 or mini_batch_size < 1:
             raise ValueError(f"epochs and mini_batch_size must be >= 1, got {epochs}, "
                              f"{mini_batch_size}")

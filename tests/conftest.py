@@ -46,3 +46,14 @@ def two_candidates(monkeypatch):
             break
         monkeypatch.setitem(backends.PATHS, name, backends.get_path("naive"))
     return at.candidates()
+
+
+@pytest.fixture
+def budget():
+    """Set the im2col path's workspace budget for one test: yields the setter; the previous
+    budget comes back afterwards and the scratch memory is released."""
+    im2col = importlib.import_module("fastconv.kernels.im2col")
+    previous = im2col.get_workspace_budget()
+    yield im2col.set_workspace_budget
+    im2col.set_workspace_budget(previous)
+    im2col.release_workspace()

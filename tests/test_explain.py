@@ -49,13 +49,6 @@ def test_im2col_matrix_matches_the_naive_unroll(x_shape, w_shape, stride, pad):
     assert e.im2col_shape == col.shape and e.im2col_bytes == col.nbytes
 
 
-@pytest.fixture
-def budget():
-    """Set the im2col path's workspace budget for one test (restored afterwards)."""
-    mod = importlib.import_module("fastconv.kernels.im2col")
-    previous = mod.get_workspace_budget()
-    yield mod.set_workspace_budget
-    mod.set_workspace_budget(previous)
 
 
 def test_chunks_follow_the_budget(budget):

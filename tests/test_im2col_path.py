@@ -25,13 +25,6 @@ DTYPES = [np.float32, np.float64]
 MiB = 2**20
 
 
-@pytest.fixture
-def budget():
-    """Set the workspace budget for one test; the previous one comes back afterwards."""
-    previous = im2col.get_workspace_budget()
-    yield im2col.set_workspace_budget
-    im2col.set_workspace_budget(previous)
-    im2col.release_workspace()
 
 
 @pytest.fixture(params=["side_by_side", "per_image"])

@@ -97,12 +97,6 @@ def test_a_stride_larger_than_the_image_costs_no_memory(path, dtype):
         assert seen["growth"] <= bound, (stride, seen, bound)
 
 
-@pytest.fixture
-def budget():
-    previous = im2col.get_workspace_budget()
-    yield im2col.set_workspace_budget
-    im2col.set_workspace_budget(previous)
-    im2col.release_workspace()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
