@@ -68,7 +68,8 @@ def check_array(a, name: str, ndim: int | tuple[int, ...], layout: str):
     if not isinstance(a, np.ndarray):
         if is_device_array(a):
             if a.ndim != ndims[-1]:
-                raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(a.shape)}")
+                raise ValueError(f"{name} must be {ndims[-1]}-D {layout} when it is a CUDA device "
+                                 f"array, got shape {tuple(a.shape)}")
             check_dtypes(**{name: a})
             return a
         raise TypeError(
@@ -117,8 +118,8 @@ def _path_for(backend: str, spec, on_device: bool):
     if on_device:
         if backend not in ("auto", "cuda"):
             raise TypeError(
-                f"a CUDA device array was passed with backend={backend!r}; use "
-                f"backend='cuda', or copy it to the host with .copy_to_host()")
+                f"a CUDA device array but backend={backend!r}; use backend='cuda', or copy it "
+                f"to the host with .copy_to_host()")
         backend = "cuda"
     elif backend == "auto":
         backend = tuner.choose(spec)
@@ -184,9 +185,16 @@ def _adapt(arrays):
     batched and of one float32 or float64 dtype.
     """
     if any(not isinstance(a, np.ndarray) for a in arrays):
-        listing = ", ".join(f"{a.dtype}{tuple(a.shape)}" for a in arrays)
-        raise TypeError(f"CUDA device arrays must be 4-D and share one float32 or float64 "
-                        f"dtype; got {listing}")
+        if arrays[0].ndim != 4:
+            raise ValueError(f"x must be 4-D (N, C, H, W) when it is a CUDA device array, got "
+                             f"shape {tuple(arrays[0].shape)}")
+        dtypes = [np.dtype(a.dtype) for a in arrays]
+        if len(set(dtypes)) > 1:
+            listing = ", ".join(f"{n} is {d}" for n, d in zip(("x", "W", "b"), dtypes))
+            raise TypeError(f"mixed dtypes ({listing}); CUDA device arrays must share one "
+                            f"dtype: convert them first, e.g. on the host with .astype")
+        raise TypeError(f"CUDA device arrays of dtype {dtypes[0]} are not supported; use "
+                        f"float32 or float64")
     out_dtype = np.result_type(*arrays)
     compute = np.dtype(np.float32) if out_dtype == HALF else out_dtype
     restore = Restore(arrays[0].ndim == 3, out_dtype, tuple(a.dtype for a in arrays))

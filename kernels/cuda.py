@@ -439,6 +439,8 @@ def _private(given, on_device):
     host memory, else a device-side copy of it."""
     if isinstance(given, np.ndarray):
         return on_device
+    if not on_device.is_c_contiguous():       # e.g. a flipped view: no single-region copy
+        return cuda.to_device(np.ascontiguousarray(on_device.copy_to_host()))
     copy = cuda.device_array(on_device.shape, dtype=on_device.dtype)
     copy.copy_to_device(on_device)
     return copy

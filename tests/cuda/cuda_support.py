@@ -75,5 +75,6 @@ def cuda_conv_forward(x, W, b, stride, pad, kernel):
     from fastconv.kernels import cuda as kc
 
     spec = conv_spec(x.shape, W.shape, stride, pad, x.dtype)
+    b = np.zeros(W.shape[0], dtype=W.dtype) if b is None else b
     return kc._conv_forward(np.ascontiguousarray(x), np.ascontiguousarray(W),
                             np.ascontiguousarray(b), spec, kernel)

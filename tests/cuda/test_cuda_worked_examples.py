@@ -98,5 +98,5 @@ def test_example5_max_pooling_forward_and_backward(dtype):
     expected[1:, 1:] = 1
     np.testing.assert_array_equal(dx[0, 0], expected)
     np.testing.assert_array_equal(dx[0, 1], expected)
-    np.testing.assert_array_equal(pool2d(x, 2, 2, mode="avg", backend="cuda")[0, 0],
+    np.testing.assert_array_equal(pool2d(x, 2, 2, 1, mode="avg", backend="cuda")[0, 0],
                                   [[2, 3], [5, 6]])
