@@ -24,6 +24,7 @@ import html
 from dataclasses import dataclass, field
 
 from . import backends, timing, tuner
+from .functional import check_backend
 from .kernels import im2col as im2col_path
 from .spec import _shape, conv_spec
 from .tuner import Decision
@@ -216,9 +217,7 @@ def explain(x_shape: tuple[int, int, int, int], w_shape: tuple[int, int, int, in
     if paths is None:
         paths = [p for p in available if p != "cuda" and backends.get_path(p).supports(spec)]
     for p in paths:
-        if p not in backends.PATHS:
-            valid = ", ".join(repr(n) for n in ("auto", *backends.PATHS))
-            raise ValueError(f"backend must be one of {valid}; got {p!r}")
+        check_backend(p)
         if p not in available:
             raise ValueError(f"path {p!r} is not available on this machine; available: {available}")
         if not backends.get_path(p).supports(spec):

@@ -123,9 +123,8 @@ def _path_for(backend: str, spec, on_device: bool):
         backend = "cuda"
     elif backend == "auto":
         backend = tuner.choose(spec)
-    elif backend not in backends.PATHS:
-        valid = ", ".join(repr(n) for n in ("auto", *backends.PATHS))
-        raise ValueError(f"backend must be one of {valid}; got {backend!r}")
+    else:
+        check_backend(backend)
     if backend == "cuda" and not backends.cuda_present():
         raise RuntimeError(
             "backend 'cuda' was selected but no CUDA device was found. Install "

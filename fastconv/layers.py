@@ -26,6 +26,25 @@ def _check_params(W, b, w_layout, b_name, n_out):
     F.check_dtypes(W=W, b=b)
 
 
+INIT_GAINS = {"he": 2.0, "relu": 2.0, "xavier": 1.0, "sigmoid": 1.0}
+
+
+def init_std(spec, fan_in: int, name: str = "weight_init_std") -> float:
+    """Standard deviation of initial weights: a finite number > 0 as given, or "he"/"relu"
+    (sqrt(2/fan_in)) or "xavier"/"sigmoid" (sqrt(1/fan_in)), the book's names.
+    ``name`` is the argument the errors name."""
+    if isinstance(spec, str):
+        if spec.lower() not in INIT_GAINS:
+            raise ValueError(f"{name} must be a number or one of {sorted(INIT_GAINS)}, "
+                             f"got {spec!r}")
+        return float(np.sqrt(INIT_GAINS[spec.lower()] / fan_in))
+    if isinstance(spec, bool) or not isinstance(spec, (int, float, np.number)) \
+            or not np.isfinite(spec) or not spec > 0:
+        raise ValueError(f"{name} must be a finite number > 0 or one of {sorted(INIT_GAINS)}, "
+                         f"got {spec!r}")
+    return float(spec)
+
+
 class Layer:
     """Base class: forward(x) -> out, backward(dout) -> dx."""
 
@@ -95,17 +114,7 @@ class Convolution(Layer):
         dtype = np.dtype(dtype)
         if dtype not in F.FLOAT_DTYPES + (F.HALF,):
             raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
-        fan_in = in_channels * kh * kw
-        gains = {"he": 2.0, "relu": 2.0, "xavier": 1.0, "sigmoid": 1.0}
-        if isinstance(init, str):
-            if init not in gains:
-                raise ValueError(f"init must be a number or one of {sorted(gains)}, got {init!r}")
-            std = float(np.sqrt(gains[init] / fan_in))
-        elif isinstance(init, (int, float)) and not isinstance(init, bool) and np.isfinite(init) \
-                and init > 0:
-            std = float(init)
-        else:
-            raise ValueError(f"init must be 'he', 'xavier' or a finite number > 0, got {init!r}")
+        std = init_std(init, in_channels * kh * kw, "init")
         rng = np.random.default_rng(seed)
         W = (std * rng.standard_normal((out_channels, in_channels, kh, kw))).astype(dtype)
         b = np.zeros(out_channels, dtype=dtype)

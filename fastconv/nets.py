@@ -16,7 +16,8 @@ import numpy as np
 from . import io
 from .functional import check_backend
 from .geometry import conv_output_size
-from .layers import Affine, Convolution, Dropout, Pooling, Relu, Sigmoid, SoftmaxWithLoss
+from .layers import (INIT_GAINS, Affine, Convolution, Dropout, Pooling, Relu,  # noqa: F401
+                     Sigmoid, SoftmaxWithLoss, init_std)
 
 
 class LinkedParams(dict):
@@ -189,22 +190,6 @@ class Network:
         """Layer name -> Counter {path: forward calls run on it}, since the layer was made."""
         return {name: Counter(layer.path_counts) for name, layer in self.layers.items()
                 if layer.path_counts is not None}
-
-
-INIT_GAINS = {"he": 2.0, "relu": 2.0, "xavier": 1.0, "sigmoid": 1.0}
-
-
-def init_std(spec, fan_in):
-    """Standard deviation of initial weights: a number as given, or "he"/"relu"
-    (sqrt(2/fan_in)) or "xavier"/"sigmoid" (sqrt(1/fan_in)), the book's names."""
-    if isinstance(spec, str):
-        if spec.lower() not in INIT_GAINS:
-            raise ValueError(f"weight_init_std must be a number or one of "
-                             f"{sorted(INIT_GAINS)}, got {spec!r}")
-        return float(np.sqrt(INIT_GAINS[spec.lower()] / fan_in))
-    if not spec > 0:
-        raise ValueError(f"weight_init_std must be > 0, got {spec!r}")
-    return float(spec)
 
 
 def _conv_param(conv_param):
