@@ -24,9 +24,9 @@ import html
 from dataclasses import dataclass, field
 
 from . import backends, timing, tuner
-from .functional import check_backend
+from .functional import check_backend, lowered_conv_spec
 from .kernels import im2col as im2col_path
-from .spec import _shape, conv_spec
+from .spec import _shape
 from .tuner import Decision
 
 
@@ -46,8 +46,9 @@ class PathTiming:
 class Explanation:
     """The cost of one convolution; see the module docstring for the conventions.
 
-    Shapes: x_shape (N, C, H, W), w_shape (FN, C, FH, FW), out_shape
-    (N, FN, OH, OW), im2col_shape (N*OH*OW, C*FH*FW). Bytes are in bytes,
+    Shapes: x_shape (N, C, H, W), w_shape (FN, C // groups, FH, FW), out_shape
+    (N, FN, OH, OW), im2col_shape (N*OH*OW, C*FH*FW). An unequal pad is shown
+    as the kernels run it: x_shape padded by the excess, pad the equal part. Bytes are in bytes,
     FLOPs in FLOPs. ``timings`` and ``auto`` are filled by ``measure=True``
     (``auto`` also without it, from the cache or the static rule).
     """
@@ -75,6 +76,9 @@ class Explanation:
     threads: int
     timings: list = field(default_factory=list)
     auto: Decision = None
+    dilation: tuple = (1, 1)
+    groups: int = 1
+    description: str = ""            # the spec's own one-line description
 
     # ------------------------------------------------------------- reading
     def timing(self, path):
@@ -85,6 +89,8 @@ class Explanation:
         raise KeyError(f"path {path!r} was not measured; measured: {[t.path for t in self.timings]}")
 
     def _title(self):
+        if self.description:
+            return self.description
         return (f"conv x={self.x_shape} W={self.w_shape} stride={self.stride} pad={self.pad} "
                 f"{self.dtype} -> out {self.out_shape}")
 
@@ -171,8 +177,10 @@ def explain(x_shape: tuple[int, int, int, int], w_shape: tuple[int, int, int, in
             stride: int | tuple[int, int] = 1, pad: int | tuple[int, int] = 0,
             dtype="float32", measure: bool = False, *, rounding: str = "floor",
             paths: list[str] | None = None, repeat: int = 3, budget_s: float = 1.0,
-            seed: int = 0) -> Explanation:
-    """Explain the convolution of x: (N, C, H, W) with W: (FN, C, FH, FW) -> Explanation.
+            seed: int = 0, dilation: int | tuple[int, int] = 1, groups: int = 1) -> Explanation:
+    """Explain the convolution of x: (N, C, H, W) with W: (FN, C // groups, FH, FW) -> Explanation.
+
+    pad, dilation and groups take what ``fastconv.conv2d`` takes.
 
     Shapes only (no arrays needed). ``measure=True`` also times forward and
     backward on ``paths`` (default: every available path but ``cuda``), on
@@ -186,15 +194,17 @@ def explain(x_shape: tuple[int, int, int, int], w_shape: tuple[int, int, int, in
     users have (on machines that set OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE,
     start Python without them).
     """
-    spec = conv_spec(_shape(x_shape, "x_shape", "(N, C, H, W)"),
-                     _shape(w_shape, "w_shape", "(FN, C, FH, FW)"), stride, pad, dtype, rounding)
+    spec, _ = lowered_conv_spec(_shape(x_shape, "x_shape", "(N, C, H, W)"),
+                                _shape(w_shape, "w_shape", "(FN, C // groups, FH, FW)"), stride,
+                                pad, dtype, rounding, dilation, groups)
     N, C, H, W = spec.x_shape
     FN = spec.w_shape[0]
     OH, OW = spec.out_hw
     item = spec.dtype.itemsize
-    reduction = spec.field
     flops = spec.flops
-    b_in, b_w, b_out = N * C * H * W * item, (FN * reduction + FN) * item, N * FN * OH * OW * item
+    b_in, b_w, b_out = N * C * H * W * item, (FN * spec.field + FN) * item, N * FN * OH * OW * item
+    # the unrolled matrix holds every channel's taps: groups * (C // groups)*FH*FW columns
+    reduction = spec.groups * spec.field
     col_bytes = N * OH * OW * reduction * item
     plan = im2col_path.plan(spec)          # the path's own account of its chunks
     result = Explanation(
@@ -207,7 +217,8 @@ def explain(x_shape: tuple[int, int, int, int], w_shape: tuple[int, int, int, in
         im2col_bands=plan["bands"],
         intensity=flops / (b_in + b_w + b_out),
         im2col_intensity=flops / (b_in + 2 * col_bytes + b_w + b_out),
-        threads=tuner.current_threads())
+        threads=tuner.current_threads(), dilation=spec.dilation, groups=spec.groups,
+        description=spec.describe())
 
     if not measure:
         result.auto = tuner.decide_spec(spec, measure=False)

@@ -13,12 +13,14 @@ from typing import NamedTuple
 import numpy as np
 
 from . import backends, tuner
-from .geometry import _as_int
+from .geometry import _as_int, resolve_padding
 from .spec import FLOAT_DTYPES, POOL_MODES, ConvSpec, PoolSpec, conv_spec, pool_spec
 
 MODES = POOL_MODES
 # an int, or an (h, w) pair
 Pair = int | tuple[int, int]
+# a Pair, ((top, bottom), (left, right)), "valid" or "same" (see conv2d)
+Padding = Pair | tuple[tuple[int, int], tuple[int, int]] | str
 
 __all__ = ["conv2d", "pool2d", "conv_forward", "conv_backward", "pool_forward", "pool_backward",
            "im2col", "col2im", "Saved", "FLOAT_DTYPES", "MODES"]
@@ -36,13 +38,16 @@ class Restore(NamedTuple):
 
 
 class Saved(NamedTuple):
-    """What forward keeps for backward: the path that ran, its cache, the spec, and
-    (for unbatched, mixed-dtype or float16 input) how to hand results back."""
+    """What forward keeps for backward: the path that ran, its cache, the spec,
+    (for unbatched, mixed-dtype or float16 input) how to hand results back, and
+    (for asymmetric padding) the zeros added to x before the kernel ran,
+    ``((top, bottom), (left, right))``, which backward crops off dx."""
 
     path: str
     cache: tuple
     spec: ConvSpec | PoolSpec
     restore: Restore | None = None
+    excess: tuple | None = None
 
 
 def is_device_array(a) -> bool:
@@ -148,10 +153,12 @@ def check_backend(backend: str) -> str:
 # ----------------------------------------------------------------- convolution
 
 def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pair = 1,
-                 pad: Pair = 0, rounding: str = "floor", backend: str = "auto") -> tuple[np.ndarray, Saved]:
+                 pad: Padding = 0, rounding: str = "floor", backend: str = "auto",
+                 dilation: Pair = 1, groups: int = 1) -> tuple[np.ndarray, Saved]:
     """Checked convolution forward -> (out, saved); ``saved`` feeds conv_backward.
 
-    x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) or None -> out (N, FN, OH, OW).
+    x: (N, C, H, W), W: (FN, C // groups, FH, FW), b: (FN,) or None -> out
+    (N, FN, OH, OW). pad takes every form :func:`conv2d` does.
     """
     x = check_array(x, "x", (3, 4), "(N, C, H, W) or one image (C, H, W)")
     W = check_array(W, "W", 4, "(FN, C, FH, FW)")
@@ -165,13 +172,53 @@ def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pai
     restore = None
     if x.ndim == 3 or not x.dtype == W.dtype == b.dtype or x.dtype == HALF:
         (x, W, b), restore = _adapt((x, W, b))
-    spec = conv_spec(x.shape, W.shape, stride, pad, x.dtype, rounding)
-    module, path = _path_for(backend, spec, not isinstance(x, np.ndarray)
-                             or not isinstance(W, np.ndarray))
+    spec, excess = lowered_conv_spec(x.shape, W.shape, stride, pad, x.dtype, rounding,
+                                     dilation, groups)
+    on_device = not isinstance(x, np.ndarray) or not isinstance(W, np.ndarray)
+    if excess is not None:
+        if on_device:
+            raise ValueError(f"pad={pad!r} needs unequal zeros on opposite sides, which CUDA "
+                             f"device arrays do not take (x.shape={tuple(x.shape)}); pad x "
+                             f"yourself and pass a symmetric pad, or use host arrays")
+        # PyTorch's lowering of unequal padding: the kernels pad both sides alike
+        # (spec.pad, the smaller side) and x is padded by the rest here, a copy
+        x = np.pad(x, ((0, 0), (0, 0), *excess))
+    module, path = _path_for(backend, spec, on_device)
     out, cache = module.conv_forward(x, W, b, spec)
     if restore is not None:
         out = _restored(out, restore.out_dtype, restore.unbatched)
-    return out, Saved(path, cache, spec, restore)
+    return out, Saved(path, cache, spec, restore, excess)
+
+
+def lowered_conv_spec(x_shape, w_shape, stride: Pair = 1, pad: Padding = 0, dtype="float32",
+                      rounding: str = "floor", dilation: Pair = 1,
+                      groups: int = 1) -> tuple[ConvSpec, tuple | None]:
+    """The spec the kernels run for ``pad`` in any form -> (spec, excess).
+
+    x_shape: (N, C, H, W), w_shape: (FN, C // groups, FH, FW). pad is resolved
+    (``fastconv.geometry.resolve_padding``) to zeros on each side; the spec
+    gets the symmetric part, ``(min(top, bottom), min(left, right))``, and
+    ``excess`` is what is left, ``((top, bottom), (left, right))`` to add to x
+    before the kernel runs (then spec.x_shape is the padded shape), or None
+    when the padding is symmetric and x runs as it is.
+    """
+    (top, bottom), (left, right) = resolve_padding(pad, tuple(x_shape)[-2:],
+                                                   tuple(w_shape)[-2:], stride, dilation)
+    sym = (min(top, bottom), min(left, right))
+    if top == bottom and left == right:
+        return conv_spec(x_shape, w_shape, stride, sym, dtype, rounding,
+                         dilation=dilation, groups=groups), None
+    excess = ((top - sym[0], bottom - sym[0]), (left - sym[1], right - sym[1]))
+    *lead, H, Wd = x_shape
+    padded = (*lead, H + sum(excess[0]), Wd + sum(excess[1]))
+    try:
+        spec = conv_spec(padded, w_shape, stride, sym, dtype, rounding, dilation=dilation,
+                         groups=groups)
+    except ValueError as err:
+        raise ValueError(f"{err} (x.shape={tuple(x_shape)} with pad ((top, bottom), (left, "
+                         f"right))={((top, bottom), (left, right))} runs as an input padded "
+                         f"to (H, W)=({padded[-2]}, {padded[-1]}) with pad={sym})") from None
+    return spec, excess
 
 
 def _adapt(arrays):
@@ -244,6 +291,11 @@ def conv_backward(dout: np.ndarray, saved: Saved) -> tuple[np.ndarray, np.ndarra
     """dout: (N, FN, OH, OW) -> (dx, dW, db) on the path forward used."""
     dout = _check_dout(dout, saved)
     dx, dW, db = backends.get_path(saved.path).conv_backward(dout, saved.cache)
+    if saved.excess is not None:
+        # the gradient of the zeros forward added to x is dropped
+        (top, bottom), (left, right) = saved.excess
+        H, W = dx.shape[2] - top - bottom, dx.shape[3] - left - right
+        dx = np.ascontiguousarray(dx[:, :, top:top + H, left:left + W])
     r = saved.restore
     if r is not None:
         dx = _restored(dx, r.grad_dtypes[0], r.unbatched)
@@ -252,18 +304,30 @@ def conv_backward(dout: np.ndarray, saved: Saved) -> tuple[np.ndarray, np.ndarra
 
 
 def conv2d(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None, stride: Pair = 1,
-           pad: Pair = 0, *, flip: bool = False, rounding: str = "floor",
-           backend: str = "auto") -> np.ndarray:
-    """2-D convolution of a batch: x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) or None.
+           pad: Padding = 0, dilation: Pair = 1, groups: int = 1, *, flip: bool = False,
+           rounding: str = "floor", backend: str = "auto") -> np.ndarray:
+    """2-D convolution of a batch: x: (N, C, H, W), W: (FN, C // groups, FH, FW), b: (FN,) or None.
 
-    Returns (N, FN, OH, OW). By default this is cross-correlation, what deep
-    learning calls convolution (``scipy.signal.correlate2d`` per channel);
-    ``flip=True`` flips the filter first: true convolution, as
-    ``scipy.signal.convolve2d``. stride and pad are ints or (h, w) pairs.
+    Returns (N, FN, OH, OW), or (FN, OH, OW) for one image x: (C, H, W). By
+    default this is cross-correlation, what deep learning calls convolution
+    (``scipy.signal.correlate2d`` per channel); ``flip=True`` flips the filter
+    first: true convolution, as ``scipy.signal.convolve2d``.
+
+    stride and dilation are ints or (h, w) pairs; with dilation d the filter's
+    taps are d cells apart, so an FxF filter spans d*(F-1)+1 cells. groups
+    splits the C input and FN output channels into that many groups, each
+    filter seeing only its group's C // groups channels (groups == C with
+    FN == C is a depthwise convolution). pad is an int or (h, w) pair (zeros
+    on both sides), ``((top, bottom), (left, right))``, "valid" (none) or
+    "same": output size ceil(H / stride) per axis, the zeros split with the
+    odd one at the bottom/right; with stride 1 this is PyTorch's
+    ``padding='same'``, with a larger stride TensorFlow's "SAME" rule (which
+    PyTorch refuses). Unequal padding copies x once, zero-padded on the side
+    that has more.
     """
     if flip:
         W = check_array(W, "W", 4, "(FN, C, FH, FW)")[:, :, ::-1, ::-1]
-    out, _ = conv_forward(x, W, b, stride, pad, rounding, backend)
+    out, _ = conv_forward(x, W, b, stride, pad, rounding, backend, dilation, groups)
     return out
 
 
@@ -312,22 +376,25 @@ def pool2d(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair | None = None, 
 # ------------------------------------------------------- im2col, book layout
 
 def im2col(x: np.ndarray, filter_h: int, filter_w: int, stride: Pair = 1, pad: Pair = 0,
-           rounding: str = "floor") -> np.ndarray:
+           rounding: str = "floor", dilation: Pair = 1) -> np.ndarray:
     """x: (N, C, H, W) -> col: (N*OH*OW, C*FH*FW), the layout of "Deep Learning from Scratch".
 
     Rows are output positions, batch-major; columns run over (channel, filter
     row, filter column). A (1, 3, 7, 7) input with a 5x5 filter gives (9, 75).
+    With dilation d, filter tap (fy, fx) reads input cell (fy*d, fx*d) of the window.
     """
     from .kernels import unroll
 
     x = check_array(x, "x", 4, "(N, C, H, W)")
     FH, FW = _as_int(filter_h, "filter_h"), _as_int(filter_w, "filter_w")
-    spec = conv_spec(x.shape, (1, x.shape[1], FH, FW), stride, pad, x.dtype, rounding)
+    spec = conv_spec(x.shape, (1, x.shape[1], FH, FW), stride, pad, x.dtype, rounding,
+                     dilation=dilation)
     return unroll.im2col(x, spec)
 
 
 def col2im(col: np.ndarray, input_shape: tuple[int, int, int, int], filter_h: int, filter_w: int,
-           stride: Pair = 1, pad: Pair = 0, rounding: str = "floor") -> np.ndarray:
+           stride: Pair = 1, pad: Pair = 0, rounding: str = "floor",
+           dilation: Pair = 1) -> np.ndarray:
     """col: (N*OH*OW, C*FH*FW) -> (N, C, H, W): the adjoint of im2col (overlaps add)."""
     from .kernels import unroll
 
@@ -336,7 +403,8 @@ def col2im(col: np.ndarray, input_shape: tuple[int, int, int, int], filter_h: in
         raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape!r}")
     shape = tuple(_as_int(s, "input_shape") for s in input_shape)
     FH, FW = _as_int(filter_h, "filter_h"), _as_int(filter_w, "filter_w")
-    spec = conv_spec(shape, (1, shape[1], FH, FW), stride, pad, col.dtype, rounding)
+    spec = conv_spec(shape, (1, shape[1], FH, FW), stride, pad, col.dtype, rounding,
+                     dilation=dilation)
     N, C = shape[:2]
     OH, OW = spec.out_hw
     expected = (N * OH * OW, C * FH * FW)

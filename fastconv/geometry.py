@@ -32,22 +32,27 @@ def check_rounding(rounding):
     return rounding
 
 
-def conv_output_size(input_size, filter_size, stride=1, pad=0, rounding="floor"):
-    """Output length along one axis: ``(input_size + 2*pad - filter_size) / stride + 1``.
+def conv_output_size(input_size, filter_size, stride=1, pad=0, rounding="floor", dilation=1):
+    """Output length along one axis: ``(input_size + 2*pad - dilation*(filter_size-1) - 1) / stride + 1``.
 
-    rounding="floor" (default, what frameworks do) drops the trailing rows or
-    columns a window does not fit in; rounding="exact" raises ``ValueError``
-    unless the division is exact, as the reference notes ask. An output below 1
-    is always an error, and so is a length (input, filter, stride, padded
-    input) above ``MAX_LENGTH`` = 2**31 - 1.
+    With ``dilation`` d the filter's taps are d apart, so it spans
+    ``d*(filter_size-1) + 1`` input cells (d=1: ``filter_size``, the book's
+    formula). rounding="floor" (default, what frameworks do) drops the trailing
+    rows or columns a window does not fit in; rounding="exact" raises
+    ``ValueError`` unless the division is exact, as the reference notes ask. An
+    output below 1 is always an error, and so is a length (input, filter,
+    stride, padded input) above ``MAX_LENGTH`` = 2**31 - 1.
 
     >>> conv_output_size(28, 5, stride=3, pad=2)
     10
+    >>> conv_output_size(7, 3, dilation=2)
+    3
     """
     input_size = _as_int(input_size, "input_size")
     filter_size = _as_int(filter_size, "filter_size")
     stride = _as_int(stride, "stride")
     pad = _as_int(pad, "pad")
+    dilation = _as_int(dilation, "dilation")
     check_rounding(rounding)
     if input_size < 1:
         raise ValueError(f"input_size must be >= 1, got {input_size}")
@@ -57,35 +62,122 @@ def conv_output_size(input_size, filter_size, stride=1, pad=0, rounding="floor")
         raise ValueError(f"stride must be >= 1, got {stride}")
     if pad < 0:
         raise ValueError(f"pad must be >= 0, got {pad}")
+    if dilation < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
     for name, value in (("input_size", input_size), ("filter_size", filter_size),
-                        ("stride", stride), ("pad", pad)):
+                        ("stride", stride), ("pad", pad), ("dilation", dilation)):
         if value > MAX_LENGTH:
             raise ValueError(f"{name} must be <= 2**31 - 1 = {MAX_LENGTH}, got {value}")
     if input_size + 2 * pad > MAX_LENGTH:
         raise ValueError(
             f"pad {pad} is too large: the padded input {input_size} + 2*{pad} = "
             f"{input_size + 2 * pad} must be <= 2**31 - 1 = {MAX_LENGTH}")
-    span = input_size + 2 * pad - filter_size
+    extent = dilation * (filter_size - 1) + 1
+    span = input_size + 2 * pad - extent
     if span < 0:
+        if dilation == 1:
+            raise ValueError(
+                f"filter_size {filter_size} is larger than the padded input "
+                f"{input_size} + 2*{pad} = {input_size + 2 * pad}")
         raise ValueError(
-            f"filter_size {filter_size} is larger than the padded input "
+            f"filter_size {filter_size} with dilation {dilation} spans {dilation}*"
+            f"({filter_size}-1)+1 = {extent} cells, more than the padded input "
             f"{input_size} + 2*{pad} = {input_size + 2 * pad}")
     if rounding == "exact" and span % stride:
+        size = (f"{filter_size}" if dilation == 1
+                else f"{dilation}*({filter_size}-1)-1")
         raise ValueError(
-            f"({input_size} + 2*{pad} - {filter_size})/{stride} + 1 = "
+            f"({input_size} + 2*{pad} - {size})/{stride} + 1 = "
             f"{span / stride + 1:.2f} is not an integer; choose another stride or pad, "
             f"or pass rounding='floor' to drop the last {span % stride} row(s)/column(s)")
     return span // stride + 1
 
 
-def output_hw(hw, filter_hw, stride, pad, rounding, what="filter"):
+def output_hw(hw, filter_hw, stride, pad, rounding, what="filter", dilation=(1, 1)):
     """(OH, OW) for input (H, W); errors name both axes' shapes."""
     out = []
-    for axis, size, f, s, p in zip(("height", "width"), hw, filter_hw, stride, pad):
+    for axis, size, f, s, p, d in zip(("height", "width"), hw, filter_hw, stride, pad, dilation):
         try:
-            out.append(conv_output_size(size, f, s, p, rounding))
+            out.append(conv_output_size(size, f, s, p, rounding, d))
         except ValueError as err:
+            dil = "" if tuple(dilation) == (1, 1) else f", dilation={tuple(dilation)}"
             raise ValueError(
                 f"{what} {tuple(filter_hw)} does not fit input (H, W)={tuple(hw)} "
-                f"with stride={tuple(stride)}, pad={tuple(pad)} along the {axis}: {err}") from None
+                f"with stride={tuple(stride)}, pad={tuple(pad)}{dil} along the {axis}: {err}") from None
     return tuple(out)
+
+
+# ------------------------------------------------------------------- padding
+
+PAD_MODES = ("valid", "same")
+
+
+def _is_pair_of_pairs(pad):
+    return (isinstance(pad, (tuple, list)) and len(pad) == 2
+            and any(isinstance(p, (tuple, list)) for p in pad))
+
+
+def check_padding(pad):
+    """``pad`` in one of its forms, checked without any shapes -> a hashable normal form.
+
+    Forms: an int, an (h, w) pair (both as ``(ph, pw)``), explicit
+    ``((top, bottom), (left, right))`` (as such), or "valid" / "same" (as the
+    string). Every count must be an int >= 0. Raises TypeError or ValueError
+    naming ``pad``.
+    """
+    if isinstance(pad, str):
+        if pad not in PAD_MODES:
+            raise ValueError(f"pad must be an int, an (h, w) pair, ((top, bottom), (left, right)), "
+                             f"'valid' or 'same'; got the string {pad!r}")
+        return pad
+    if _is_pair_of_pairs(pad):
+        if not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in pad):
+            raise ValueError(f"pad must be ((top, bottom), (left, right)) when it gives each side, "
+                             f"got {pad!r}")
+        sides = tuple(tuple(_as_int(v, "pad") for v in p) for p in pad)
+        if min(sides[0] + sides[1]) < 0:
+            raise ValueError(f"pad must be >= 0 on every side, got {sides}")
+        return sides
+    pair = as_pair(pad, "pad")
+    if min(pair) < 0:
+        raise ValueError(f"pad must be >= 0, got {pair}")
+    return pair
+
+
+def same_padding(size, filter_size, stride=1, dilation=1):
+    """(before, after) zeros that make the output ``ceil(size / stride)`` long.
+
+    The total is ``max((ceil(size/stride) - 1)*stride + dilation*(filter_size-1) + 1 - size, 0)``;
+    ``before = total // 2`` and the odd one goes after. With stride 1 this is
+    PyTorch's ``padding='same'`` (even filters included); with a larger stride
+    it is TensorFlow's "SAME" rule (PyTorch refuses 'same' there).
+
+    >>> same_padding(7, 4)
+    (1, 2)
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (filter_size - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_padding(pad, hw, filter_hw, stride=1, dilation=1):
+    """Zeros on each side, ``((top, bottom), (left, right))``, for ``pad`` in any form.
+
+    hw: the input's (H, W); filter_hw: (FH, FW). stride and dilation (ints or
+    (h, w) pairs) matter only for "same"; see :func:`same_padding`. "valid"
+    is no padding.
+    """
+    pad = check_padding(pad)
+    if pad == "valid":
+        return (0, 0), (0, 0)
+    if pad == "same":
+        stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+        if min(stride) < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        if min(dilation) < 1:
+            raise ValueError(f"dilation must be >= 1, got {dilation}")
+        return tuple(same_padding(int(n), int(f), s, d)
+                     for n, f, s, d in zip(hw, filter_hw, stride, dilation))
+    if isinstance(pad[0], tuple):
+        return pad
+    return (pad[0], pad[0]), (pad[1], pad[1])

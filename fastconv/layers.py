@@ -12,7 +12,7 @@ import numpy as np
 
 from . import functional as F
 from .functional import check_backend
-from .geometry import _as_int, as_pair, check_rounding
+from .geometry import _as_int, as_pair, check_padding, check_rounding
 from .spec import _stride_pad
 
 
@@ -67,22 +67,36 @@ class Layer:
 class Convolution(Layer):
     """Convolution (cross-correlation) layer.
 
-    W: (FN, C, FH, FW), b: (FN,) or None (zeros). forward: x (N, C, H, W) ->
+    W: (FN, C // groups, FH, FW), b: (FN,) or None (zeros). forward: x (N, C, H, W) ->
     (N, FN, OH, OW); backward returns dx and sets ``dW`` and ``db``.
-    stride and pad are ints or (h, w) pairs; ``backend`` picks the compute path
-    ("auto", "naive", "im2col", "direct", "cuda"); ``path`` tells which one ran
-    last, and ``path_counts`` how many forward calls ran on each path.
+    stride and dilation are ints or (h, w) pairs; pad is an int, an (h, w)
+    pair, ``((top, bottom), (left, right))``, "valid" or "same" (see
+    ``fastconv.conv2d``); groups divides C and FN. ``backend`` picks the
+    compute path ("auto", "naive", "im2col", "direct", "winograd", "cuda");
+    ``path`` tells which one ran last, and ``path_counts`` how many forward
+    calls ran on each path.
     """
 
     def __init__(self, W: np.ndarray, b: np.ndarray | None = None, stride: F.Pair = 1,
-                 pad: F.Pair = 0, backend: str = "auto", rounding: str = "floor"):
-        F.check_array(W, "W", 4, "(FN, C, FH, FW)")
+                 pad: F.Padding = 0, dilation: F.Pair = 1, groups: int = 1,
+                 backend: str = "auto", rounding: str = "floor"):
+        F.check_array(W, "W", 4, "(FN, C // groups, FH, FW)")
         if b is None:
             b = np.zeros(W.shape[0], dtype=W.dtype)
-        _check_params(W, b, "(FN, C, FH, FW)", "FN", lambda w: w.shape[0])
+        _check_params(W, b, "(FN, C // groups, FH, FW)", "FN", lambda w: w.shape[0])
         self.W, self.b = W, b
         # checked now, so a bad layer fails where it is made, not at its first forward
-        self.stride, self.pad = _stride_pad(stride, pad)
+        self.stride, _ = _stride_pad(stride, 0)
+        self.pad = check_padding(pad)
+        self.dilation = as_pair(dilation, "dilation")
+        if min(self.dilation) < 1:
+            raise ValueError(f"dilation must be >= 1, got {self.dilation}")
+        self.groups = _as_int(groups, "groups")
+        if self.groups < 1:
+            raise ValueError(f"groups must be >= 1, got {self.groups}")
+        if W.shape[0] % self.groups:
+            raise ValueError(f"groups={self.groups} must divide the number of filters "
+                             f"FN={W.shape[0]} (W.shape={tuple(W.shape)})")
         self.backend = check_backend(backend)
         self.rounding = check_rounding(rounding)
         self.dW = self.db = None
@@ -93,16 +107,19 @@ class Convolution(Layer):
 
     @classmethod
     def from_shape(cls, in_channels: int, out_channels: int, kernel_size: F.Pair,
-                   stride: F.Pair = 1, pad: F.Pair = 0, bias: bool = True, init="he",
+                   stride: F.Pair = 1, pad: F.Padding = 0, bias: bool = True, init="he",
                    seed: int | None = None, dtype=np.float32, backend: str = "auto",
-                   rounding: str = "floor") -> "Convolution":
+                   rounding: str = "floor", dilation: F.Pair = 1,
+                   groups: int = 1) -> "Convolution":
         """A layer built from sizes, as ``torch.nn.Conv2d(in_channels, out_channels, kernel_size)``.
 
-        W: (out_channels, in_channels, KH, KW) drawn from a normal distribution
-        with standard deviation ``init``: "he" (sqrt(2 / fan_in), for ReLU),
-        "xavier" (sqrt(1 / fan_in)) or a number; fan_in = in_channels*KH*KW.
+        W: (out_channels, in_channels // groups, KH, KW) drawn from a normal
+        distribution with standard deviation ``init``: "he" (sqrt(2 / fan_in),
+        for ReLU), "xavier" (sqrt(1 / fan_in)) or a number; fan_in =
+        in_channels // groups * KH * KW (the values one output sums over).
         b: zeros, or (bias=False) zeros that stay zero unless you train them.
-        ``seed`` makes the weights reproducible.
+        ``seed`` makes the weights reproducible. groups must divide both
+        in_channels and out_channels.
         """
         in_channels, out_channels = _as_int(in_channels, "in_channels"), _as_int(out_channels, "out_channels")
         if min(in_channels, out_channels) < 1:
@@ -111,20 +128,25 @@ class Convolution(Layer):
         kh, kw = as_pair(kernel_size, "kernel_size")
         if min(kh, kw) < 1:
             raise ValueError(f"kernel_size must be >= 1, got {(kh, kw)}")
+        groups = _as_int(groups, "groups")
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups must be an int >= 1 that divides in_channels="
+                             f"{in_channels} and out_channels={out_channels}, got {groups}")
         dtype = np.dtype(dtype)
         if dtype not in F.FLOAT_DTYPES + (F.HALF,):
             raise TypeError(f"dtype must be float16, float32 or float64, got {dtype}")
-        std = init_std(init, in_channels * kh * kw, "init")
+        std = init_std(init, in_channels // groups * kh * kw, "init")
         rng = np.random.default_rng(seed)
-        W = (std * rng.standard_normal((out_channels, in_channels, kh, kw))).astype(dtype)
+        W = (std * rng.standard_normal((out_channels, in_channels // groups, kh, kw))).astype(dtype)
         b = np.zeros(out_channels, dtype=dtype)
-        layer = cls(W, b, stride=stride, pad=pad, backend=backend, rounding=rounding)
+        layer = cls(W, b, stride=stride, pad=pad, dilation=dilation, groups=groups,
+                    backend=backend, rounding=rounding)
         layer.bias = bool(bias)
         return layer
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._saved = F.conv_forward(x, self.W, self.b, self.stride, self.pad,
-                                          self.rounding, self.backend)
+                                          self.rounding, self.backend, self.dilation, self.groups)
         self.path = self._saved.path
         self.path_counts[self.path] += 1
         return out

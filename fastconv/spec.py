@@ -54,6 +54,11 @@ class ConvSpec:
         return self.w_shape[2], self.w_shape[3]
 
     @property
+    def extent(self) -> tuple[int, int]:
+        """(h, w) input cells one filter spans: dilation*(F-1) + 1 per axis (F without dilation)."""
+        return tuple(d * (f - 1) + 1 for d, f in zip(self.dilation, self.filter_hw))
+
+    @property
     def field(self) -> int:
         """Values one output sums over: C/groups * FH * FW (the GEMM's reduction length)."""
         return self.w_shape[1] * self.w_shape[2] * self.w_shape[3]
@@ -127,24 +132,40 @@ def _conv_spec(x_shape, w_shape, stride, pad, dtype, rounding, dilation, groups)
     x_shape = _shape(x_shape, "x", "(N, C, H, W)")
     w_shape = _shape(w_shape, "W", "(FN, C, FH, FW)")
     dilation, groups = as_pair(dilation, "dilation"), _as_int(groups, "groups")
-    if dilation != (1, 1) or groups != 1:
-        raise ValueError(f"dilation and groups other than 1 are not supported yet; got "
-                         f"dilation={dilation}, groups={groups}")
-    if x_shape[1] != w_shape[1] * groups:
+    if min(dilation) < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    C, FN = x_shape[1], w_shape[0]
+    if groups == 1 and C != w_shape[1]:
         raise ValueError(
-            f"x has C={x_shape[1]} channels (x.shape={x_shape}) but W expects "
+            f"x has C={C} channels (x.shape={x_shape}) but W expects "
             f"C={w_shape[1]} (W.shape={w_shape})")
+    if C % groups:
+        raise ValueError(
+            f"groups={groups} must divide the input channels C={C} "
+            f"(x.shape={x_shape}, W.shape={w_shape})")
+    if C != w_shape[1] * groups:
+        raise ValueError(
+            f"x has C={C} channels (x.shape={x_shape}) but W.shape={w_shape} with "
+            f"groups={groups} expects C = W.shape[1]*groups = {w_shape[1] * groups}")
+    if FN % groups:
+        raise ValueError(
+            f"groups={groups} must divide the number of filters FN={FN} "
+            f"(W.shape={w_shape}, x.shape={x_shape})")
     stride, pad = _stride_pad(stride, pad)
     out_hw = output_hw(x_shape[2:], w_shape[2:], stride, pad, check_rounding(rounding),
-                       "W's filter")
+                       "W's filter", dilation)
     return ConvSpec(x_shape, w_shape, stride, pad, out_hw, _dtype(dtype), dilation, groups)
 
 
 def conv_spec(x_shape, w_shape, stride=1, pad=0, dtype="float32", rounding="floor", *,
               dilation=1, groups=1) -> ConvSpec:
-    """The checked :class:`ConvSpec` for x: (N, C, H, W) and W: (FN, C, FH, FW).
+    """The checked :class:`ConvSpec` for x: (N, C, H, W) and W: (FN, C // groups, FH, FW).
 
-    stride, pad and dilation are ints or (h, w) pairs; rounding is "floor" or
+    stride, pad and dilation are ints or (h, w) pairs (pad symmetric: the
+    padding forms of ``fastconv.conv2d`` are resolved there, before a spec is
+    built); groups is an int that divides C and FN; rounding is "floor" or
     "exact" (see ``fastconv.conv_output_size``). Raises ValueError or
     TypeError naming the argument and the shapes.
     """

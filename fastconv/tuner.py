@@ -191,15 +191,24 @@ def current_threads() -> int:
     return numba.get_num_threads()
 
 
-def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None) -> dict:
+def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None, *,
+             dilation=1, groups=1) -> dict:
     """The cache key as a dict of plain JSON values.
 
     op: "conv" or "pool". x_shape: (N, C, H, W), whose batch N is stored as
     its bucket (:func:`fastconv.spec.batch_bucket`, the next power of two), so
-    one decision serves a family of batch sizes. w_shape: (FN, C, FH, FW) for a
-    convolution, the window (PH, PW) for a pooling. mode: "max"/"avg" for a
-    pooling, None for a convolution. threads defaults to current_threads().
+    one decision serves a family of batch sizes. w_shape: (FN, C // groups,
+    FH, FW) for a convolution, the window (PH, PW) for a pooling. mode:
+    "max"/"avg" for a pooling, None for a convolution. threads defaults to
+    current_threads(). A convolution's dilation and groups enter the key when
+    they are not 1 (so the keys, and files, of plain convolutions stay as
+    they were, and a dilated or grouped one never shares a plain one's choice).
     """
+    extra = {}
+    if as_pair(dilation, "dilation") != (1, 1):
+        extra["dilation"] = list(as_pair(dilation, "dilation"))
+    if int(groups) != 1:
+        extra["groups"] = int(groups)
     return {
         "op": op,
         "x_shape": [batch_bucket(int(x_shape[0]))] + [int(s) for s in x_shape[1:]],
@@ -209,6 +218,7 @@ def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None) 
         "dtype": np.dtype(dtype).name,
         "threads": int(current_threads() if threads is None else threads),
         "mode": mode,
+        **extra,
     }
 
 
@@ -216,14 +226,14 @@ def spec_key(spec: ConvSpec | PoolSpec, threads=None) -> dict:
     """make_key for a spec."""
     if spec.op == "conv":
         return make_key("conv", spec.x_shape, spec.w_shape, spec.stride, spec.pad, spec.dtype,
-                        threads)
+                        threads, dilation=spec.dilation, groups=spec.groups)
     return make_key("pool", spec.x_shape, spec.pool_hw, spec.stride, spec.pad, spec.dtype,
                     threads, spec.mode)
 
 
-def _spec_of(op, x_shape, w_shape, stride, pad, dtype, mode):
+def _spec_of(op, x_shape, w_shape, stride, pad, dtype, mode, dilation=1, groups=1):
     if op == "conv":
-        return conv_spec(x_shape, w_shape, stride, pad, dtype)
+        return conv_spec(x_shape, w_shape, stride, pad, dtype, dilation=dilation, groups=groups)
     if op == "pool":
         return pool_spec(x_shape, *w_shape, stride, pad, mode or "max", dtype)
     raise ValueError(f"op must be 'conv' or 'pool', got {op!r}")
@@ -489,10 +499,11 @@ def decide_spec(spec: ConvSpec | PoolSpec, measure=True, force=False,
 
 
 def decide(op, x_shape, w_shape, stride=1, pad=0, dtype="float32", mode=None,
-           measure=True, force=False, ignore_env=False) -> Decision:
-    """:func:`decide_spec` for shapes: op "conv" (w_shape (FN, C, FH, FW)) or "pool"
+           measure=True, force=False, ignore_env=False, *, dilation=1,
+           groups=1) -> Decision:
+    """:func:`decide_spec` for shapes: op "conv" (w_shape (FN, C // groups, FH, FW)) or "pool"
     (w_shape the window (PH, PW), mode "max"/"avg")."""
-    spec = _spec_of(op, x_shape, w_shape, stride, pad, dtype, mode)
+    spec = _spec_of(op, x_shape, w_shape, stride, pad, dtype, mode, dilation, groups)
     return decide_spec(spec, measure=measure, force=force, ignore_env=ignore_env)
 
 

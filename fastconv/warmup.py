@@ -66,7 +66,9 @@ def _chain(layers, x_shape, dtype):
     found = []
     for name, lay in layers:
         if isinstance(lay, Convolution):
-            spec = conv_spec(x_shape, lay.W.shape, lay.stride, lay.pad, dtype, lay.rounding)
+            # an unequal pad runs as x padded by the excess: the spec the kernels see
+            spec = F.lowered_conv_spec(x_shape, lay.W.shape, lay.stride, lay.pad, dtype,
+                                       lay.rounding, lay.dilation, lay.groups)[0]
         elif isinstance(lay, Pooling):
             spec = pool_spec(x_shape, lay.pool_h, lay.pool_w, lay.stride, lay.pad, lay.mode,
                              dtype, lay.rounding)
@@ -130,7 +132,8 @@ def _resize(spec, n):
     """The same layer at batch n."""
     x_shape = (n, *spec.x_shape[1:])
     if spec.op == "conv":
-        return conv_spec(x_shape, spec.w_shape, spec.stride, spec.pad, spec.dtype)
+        return conv_spec(x_shape, spec.w_shape, spec.stride, spec.pad, spec.dtype,
+                         dilation=spec.dilation, groups=spec.groups)
     return pool_spec(x_shape, *spec.pool_hw, spec.stride, spec.pad, spec.mode, spec.dtype)
 
 
@@ -142,7 +145,8 @@ def _run_once(spec, path, seed=0):
     if spec.op == "conv":
         W = rng.standard_normal(spec.w_shape).astype(spec.dtype)
         b = np.zeros(spec.w_shape[0], spec.dtype)
-        _, saved = F.conv_forward(x, W, b, spec.stride, spec.pad, backend=path)
+        _, saved = F.conv_forward(x, W, b, spec.stride, spec.pad, backend=path,
+                                  dilation=spec.dilation, groups=spec.groups)
         F.conv_backward(dout, saved)
     else:
         _, saved = F.pool_forward(x, *spec.pool_hw, spec.stride, spec.pad, spec.mode,

@@ -56,8 +56,8 @@ class PoolCache(NamedTuple):
 
 
 def supports(spec):
-    """Every spec fastconv can describe."""
-    return True
+    """Every spec fastconv can describe, but dilation or groups (not implemented here yet)."""
+    return getattr(spec, "dilation", (1, 1)) == (1, 1) and getattr(spec, "groups", 1) == 1
 
 
 def plan(spec):

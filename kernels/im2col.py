@@ -107,19 +107,20 @@ def _row_piece(i, OW, p0, p1):
 
 
 @jit
-def _inside(fx, W, OW, sw, pw):
-    """Output columns j_lo..j_hi whose tap fx reads a column j*sw + fx - pw inside the image."""
-    j_lo = min(OW, max(0, (pw - fx + sw - 1) // sw))
+def _inside(ox, W, OW, sw, pw):
+    """Output columns j_lo..j_hi whose tap at window column ox (fx*dilation) reads a
+    column j*sw + ox - pw inside the image."""
+    j_lo = min(OW, max(0, (pw - ox + sw - 1) // sw))
     j_hi = j_lo
-    if W - 1 + pw - fx >= 0:
-        j_hi = max(j_lo, min(OW, (W - 1 + pw - fx) // sw + 1))
+    if W - 1 + pw - ox >= 0:
+        j_hi = max(j_lo, min(OW, (W - 1 + pw - ox) // sw + 1))
     return j_lo, j_hi
 
 
 @jit(parallel=True)
-def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, col, s_img, s_row):
+def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, col, s_img, s_row):
     """Unroll output positions p0..p1 (p = i*OW + j) of images n0..n0+n_imgs of
-    x: (N, C, H, W) into col.
+    x: (N, C, H, W) into col; filter tap (fy, fx) sits at window cell (fy*dh, fx*dw).
 
     col is flat; entry (image ii, row k, position p) lives at
     ``ii*s_img + k*s_row + p - p0``. Rows k < C*FH*FW are the receptive
@@ -140,14 +141,14 @@ def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, col, s_img, s_row
         c = k // (FH * FW)
         fy = (k // FW) % FH
         fx = k % FW
-        j_in, j_out = _inside(fx, W, OW, sw, pw)
+        j_in, j_out = _inside(fx * dw, W, OW, sw, pw)
         plane = x[n0 + ii, c].reshape(H * W)
-        off = fx - pw
+        off = fx * dw - pw
         for i in range(p0 // OW, (p1 - 1) // OW + 1):
             a, e = _row_piece(i, OW, p0, p1)
             # position (i, j) lands at dst[q + j]
             q = i * OW - p0
-            y = i * sh + fy - ph
+            y = i * sh + fy * dh - ph
             if y < 0 or y >= H:
                 for j in range(a, e):
                     dst[q + j] = 0
@@ -177,7 +178,7 @@ def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, col, s_img, s_row
 
 
 @jit(parallel=True)
-def _col2im(dcol, s_img, s_row, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, dx):
+def _col2im(dcol, s_img, s_row, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, dx):
     """Add dcol (flat, layout as in ``_unroll``, positions p0..p1) into dx[n0:n0+n_imgs].
 
     Gather form: each (image, channel) plane of dx is owned by one parallel
@@ -195,7 +196,7 @@ def _col2im(dcol, s_img, s_row, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, 
         for y in range(H):
             out_row = plane[y]
             for fy in range(FH):
-                iy = y + ph - fy
+                iy = y + ph - fy * dh
                 if iy < 0 or iy % sh != 0:
                     continue
                 i = iy // sh
@@ -206,13 +207,13 @@ def _col2im(dcol, s_img, s_row, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, 
                     k = (c * FH + fy) * FW + fx
                     # entry of position (i, j) is dcol[row + j]
                     row = ii * s_img + k * s_row + i * OW - p0
-                    # pixels xx = j*sw + fx - pw for output columns j inside the image
-                    j_lo, j_hi = _inside(fx, W, OW, sw, pw)
+                    # pixels xx = j*sw + fx*dw - pw for output columns j inside the image
+                    j_lo, j_hi = _inside(fx * dw, W, OW, sw, pw)
                     j_lo = max(j_lo, a)
                     j_hi = min(j_hi, e)
                     if j_hi <= j_lo:
                         continue
-                    off = fx - pw
+                    off = fx * dw - pw
                     if sw == 1:
                         # same index on both views: this loop vectorizes
                         src = dcol[row + j_lo:row + j_hi]
@@ -294,25 +295,46 @@ def _unrolls(spec):
     return not (pointwise and spec.out_hw[0] * spec.out_hw[1] >= _MIN_COLUMNS_PER_IMAGE)
 
 
+def _block(g, size):
+    """The g-th block of ``size`` rows (or columns): what group g owns."""
+    return slice(g * size, (g + 1) * size)
+
+
+def _grouped_product(a, col, out, groups):
+    """out = a @ col per group: out[..., block g] = a[block g] @ col[..., block g of a.shape[1] rows].
+
+    a: (FN, Kg) (plus the bias column when groups == 1), col: (..., groups*Kg
+    (+1), width), out: (..., FN, width). One group is one plain product. The
+    unrolled rows run channel-major, so each group's rows are one contiguous
+    block.
+    """
+    fn, kg = a.shape[0] // groups, a.shape[1]
+    for g in range(groups):
+        np.matmul(a[_block(g, fn)], col[..., _block(g, kg), :], out=out[..., _block(g, fn), :])
+
+
 def plan(spec):
     """How this path computes ``spec``'s convolution forward: what it unrolls, in how many pieces.
 
     Returns a dict: ``unrolls`` (False: a plain product on the NCHW data),
-    ``matrix_shape`` (the unrolled matrix of the whole batch, with the row of
-    ones that carries the bias), ``budget`` (bytes one piece may take),
-    ``pieces`` (unroll-and-multiply steps), ``images_per_piece`` (in the first
-    piece) and ``bands`` (True when one image exceeds the budget and is split
-    into bands of output positions).
+    ``matrix_shape`` (the unrolled matrix of the whole batch, C*FH*FW rows
+    plus the row of ones that carries the bias), ``budget`` (bytes one piece
+    may take), ``pieces`` (unroll-and-multiply steps), ``images_per_piece``
+    (in the first piece), ``bands`` (True when one image exceeds the budget
+    and is split into bands of output positions) and ``products_per_piece``
+    (``groups``: one matrix product per group, on the group's block of
+    C*FH*FW/groups unrolled rows). Dilation changes what is unrolled, not how much.
     """
     if spec.op != "conv":
         return {"method": "pooling with the CPU pooling loops (no matrix product to gain)"}
     N = spec.x_shape[0]
     OH, OW = spec.out_hw
-    rows = spec.field + 1
-    result = {"method": "unroll (im2col) + one BLAS matrix product per piece",
+    rows = spec.groups * spec.field + 1
+    per_group = "" if spec.groups == 1 else f" per group ({spec.groups} groups)"
+    result = {"method": f"unroll (im2col) + one BLAS matrix product{per_group} per piece",
               "unrolls": _unrolls(spec), "matrix_shape": (rows, N * OH * OW),
               "budget": _store.get_workspace_budget(), "pieces": 0, "images_per_piece": N,
-              "bands": False}
+              "bands": False, "products_per_piece": spec.groups}
     if result["unrolls"]:
         pieces = list(_chunks(N, rows, OH, OW, spec.dtype.itemsize))
         result.update(pieces=len(pieces), images_per_piece=pieces[0][1],
@@ -348,99 +370,126 @@ def _chunks(n_images, n_rows, OH, OW, itemsize):
 
 @one_launch_at_a_time
 def conv_forward(x, W, b, spec):
-    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache."""
+    """x: (N, C, H, W), W: (FN, C // groups, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache."""
     N, C = x.shape[:2]
-    FN, _, FH, FW = W.shape
+    FN, Cg, FH, FW = W.shape
+    G = spec.groups
     sh, sw = spec.stride
     ph, pw = spec.pad
+    dh, dw = spec.dilation
     OH, OW = spec.out_hw
     P = OH * OW
     K = C * FH * FW
+    Kg = Cg * FH * FW
     out = np.empty((N, FN, OH, OW), dtype=x.dtype)
     out3 = out.reshape(N, FN, P)
     # copies: backward must see x and W as they were, even if the caller changes them
     cache = ConvCache(x.copy(), W.copy(), spec)
 
     if not _unrolls(spec):
-        np.matmul(W.reshape(FN, C), x.reshape(N, C, P), out=out3)
+        _grouped_product(W.reshape(FN, Cg), x.reshape(N, C, P), out3, G)
         _add_bias(out3, b)
         return out, cache
 
-    # [W | b]: the bias is the product with the unrolled matrix's row of ones
-    Wb = np.empty((FN, K + 1), dtype=x.dtype)
-    Wb[:, :K] = W.reshape(FN, K)
-    Wb[:, K] = b
+    if G == 1:
+        # [W | b]: the bias is the product with the unrolled matrix's row of ones
+        A = np.empty((FN, K + 1), dtype=x.dtype)
+        A[:, :K] = W.reshape(FN, K)
+        A[:, K] = b
+    else:
+        # one product per group leaves the row of ones out: the bias is added after
+        A = W.reshape(FN, Kg)
     for n0, n_imgs, p0, p1 in _chunks(N, K + 1, OH, OW, x.itemsize):
         width = p1 - p0
         col = _workspace.get(n_imgs * (K + 1) * width, x.dtype)
         if P >= _MIN_COLUMNS_PER_IMAGE or n_imgs == 1:
             # (n_imgs, K+1, width): each image's product lands in its NCHW block
-            _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, col, (K + 1) * width, width)
+            _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, col,
+                    (K + 1) * width, width)
             col3 = col.reshape(n_imgs, K + 1, width)
             if width == P:
-                np.matmul(Wb, col3, out=out3[n0:n0 + n_imgs])
+                _grouped_product(A, col3, out3[n0:n0 + n_imgs], G)
             else:
-                out3[n0, :, p0:p1] = Wb @ col3[0]
+                _grouped_product(A, col3[0], out3[n0, :, p0:p1], G)
         else:
             # (K+1, n_imgs*P): one wide product, then a small copy back to NCHW
-            _unroll(x, n0, n_imgs, 0, P, FH, FW, sh, sw, ph, pw, OW, col, P, n_imgs * P)
+            _unroll(x, n0, n_imgs, 0, P, FH, FW, sh, sw, ph, pw, dh, dw, OW, col, P, n_imgs * P)
             prod = _workspace.get(FN * n_imgs * P, x.dtype, slot=1)
-            np.matmul(Wb, col.reshape(K + 1, n_imgs * P), out=prod.reshape(FN, n_imgs * P))
+            _grouped_product(A, col.reshape(K + 1, n_imgs * P), prod.reshape(FN, n_imgs * P), G)
             _side_by_side_to_images(prod, n0, n_imgs, out3)
+    if G > 1:
+        _add_bias(out3, b)
     return out, cache
 
 
 @one_launch_at_a_time
 def conv_backward(dout, cache):
-    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,).
+    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C // groups, FH, FW), db: (FN,).
 
     The unrolled matrix is rebuilt from x rather than kept from forward, so
-    memory between forward and backward stays at the size of x.
+    memory between forward and backward stays at the size of x. With groups,
+    every product below is one product per group on the group's blocks.
     """
     x, W, spec = cache
     N, C = x.shape[:2]
-    FN, _, FH, FW = W.shape
+    FN, Cg, FH, FW = W.shape
+    G = spec.groups
+    FNg = FN // G
     sh, sw = spec.stride
     ph, pw = spec.pad
+    dh, dw = spec.dilation
     OH, OW = spec.out_hw
     P = OH * OW
     K = C * FH * FW
+    Kg = Cg * FH * FW
     dout3 = dout.reshape(N, FN, P)
-    W_t = W.reshape(FN, K).T                     # BLAS reads the transpose in place
+    W_t = W.reshape(FN, Kg).T                    # BLAS reads the transpose in place
     dx = np.zeros(x.shape, dtype=x.dtype)
 
     if not _unrolls(spec):
         x3 = x.reshape(N, C, P)
-        np.matmul(W_t, dout3, out=dx.reshape(N, C, P))
-        dW = np.zeros((FN, C), dtype=x.dtype)
-        part = _workspace.get(FN * C, x.dtype, slot=1).reshape(FN, C)
+        dx3 = dx.reshape(N, C, P)
+        for g in range(G):
+            np.matmul(W_t[:, _block(g, FNg)], dout3[:, _block(g, FNg)], out=dx3[:, _block(g, Cg)])
+        dW = np.zeros((FN, Cg), dtype=x.dtype)
+        part = _workspace.get(FN * Cg, x.dtype, slot=1).reshape(FN, Cg)
         for n in range(N):
-            np.matmul(dout3[n], x3[n].T, out=part)
+            for g in range(G):
+                np.matmul(dout3[n, _block(g, FNg)], x3[n, _block(g, Cg)].T,
+                          out=part[_block(g, FNg)])
             dW += part
         return dx, dW.reshape(W.shape), _sum_maps(dout3)
 
-    # [dW | db] = sum over positions of dout times [col ; ones]
-    dWb = np.empty((FN, K + 1), dtype=x.dtype)
+    # G == 1: [dW | db] = sum over positions of dout times [col ; ones];
+    # G > 1: dW per group from the group's rows of col, db summed apart
+    Kw = K + 1 if G == 1 else Kg
+    dWb = np.empty((FN, Kw), dtype=x.dtype)
     for n0, n_imgs, p0, p1 in _chunks(N, K + 1, OH, OW, x.itemsize):
         width = p1 - p0
         cols = n_imgs * width
         col = _workspace.get((K + 1) * cols, x.dtype)
         # images side by side: col (K+1, n_imgs*width), dout_t (FN, n_imgs*width)
-        _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, col, width, cols)
+        _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, col, width, cols)
         if n_imgs == 1:
             dout_t = dout3[n0, :, p0:p1]
         else:
             dout_t = _workspace.get(FN * cols, x.dtype, slot=1)
             _images_to_side_by_side(dout3, n0, n_imgs, dout_t)
             dout_t = dout_t.reshape(FN, cols)
-        if n0 == 0 and p0 == 0:
-            np.matmul(dout_t, col.reshape(K + 1, cols).T, out=dWb)
-        else:
-            part = _workspace.get(FN * (K + 1), x.dtype, slot=2).reshape(FN, K + 1)
-            np.matmul(dout_t, col.reshape(K + 1, cols).T, out=part)
-            dWb += part
+        col_t = col.reshape(K + 1, cols).T
+        target = dWb
+        if not (n0 == 0 and p0 == 0):
+            target = _workspace.get(FN * Kw, x.dtype, slot=2).reshape(FN, Kw)
+        for g in range(G):
+            np.matmul(dout_t[_block(g, FNg)], col_t[:, _block(g, Kw)], out=target[_block(g, FNg)])
+        if target is not dWb:
+            dWb += target
         # col is no longer needed: its memory takes dcol = W^T @ dout_t
         dcol = col[:K * cols]
-        np.matmul(W_t, dout_t, out=dcol.reshape(K, cols))
-        _col2im(dcol, width, cols, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, OW, dx)
+        dcol2 = dcol.reshape(K, cols)
+        for g in range(G):
+            np.matmul(W_t[:, _block(g, FNg)], dout_t[_block(g, FNg)], out=dcol2[_block(g, Kg)])
+        _col2im(dcol, width, cols, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, dx)
+    if G > 1:
+        return dx, dWb.reshape(W.shape), _sum_maps(dout3)
     return dx, np.ascontiguousarray(dWb[:, :K]).reshape(W.shape), dWb[:, K].copy()

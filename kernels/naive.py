@@ -62,44 +62,62 @@ def _unpad(xp, pad, x_shape):
 
 # ----------------------------------------------------------------- convolution
 
-def conv_forward(x, W, b, spec):
-    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache."""
-    N = x.shape[0]
-    FN, C, FH, FW = W.shape
+def _window(i, j, spec):
+    """The (rows, cols) slices of padded input that output (i, j) reads: FH x FW taps,
+    ``dilation`` cells apart, starting at (i*sh, j*sw)."""
     sh, sw = spec.stride
+    dh, dw = spec.dilation
+    eh, ew = spec.extent
+    return slice(i * sh, i * sh + eh, dh), slice(j * sw, j * sw + ew, dw)
+
+
+def conv_forward(x, W, b, spec):
+    """x: (N, C, H, W), W: (FN, C // groups, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache.
+
+    Group g's filters (FN // groups of them) see group g's channels only.
+    """
+    N = x.shape[0]
+    FN, Cg, FH, FW = W.shape
+    G = spec.groups
+    FNg = FN // G
     OH, OW = spec.out_hw
     xp = _pad(x, spec.pad)
-    w_rows = W.reshape(FN, C * FH * FW)
+    w_rows = W.reshape(FN, Cg * FH * FW)
     out = np.empty((N, FN, OH, OW), dtype=x.dtype)
-    for n in range(N):
-        for i in range(OH):
-            for j in range(OW):
-                window = xp[n, :, i * sh:i * sh + FH, j * sw:j * sw + FW]
-                out[n, :, i, j] = w_rows @ window.reshape(-1) + b
+    for g in range(G):
+        chans, filters = slice(g * Cg, (g + 1) * Cg), slice(g * FNg, (g + 1) * FNg)
+        for n in range(N):
+            for i in range(OH):
+                for j in range(OW):
+                    rows, cols = _window(i, j, spec)
+                    window = xp[n, chans, rows, cols]
+                    out[n, filters, i, j] = w_rows[filters] @ window.reshape(-1) + b[filters]
     # copies: backward must see x and W as they were, even if the caller changes them
     return out, ConvCache(x.copy(), W.copy(), spec)
 
 
 def conv_backward(dout, cache):
-    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,)."""
+    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C // groups, FH, FW), db: (FN,)."""
     x, W, spec = cache
     N = x.shape[0]
-    FN, C, FH, FW = W.shape
-    sh, sw = spec.stride
+    FN, Cg, FH, FW = W.shape
+    G = spec.groups
+    FNg = FN // G
     OH, OW = spec.out_hw
     pad = spec.pad
     xp = _pad(x, pad)
     dxp = np.zeros(xp.shape, dtype=x.dtype)
-    w_rows = W.reshape(FN, C * FH * FW)
+    w_rows = W.reshape(FN, Cg * FH * FW)
     dw_rows = np.zeros_like(w_rows)
-    for n in range(N):
-        for i in range(OH):
-            for j in range(OW):
-                g = dout[n, :, i, j]                       # (FN,)
-                rows = slice(i * sh, i * sh + FH)
-                cols = slice(j * sw, j * sw + FW)
-                dw_rows += np.outer(g, xp[n, :, rows, cols].reshape(-1))
-                dxp[n, :, rows, cols] += (g @ w_rows).reshape(C, FH, FW)
+    for gr in range(G):
+        chans, filters = slice(gr * Cg, (gr + 1) * Cg), slice(gr * FNg, (gr + 1) * FNg)
+        for n in range(N):
+            for i in range(OH):
+                for j in range(OW):
+                    g = dout[n, filters, i, j]                 # (FN // groups,)
+                    rows, cols = _window(i, j, spec)
+                    dw_rows[filters] += np.outer(g, xp[n, chans, rows, cols].reshape(-1))
+                    dxp[n, chans, rows, cols] += (g @ w_rows[filters]).reshape(Cg, FH, FW)
     db = dout.sum(axis=(0, 2, 3))
     return _unpad(dxp, pad, x.shape), dw_rows.reshape(W.shape), db
 

@@ -17,16 +17,19 @@ def _pad(x, pad):
 
 
 def im2col(x, spec):
-    """x: (N, C, H, W) -> col: (N*OH*OW, C*FH*FW) for the filter size, stride and pad of ``spec``."""
+    """x: (N, C, H, W) -> col: (N*OH*OW, C*FH*FW) for the filter size, stride, pad and
+    dilation of ``spec`` (tap (fy, fx) reads window cell (fy*dh, fx*dw))."""
     N, C = x.shape[:2]
     FH, FW = spec.filter_hw
     sh, sw = spec.stride
+    dh, dw = spec.dilation
     OH, OW = spec.out_hw
     xp = _pad(x, spec.pad)
     col = np.empty((N, OH, OW, C, FH, FW), dtype=x.dtype)
     for fy in range(FH):
         for fx in range(FW):
-            patch = xp[:, :, fy:fy + sh * (OH - 1) + 1:sh, fx:fx + sw * (OW - 1) + 1:sw]
+            y, z = fy * dh, fx * dw
+            patch = xp[:, :, y:y + sh * (OH - 1) + 1:sh, z:z + sw * (OW - 1) + 1:sw]
             col[:, :, :, :, fy, fx] = patch.transpose(0, 2, 3, 1)
     return col.reshape(N * OH * OW, C * FH * FW)
 
@@ -39,12 +42,14 @@ def col2im(col, spec):
     N, C, H, W = spec.x_shape
     FH, FW = spec.filter_hw
     sh, sw = spec.stride
+    dh, dw = spec.dilation
     OH, OW = spec.out_hw
     ph, pw = spec.pad
     col6 = col.reshape(N, OH, OW, C, FH, FW)
     xp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=col.dtype)
     for fy in range(FH):
         for fx in range(FW):
-            xp[:, :, fy:fy + sh * (OH - 1) + 1:sh, fx:fx + sw * (OW - 1) + 1:sw] += \
+            y, z = fy * dh, fx * dw
+            xp[:, :, y:y + sh * (OH - 1) + 1:sh, z:z + sw * (OW - 1) + 1:sw] += \
                 col6[:, :, :, :, fy, fx].transpose(0, 3, 1, 2)
     return np.ascontiguousarray(xp[:, :, ph:ph + H, pw:pw + W])
