@@ -8,6 +8,7 @@ checks again.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -202,8 +203,20 @@ def lowered_conv_spec(x_shape, w_shape, stride: Pair = 1, pad: Padding = 0, dtyp
     before the kernel runs (then spec.x_shape is the padded shape), or None
     when the padding is symmetric and x runs as it is.
     """
-    (top, bottom), (left, right) = resolve_padding(pad, tuple(x_shape)[-2:],
-                                                   tuple(w_shape)[-2:], stride, dilation)
+    # Lists become tuples (the cache needs hashable keys); a warmed layer, which
+    # passes tuples, pays one cache look-up here and no Python-level checking.
+    if isinstance(pad, list):
+        pad = tuple(tuple(p) if isinstance(p, list) else p for p in pad)
+    return _lowered_conv_spec(tuple(x_shape), tuple(w_shape),
+                              tuple(stride) if isinstance(stride, list) else stride, pad,
+                              np.dtype(dtype), rounding,
+                              tuple(dilation) if isinstance(dilation, list) else dilation, groups)
+
+
+@lru_cache(maxsize=512)
+def _lowered_conv_spec(x_shape, w_shape, stride, pad, dtype, rounding, dilation, groups):
+    (top, bottom), (left, right) = resolve_padding(pad, x_shape[-2:], w_shape[-2:], stride,
+                                                   dilation)
     sym = (min(top, bottom), min(left, right))
     if top == bottom and left == right:
         return conv_spec(x_shape, w_shape, stride, sym, dtype, rounding,

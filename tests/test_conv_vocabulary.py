@@ -614,3 +614,20 @@ def test_against_torch(path, x_shape, w_shape, stride, pad, dilation, groups):
                                         torch.from_numpy(b), stride=stride, padding=pad,
                                         dilation=dilation, groups=groups).numpy()
     assert_close(ours, theirs)
+
+
+def test_warmup_runs_a_network_with_the_new_arguments():
+    class Net:
+        dtype = np.float32
+
+        def __init__(self):
+            W = np.ones((4, 2, 3, 3), np.float32)
+            self.layers = {
+                "Conv1": Convolution(W, pad=((0, 1), (1, 0)), dilation=2, groups=2,
+                                     backend="im2col"),
+                "Affine1": fastconv.Affine(np.ones((4 * 3 * 3, 2), np.float32),
+                                           np.zeros(2, np.float32)),
+            }
+
+    report = fastconv.warmup(Net(), input_shape=(4, 6, 6))
+    assert report.runs == [("Conv1", "conv", "im2col")]
