@@ -19,6 +19,12 @@ chosen so that the product lands in NCHW without a transpose pass:
   parallel iterations ever add into one element.
 - a 1x1 convolution with stride 1 and no padding needs no unroll at all: it is
   ``W(FN, C) @ x[n].reshape(C, H*W)``.
+- dilation: the unroll and col2im loops read filter tap (fy, fx) at window
+  cell (fy*dh, fx*dw); nothing else changes.
+- groups: the unrolled rows run channel-major, so group g's C/groups*FH*FW
+  rows are one contiguous block, and every product above becomes one product
+  per group on its block of rows and its FN/groups filters (the row of ones
+  is then left out and the bias added after).
 
 Memory: the unrolled matrix is bounded by a workspace budget (default 256 MiB,
 see ``set_workspace_budget`` and the ``FASTCONV_IM2COL_BUDGET`` environment

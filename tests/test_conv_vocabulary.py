@@ -631,3 +631,17 @@ def test_warmup_runs_a_network_with_the_new_arguments():
 
     report = fastconv.warmup(Net(), input_shape=(4, 6, 6))
     assert report.runs == [("Conv1", "conv", "im2col")]
+
+
+@pytest.mark.skipif(not backends.cuda_present(), reason="needs a GPU or NUMBA_ENABLE_CUDASIM=1")
+def test_device_arrays_refuse_unequal_padding_by_name():
+    from fastconv.kernels._cuda_shim import cuda
+
+    x, W, b = arrays((1, 2, 6, 6), (2, 2, 2, 2), np.float32)
+    xd, Wd, bd = (cuda.to_device(a) for a in (x, W, b))
+    with pytest.raises(ValueError, match=r"pad='same' needs unequal zeros .* CUDA device arrays "
+                                         r"do not take \(x.shape=\(1, 2, 6, 6\)\)"):
+        conv2d(xd, Wd, bd, pad="same")
+    # equal padding in any form runs on the device as before
+    out = conv2d(xd, Wd, bd, pad=((1, 1), (0, 0)))
+    assert_close(out.copy_to_host(), conv2d(x, W, b, pad=(1, 0), backend="naive"))
