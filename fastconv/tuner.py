@@ -67,7 +67,7 @@ import numpy as np
 
 from . import backends, io, timing
 from .geometry import as_pair
-from .spec import ConvSpec, PoolSpec, batch_bucket, conv_spec, pool_spec
+from .spec import POOL_DEFAULTS, ConvSpec, PoolSpec, batch_bucket, conv_spec, pool_spec
 
 ENV_CACHE_DIR = "FASTCONV_CACHE_DIR"
 ENV_AUTOTUNE = "FASTCONV_AUTOTUNE"
@@ -191,7 +191,8 @@ def current_threads() -> int:
     return numba.get_num_threads()
 
 
-def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None) -> dict:
+def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None, *,
+             options=None) -> dict:
     """The cache key as a dict of plain JSON values.
 
     op: "conv" or "pool". x_shape: (N, C, H, W), whose batch N is stored as
@@ -199,8 +200,11 @@ def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None) 
     one decision serves a family of batch sizes. w_shape: (FN, C, FH, FW) for a
     convolution, the window (PH, PW) for a pooling. mode: "max"/"avg" for a
     pooling, None for a convolution. threads defaults to current_threads().
+    options: a pooling's options that differ from their defaults (ceil_mode,
+    count_include_pad, divisor_override, dilation), stored under their own
+    names and only then, so that default poolings keep the keys they always had.
     """
-    return {
+    key = {
         "op": op,
         "x_shape": [batch_bucket(int(x_shape[0]))] + [int(s) for s in x_shape[1:]],
         "w_shape": [int(s) for s in w_shape],
@@ -210,6 +214,9 @@ def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None) 
         "threads": int(current_threads() if threads is None else threads),
         "mode": mode,
     }
+    for name, value in (options or {}).items():
+        key[name] = list(value) if isinstance(value, tuple) else value
+    return key
 
 
 def spec_key(spec: ConvSpec | PoolSpec, threads=None) -> dict:
@@ -217,8 +224,10 @@ def spec_key(spec: ConvSpec | PoolSpec, threads=None) -> dict:
     if spec.op == "conv":
         return make_key("conv", spec.x_shape, spec.w_shape, spec.stride, spec.pad, spec.dtype,
                         threads)
+    options = {name: value for name, value in spec.options.items()
+               if value != POOL_DEFAULTS[name]}
     return make_key("pool", spec.x_shape, spec.pool_hw, spec.stride, spec.pad, spec.dtype,
-                    threads, spec.mode)
+                    threads, spec.mode, options=options)
 
 
 def _spec_of(op, x_shape, w_shape, stride, pad, dtype, mode):
