@@ -395,6 +395,12 @@ def test_sizes_and_padding_only_windows_match_the_rule_stated_plainly(size, k, s
 
 # -------------------------------------------------------------- PyTorch
 
+def _beyond_pytorchs_pad(spec):
+    """PyTorch's avg_pool2d and max_pool2d with indices take pad <= kernel_size/2 only;
+    fastconv takes any pad smaller than the window's span."""
+    return any(p > k // 2 for p, k in zip(spec.pad, spec.pool_hw))
+
+
 def _torch_case(x, spec):
     torch = pytest.importorskip("torch")
     tf = torch.nn.functional
@@ -414,8 +420,8 @@ def _torch_case(x, spec):
 def test_pytorch_agrees(path, case):
     x, dout, spec = _arrays(case, np.float64, seed=5)
     skip_unless_supported(path, spec)
-    if spec.mode == "max" and any(p > k // 2 for p, k in zip(spec.pad, spec.pool_hw)):
-        pytest.skip("PyTorch's max_pool2d with indices allows pad <= kernel_size/2 only")
+    if _beyond_pytorchs_pad(spec):
+        pytest.skip("PyTorch's pooling with indices allows pad <= kernel_size/2 only")
     t, ref, ref_indices = _torch_case(x, spec)
     ref.backward(pytest.importorskip("torch").tensor(dout))
     out, dx, indices = _run(x, dout, spec, path)
@@ -431,8 +437,7 @@ def test_random_options_match_pytorch(case):
     torch = pytest.importorskip("torch")
     case = dict(case, dtype=np.float64)
     spec = _spec_or_none(case)
-    if spec is None or (spec.mode == "max" and any(p > k // 2 for p, k in
-                                                   zip(spec.pad, spec.pool_hw))):
+    if spec is None or _beyond_pytorchs_pad(spec):
         return
     rng = np.random.default_rng(case["seed"])
     x = rng.standard_normal(spec.x_shape)
