@@ -349,18 +349,51 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None, stride: Pa
 def pool_forward(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair | None = None,
                  pad: Pair = 0,
                  mode: str = "max", rounding: str = "floor",
-                 backend: str = "auto") -> tuple[np.ndarray, Saved]:
-    """Checked pooling forward -> (out, saved); ``saved`` feeds pool_backward."""
+                 backend: str = "auto", *, ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override: int | None = None, dilation: Pair = 1,
+                 return_indices: bool = False) -> tuple:
+    """Checked pooling forward -> (out, saved); ``saved`` feeds pool_backward.
+
+    With return_indices=True (max pooling): (out, indices, saved), indices as
+    :func:`pool2d` returns them. The other keywords are :func:`pool2d`'s.
+    """
     x = check_array(x, "x", (3, 4), "(N, C, H, W) or one image (C, H, W)")
+    if not isinstance(return_indices, (bool, np.bool_)):
+        raise TypeError(f"return_indices must be True or False, got {return_indices!r} "
+                        f"({type(return_indices).__name__})")
     restore = None
     if x.ndim == 3 or x.dtype == HALF:
         (x,), restore = _adapt((x,))
-    spec = pool_spec(x.shape, pool_h, pool_w, stride, pad, mode, x.dtype, rounding)
+    spec = pool_spec(x.shape, pool_h, pool_w, stride, pad, mode, x.dtype, rounding,
+                     ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                     divisor_override=divisor_override, dilation=dilation)
+    if return_indices and spec.mode != "max":
+        raise ValueError(f"return_indices=True needs mode='max': average pooling has no "
+                         f"maximum to point at (x.shape={tuple(x.shape)})")
     module, path = _path_for(backend, spec, not isinstance(x, np.ndarray))
     out, cache = module.pool_forward(x, spec)
     if restore is not None:
         out = _restored(out, restore.out_dtype, restore.unbatched)
-    return out, Saved(path, cache, spec, restore)
+    saved = Saved(path, cache, spec, restore)
+    if return_indices:
+        return out, _indices(cache.argmax, restore, not isinstance(x, np.ndarray)), saved
+    return out, saved
+
+
+def _indices(argmax, restore, on_device):
+    """A copy of a max pooling cache's indices (int64 h*W + w per (n, c) plane), so the
+    caller may change them without changing backward; on the device for a device call."""
+    if isinstance(argmax, np.ndarray):
+        indices = argmax.copy()
+    elif on_device:                      # device input is batched and float32/64: no restore
+        from .kernels._cuda_shim import cuda
+
+        indices = cuda.device_array_like(argmax)
+        indices.copy_to_device(argmax)
+        return indices
+    else:
+        indices = argmax.copy_to_host()
+    return indices[0] if restore is not None and restore.unbatched else indices
 
 
 def pool_backward(dout: np.ndarray, saved: Saved) -> np.ndarray:
@@ -372,18 +405,34 @@ def pool_backward(dout: np.ndarray, saved: Saved) -> np.ndarray:
 
 
 def pool2d(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair | None = None, pad: Pair = 0,
-           mode: str = "max", *, rounding: str = "floor", backend: str = "auto") -> np.ndarray:
+           mode: str = "max", *, ceil_mode: bool = False, count_include_pad: bool = True,
+           divisor_override: int | None = None, dilation: Pair = 1, return_indices: bool = False,
+           rounding: str = "floor", backend: str = "auto"):
     """Max or average pooling of x: (N, C, H, W) -> (N, C, OH, OW), or (C, H, W) -> (C, OH, OW).
 
     stride=None (the default) steps by the window, as PyTorch does and as the
     book's layers are used: 2x2 pooling halves each side.
 
-    Max pooling pads with -inf; average pooling pads with zeros and divides by
-    pool_h*pool_w. Ties in max pooling go to the first maximum in row-major
-    window order.
+    Max pooling looks at input cells only (padding never wins); average pooling
+    pads with zeros and divides by pool_h*pool_w. Ties in max pooling go to the
+    first maximum in row-major window order (a NaN wins, the first NaN).
+
+    PyTorch's options (``torch.nn.functional.max_pool2d``/``avg_pool2d``):
+
+    - ceil_mode: round the output size up, keeping a last partial window
+      (clipped to the input) unless it would start in the right padding;
+    - count_include_pad (avg): False divides by the input cells of each window
+      only; True (default) by the window clipped to the padded input;
+    - divisor_override (avg): an int >= 1 that divides every window instead;
+    - dilation (max): an int or (h, w) pair, the spacing of the window's taps;
+    - return_indices (max): also return indices (N, C, OH, OW) int64, the flat
+      index h*W + w of each maximum in its (unpadded) input plane: ``(out, indices)``.
     """
-    out, _ = pool_forward(x, pool_h, pool_w, stride, pad, mode, rounding, backend)
-    return out
+    result = pool_forward(x, pool_h, pool_w, stride, pad, mode, rounding, backend,
+                          ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                          divisor_override=divisor_override, dilation=dilation,
+                          return_indices=return_indices)
+    return result[:2] if return_indices else result[0]
 
 
 # ------------------------------------------------------- im2col, book layout

@@ -181,3 +181,67 @@ def resolve_padding(pad, hw, filter_hw, stride=1, dilation=1):
     if isinstance(pad[0], tuple):
         return pad
     return (pad[0], pad[0]), (pad[1], pad[1])
+
+
+def check_ceil_rounding(ceil_mode, rounding):
+    """Refuse rounding="exact" with ceil_mode=True (one refuses a partial last window,
+    the other keeps it); returns ceil_mode."""
+    if ceil_mode and check_rounding(rounding) == "exact":
+        raise ValueError("rounding='exact' refuses a partial last window and ceil_mode=True "
+                         "keeps one; pass one or the other")
+    return ceil_mode
+
+
+def pool_output_size(input_size, window, stride=1, pad=0, dilation=1, ceil_mode=False,
+                     rounding="floor"):
+    """Output length of a pooling along one axis (PyTorch's rule).
+
+    A window of ``window`` taps ``dilation`` apart spans ``dilation*(window - 1) + 1``
+    cells. ceil_mode=False is :func:`conv_output_size` for that span. ceil_mode=True
+    rounds ``(input_size + 2*pad - span) / stride`` up instead, so a last, partial
+    window is kept (and clipped to the input), then drops that last window again
+    if it would start at or beyond ``input_size + pad``: every window must start
+    inside the input or its left padding. rounding="exact" asks for a division
+    without remainder, which leaves ceil_mode nothing to round: the pair is refused.
+
+    >>> pool_output_size(5, 2, stride=2), pool_output_size(5, 2, stride=2, ceil_mode=True)
+    (2, 3)
+    """
+    window = _as_int(window, "window")
+    dilation = _as_int(dilation, "dilation")
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    if dilation < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
+    span = dilation * (window - 1) + 1
+    if span > MAX_LENGTH:
+        raise ValueError(f"the window's span dilation*(window - 1) + 1 = {span} must be "
+                         f"<= 2**31 - 1 = {MAX_LENGTH}")
+    if not check_ceil_rounding(ceil_mode, rounding):
+        return conv_output_size(input_size, span, stride, pad, rounding)
+    # a one-cell window always fits: this checks input_size, stride and pad alone
+    conv_output_size(input_size, 1, stride, pad)
+    rest = input_size + 2 * pad - span
+    out = -(-rest // stride) + 1                     # ceil(rest / stride) + 1
+    if out < 1:
+        raise ValueError(
+            f"window span {span} is larger than the padded input {input_size} + 2*{pad} = "
+            f"{input_size + 2 * pad} by {-rest} >= stride {stride}: no window starts inside it")
+    if (out - 1) * stride >= input_size + pad:       # the last window would start in the right padding
+        out -= 1
+    return out
+
+
+def pool_output_hw(hw, window_hw, stride, pad, dilation=(1, 1), ceil_mode=False, rounding="floor"):
+    """(OH, OW) of a pooling over input (H, W); errors name both axes' shapes."""
+    out = []
+    for axis, size, k, s, p, d in zip(("height", "width"), hw, window_hw, stride, pad, dilation):
+        try:
+            out.append(pool_output_size(size, k, s, p, d, ceil_mode, rounding))
+        except ValueError as err:
+            dilated = "" if tuple(dilation) == (1, 1) else f" with dilation={tuple(dilation)}"
+            raise ValueError(
+                f"pool window {tuple(window_hw)}{dilated} does not fit input (H, W)={tuple(hw)} "
+                f"with stride={tuple(stride)}, pad={tuple(pad)}{', ceil_mode=True' * ceil_mode} "
+                f"along the {axis}: {err}") from None
+    return tuple(out)

@@ -12,8 +12,8 @@ import numpy as np
 
 from . import functional as F
 from .functional import check_backend
-from .geometry import _as_int, as_pair, check_padding, check_rounding
-from .spec import _stride_pad
+from .geometry import _as_int, as_pair, check_ceil_rounding, check_padding, check_rounding
+from .spec import _stride_pad, check_pool_options
 
 
 def _check_params(W, b, w_layout, b_name, n_out):
@@ -164,13 +164,19 @@ class Pooling(Layer):
     stride=None (the default) steps by the window, as PyTorch does: a 2x2
     window halves each side. One image (C, H, W) gives (C, OH, OW).
 
-    mode "max" pads with -inf and sends each gradient to the window's first
-    maximum; mode "avg" pads with zeros and spreads the gradient evenly over
-    the pool_h*pool_w cells.
+    mode "max" looks at input cells only and sends each gradient to the
+    window's first maximum; mode "avg" pads with zeros and spreads the gradient
+    evenly over the cells its divisor counted (pool_h*pool_w by default).
+    ceil_mode, count_include_pad, divisor_override, dilation and return_indices
+    are ``fastconv.pool2d``'s; with return_indices=True, forward still returns
+    out and keeps the indices (N, C, OH, OW) in ``self.indices``.
     """
 
     def __init__(self, pool_h: int, pool_w: int, stride: F.Pair | None = None, pad: F.Pair = 0,
-                 mode: str = "max", backend: str = "auto", rounding: str = "floor"):
+                 mode: str = "max", backend: str = "auto", rounding: str = "floor", *,
+                 ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override: int | None = None, dilation: F.Pair = 1,
+                 return_indices: bool = False):
         self.pool_h, self.pool_w = _as_int(pool_h, "pool_h"), _as_int(pool_w, "pool_w")
         if min(self.pool_h, self.pool_w) < 1:
             raise ValueError(f"pool window (pool_h, pool_w) must be >= 1, got "
@@ -181,15 +187,36 @@ class Pooling(Layer):
         if mode not in F.MODES:
             raise ValueError(f"mode must be one of {F.MODES}, got {mode!r}")
         self.mode = mode
+        self.ceil_mode, self.count_include_pad, self.divisor_override, self.dilation = \
+            check_pool_options(mode, ceil_mode, count_include_pad, divisor_override, dilation)
+        if not isinstance(return_indices, (bool, np.bool_)):
+            raise TypeError(f"return_indices must be True or False, got {return_indices!r}")
+        if return_indices and mode != "max":
+            raise ValueError("return_indices=True needs mode='max': average pooling has no "
+                             "maximum to point at")
+        self.return_indices = bool(return_indices)
+        self.indices = None
         self.backend = check_backend(backend)
         self.rounding = check_rounding(rounding)
+        check_ceil_rounding(self.ceil_mode, self.rounding)
         self.path = None
         self.path_counts = Counter()
         self._saved = None
 
+    @property
+    def options(self) -> dict:
+        """ceil_mode, count_include_pad, divisor_override and dilation, as keywords."""
+        return dict(ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad,
+                    divisor_override=self.divisor_override, dilation=self.dilation)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        out, self._saved = F.pool_forward(x, self.pool_h, self.pool_w, self.stride, self.pad,
-                                          self.mode, self.rounding, self.backend)
+        result = F.pool_forward(x, self.pool_h, self.pool_w, self.stride, self.pad, self.mode,
+                                self.rounding, self.backend, return_indices=self.return_indices,
+                                **self.options)
+        if self.return_indices:
+            out, self.indices, self._saved = result
+        else:
+            out, self._saved = result
         self.path = self._saved.path
         self.path_counts[self.path] += 1
         return out

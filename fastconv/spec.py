@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .geometry import _as_int, as_pair, check_rounding, output_hw
+from .geometry import _as_int, as_pair, check_ceil_rounding, check_rounding, output_hw, pool_output_hw
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 POOL_MODES = ("max", "avg")
@@ -78,7 +78,13 @@ class ConvSpec:
 
 @dataclass(frozen=True)
 class PoolSpec:
-    """One 2-D pooling: x_shape (N, C, H, W), pool_hw, stride, pad, out_hw, mode, dtype."""
+    """One 2-D pooling: x_shape (N, C, H, W), pool_hw, stride, pad, out_hw, mode, dtype.
+
+    The options that change what is computed, PyTorch's: ceil_mode (keep a last,
+    partial window, clipped to the input), count_include_pad (avg: padded cells
+    count in the divisor), divisor_override (avg: this divisor for every window,
+    or None) and dilation (max: taps (h, w) cells apart).
+    """
 
     x_shape: tuple[int, int, int, int]
     pool_hw: tuple[int, int]
@@ -87,6 +93,10 @@ class PoolSpec:
     out_hw: tuple[int, int]
     mode: str
     dtype: np.dtype
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+    divisor_override: int | None = None
+    dilation: tuple[int, int] = (1, 1)
 
     op = "pool"
 
@@ -95,9 +105,26 @@ class PoolSpec:
         """(N, C, OH, OW)."""
         return (*self.x_shape[:2], *self.out_hw)
 
+    @property
+    def options(self) -> dict:
+        """The computation options as keywords of ``pool_spec``/``pool2d``."""
+        return dict(ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad,
+                    divisor_override=self.divisor_override, dilation=self.dilation)
+
+    @property
+    def extent(self) -> tuple[int, int]:
+        """(h, w) cells one window spans: dilation*(pool - 1) + 1 along each axis."""
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.pool_hw, self.dilation))
+
     def describe(self) -> str:
+        extra = "".join(f" {name}={value}" for name, value in self.options.items()
+                        if value != POOL_DEFAULTS[name])
         return (f"{self.mode} pool x={self.x_shape} window={self.pool_hw} stride={self.stride} "
-                f"pad={self.pad} {self.dtype.name} -> out {self.out_shape}")
+                f"pad={self.pad}{extra} {self.dtype.name} -> out {self.out_shape}")
+
+
+POOL_DEFAULTS = dict(ceil_mode=False, count_include_pad=True, divisor_override=None,
+                     dilation=(1, 1))
 
 
 # ------------------------------------------------------------------- builders
@@ -177,32 +204,107 @@ def conv_spec(x_shape, w_shape, stride=1, pad=0, dtype="float32", rounding="floo
                       tuple(dilation) if isinstance(dilation, list) else dilation, groups)
 
 
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_pool_options(mode, ceil_mode=False, count_include_pad=True, divisor_override=None,
+                       dilation=1) -> tuple[bool, bool, int | None, tuple[int, int]]:
+    """The pooling options checked and normalised -> (ceil_mode, count_include_pad,
+    divisor_override, dilation as an (h, w) pair); the one place they are checked.
+
+    count_include_pad and divisor_override choose an average's divisor and
+    dilation spreads a maximum's taps: each is refused with the other mode, as
+    PyTorch's max_pool2d and avg_pool2d have no such argument.
+    """
+    if mode not in POOL_MODES:
+        raise ValueError(f"mode must be one of {POOL_MODES}, got {mode!r}")
+    ceil_mode = _flag(ceil_mode, "ceil_mode")
+    count_include_pad = _flag(count_include_pad, "count_include_pad")
+    if divisor_override is not None:
+        divisor_override = _as_int(divisor_override, "divisor_override")
+        if divisor_override < 1:
+            raise ValueError(f"divisor_override must be an int >= 1 or None, got {divisor_override}")
+    dilation = as_pair(dilation, "dilation")
+    if min(dilation) < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
+    if mode == "avg" and dilation != (1, 1):
+        raise ValueError(f"dilation {dilation} applies to max pooling only; average pooling "
+                         f"has no dilation (PyTorch's avg_pool2d neither)")
+    if mode == "max" and (divisor_override is not None or not count_include_pad):
+        raise ValueError(
+            f"count_include_pad and divisor_override choose the divisor of average pooling; "
+            f"max pooling takes neither (got count_include_pad={count_include_pad}, "
+            f"divisor_override={divisor_override})")
+    return ceil_mode, count_include_pad, divisor_override, dilation
+
+
+def _padding_only_window(size, stride, pad, dilation, out):
+    """The first output index along one axis whose taps all land in the padding, or None.
+
+    Only windows starting in the left padding can miss the input (a window
+    starting inside it has a real first tap); their first tap at or past the
+    input's start lies at (start mod dilation), which repeats every `dilation`
+    windows at most.
+    """
+    for o in range(min(out, -(-pad // stride), dilation)):
+        if (o * stride - pad) % dilation >= size:
+            return o
+    return None
+
+
 @lru_cache(maxsize=512)
-def _pool_spec(x_shape, pool_h, pool_w, stride, pad, mode, dtype, rounding) -> PoolSpec:
+def _pool_spec(x_shape, pool_h, pool_w, stride, pad, mode, dtype, rounding, ceil_mode,
+               count_include_pad, divisor_override, dilation) -> PoolSpec:
     x_shape = _shape(x_shape, "x", "(N, C, H, W)")
     pool_hw = (_as_int(pool_h, "pool_h"), _as_int(pool_w, "pool_w"))
     if min(pool_hw) < 1:
         raise ValueError(f"pool window (pool_h, pool_w) must be >= 1, got {pool_hw}")
-    if mode not in POOL_MODES:
-        raise ValueError(f"mode must be one of {POOL_MODES}, got {mode!r}")
+    ceil_mode, count_include_pad, divisor_override, dilation = check_pool_options(
+        mode, ceil_mode, count_include_pad, divisor_override, dilation)
+    check_ceil_rounding(ceil_mode, rounding)
     stride, pad = _stride_pad(pool_hw if stride is None else stride, pad)
-    if pad[0] >= pool_hw[0] or pad[1] >= pool_hw[1]:
+    extent = tuple(d * (k - 1) + 1 for k, d in zip(pool_hw, dilation))
+    if pad[0] >= extent[0] or pad[1] >= extent[1]:
+        spans = "" if dilation == (1, 1) else f" (spanning {extent} with dilation {dilation})"
         raise ValueError(
-            f"pad {pad} must be smaller than the pool window {pool_hw}, or some windows "
+            f"pad {pad} must be smaller than the pool window {pool_hw}{spans}, or some windows "
             f"would hold padding only")
-    out_hw = output_hw(x_shape[2:], pool_hw, stride, pad, check_rounding(rounding), "pool window")
-    return PoolSpec(x_shape, pool_hw, stride, pad, out_hw, mode, _dtype(dtype))
+    out_hw = pool_output_hw(x_shape[2:], pool_hw, stride, pad, dilation, ceil_mode,
+                            check_rounding(rounding))
+    for axis, size, s, p, d, o in zip(("row", "column"), x_shape[2:], stride, pad, dilation,
+                                      out_hw):
+        bad = _padding_only_window(size, s, p, d, o)
+        if bad is not None:
+            raise ValueError(
+                f"output {axis} {bad} of pooling x={x_shape} with window {pool_hw}, "
+                f"dilation {dilation}, stride {stride}, pad {pad} would hold padding only "
+                f"(every tap misses the input); use less padding or a smaller dilation")
+    return PoolSpec(x_shape, pool_hw, stride, pad, out_hw, mode, _dtype(dtype), ceil_mode,
+                    count_include_pad, divisor_override, dilation)
 
 
 def pool_spec(x_shape, pool_h, pool_w, stride=None, pad=0, mode="max", dtype="float32",
-              rounding="floor") -> PoolSpec:
+              rounding="floor", *, ceil_mode=False, count_include_pad=True, divisor_override=None,
+              dilation=1) -> PoolSpec:
     """The checked :class:`PoolSpec` for pooling x: (N, C, H, W) with a pool_h x pool_w window.
 
-    stride=None steps by the window (PyTorch's default).
+    stride=None steps by the window (PyTorch's default). ceil_mode,
+    count_include_pad, divisor_override and dilation as PyTorch's max_pool2d and
+    avg_pool2d take them (see ``fastconv.pool2d``).
     """
-    return _pool_spec(tuple(x_shape), pool_h, pool_w,
-                      tuple(stride) if isinstance(stride, list) else stride,
-                      tuple(pad) if isinstance(pad, list) else pad, mode, np.dtype(dtype), rounding)
+    try:
+        return _pool_spec(tuple(x_shape), pool_h, pool_w,
+                          tuple(stride) if isinstance(stride, list) else stride,
+                          tuple(pad) if isinstance(pad, list) else pad, mode, np.dtype(dtype),
+                          rounding, ceil_mode, count_include_pad, divisor_override,
+                          tuple(dilation) if isinstance(dilation, list) else dilation)
+    except TypeError:
+        # an unhashable option never reaches the checks inside the cache: name it here
+        check_pool_options(mode, ceil_mode, count_include_pad, divisor_override, dilation)
+        raise
 
 
 def batch_bucket(n: int) -> int:

@@ -67,7 +67,7 @@ import numpy as np
 
 from . import backends, io, timing
 from .geometry import as_pair
-from .spec import ConvSpec, PoolSpec, batch_bucket, conv_spec, pool_spec
+from .spec import POOL_DEFAULTS, ConvSpec, PoolSpec, batch_bucket, conv_spec, pool_spec
 
 ENV_CACHE_DIR = "FASTCONV_CACHE_DIR"
 ENV_AUTOTUNE = "FASTCONV_AUTOTUNE"
@@ -192,7 +192,7 @@ def current_threads() -> int:
 
 
 def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None, *,
-             dilation=1, groups=1) -> dict:
+             dilation=1, groups=1, options=None) -> dict:
     """The cache key as a dict of plain JSON values.
 
     op: "conv" or "pool". x_shape: (N, C, H, W), whose batch N is stored as
@@ -200,16 +200,18 @@ def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None, 
     one decision serves a family of batch sizes. w_shape: (FN, C // groups,
     FH, FW) for a convolution, the window (PH, PW) for a pooling. mode:
     "max"/"avg" for a pooling, None for a convolution. threads defaults to
-    current_threads(). A convolution's dilation and groups enter the key when
-    they are not 1 (so the keys, and files, of plain convolutions stay as
-    they were, and a dilated or grouped one never shares a plain one's choice).
+    current_threads(). A convolution's dilation and groups, and a pooling's
+    options (ceil_mode, count_include_pad, divisor_override, dilation), enter
+    the key only when they differ from their defaults, under their own names:
+    plain layers keep the keys (and files) they always had, and a dilated,
+    grouped or optioned layer never shares a plain one's choice.
     """
     extra = {}
     if as_pair(dilation, "dilation") != (1, 1):
         extra["dilation"] = list(as_pair(dilation, "dilation"))
     if int(groups) != 1:
         extra["groups"] = int(groups)
-    return {
+    key = {
         "op": op,
         "x_shape": [batch_bucket(int(x_shape[0]))] + [int(s) for s in x_shape[1:]],
         "w_shape": [int(s) for s in w_shape],
@@ -220,6 +222,9 @@ def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None, 
         "mode": mode,
         **extra,
     }
+    for name, value in (options or {}).items():
+        key[name] = list(value) if isinstance(value, tuple) else value
+    return key
 
 
 def spec_key(spec: ConvSpec | PoolSpec, threads=None) -> dict:
@@ -227,8 +232,10 @@ def spec_key(spec: ConvSpec | PoolSpec, threads=None) -> dict:
     if spec.op == "conv":
         return make_key("conv", spec.x_shape, spec.w_shape, spec.stride, spec.pad, spec.dtype,
                         threads, dilation=spec.dilation, groups=spec.groups)
+    options = {name: value for name, value in spec.options.items()
+               if value != POOL_DEFAULTS[name]}
     return make_key("pool", spec.x_shape, spec.pool_hw, spec.stride, spec.pad, spec.dtype,
-                    threads, spec.mode)
+                    threads, spec.mode, options=options)
 
 
 def _spec_of(op, x_shape, w_shape, stride, pad, dtype, mode, dilation=1, groups=1):

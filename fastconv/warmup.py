@@ -71,7 +71,7 @@ def _chain(layers, x_shape, dtype):
                                        lay.rounding, lay.dilation, lay.groups)[0]
         elif isinstance(lay, Pooling):
             spec = pool_spec(x_shape, lay.pool_h, lay.pool_w, lay.stride, lay.pad, lay.mode,
-                             dtype, lay.rounding)
+                             dtype, lay.rounding, **lay.options)
         elif isinstance(lay, (Relu, Sigmoid, Dropout)):
             continue
         else:
@@ -134,7 +134,8 @@ def _resize(spec, n):
     if spec.op == "conv":
         return conv_spec(x_shape, spec.w_shape, spec.stride, spec.pad, spec.dtype,
                          dilation=spec.dilation, groups=spec.groups)
-    return pool_spec(x_shape, *spec.pool_hw, spec.stride, spec.pad, spec.mode, spec.dtype)
+    return pool_spec(x_shape, *spec.pool_hw, spec.stride, spec.pad, spec.mode, spec.dtype,
+                     **spec.options)
 
 
 def _run_once(spec, path, seed=0):
@@ -150,7 +151,7 @@ def _run_once(spec, path, seed=0):
         F.conv_backward(dout, saved)
     else:
         _, saved = F.pool_forward(x, *spec.pool_hw, spec.stride, spec.pad, spec.mode,
-                                  backend=path)
+                                  backend=path, **spec.options)
         F.pool_backward(dout, saved)
 
 

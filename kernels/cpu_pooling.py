@@ -3,9 +3,13 @@
 A pooling window has no reduction over channels, so there is no matrix product
 to gain by unrolling; both CPU paths pool with these compiled loops, on the
 phase planes of ``_planes.py`` (padded with -inf for max pooling, zeros for
-average), one (n, c) plane per parallel task. Max backward scatters into its
+average), one (n, c) plane per parallel task. PyTorch's options fit the same
+planes: a dilated tap (py*dh, px*dw) is one more shift into one more phase, and
+ceil_mode's clipped last windows read fill cells past the input (-inf never
+wins a max, zeros add nothing to a sum), so the planes only grow to hold them;
+an average's per-window divisor comes as a table. Max backward scatters into its
 own plane only, so windows may overlap without races. Conventions (padding
-values, the full-window divisor, the first maximum wins ties) are those of
+values, divisors, the first maximum wins ties, indices h*W + w) are those of
 ``fastconv.kernels.naive``.
 """
 from typing import NamedTuple
@@ -23,14 +27,20 @@ class PoolCache(NamedTuple):
 
 
 @jit(parallel=True)
-def _max_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
-    """xq: -inf padded planes -> out, argmax: (N, C, OH, OW); argmax = py*PW + px."""
+def _max_pool(xq, C, PH, PW, sh, sw, dh, dw, OH, OW, Wq, H, W, ph, pw):
+    """xq: -inf padded planes -> out, argmax: (N, C, OH, OW); argmax = h*W + w in x's plane."""
     N = xq.shape[0]
-    Pw = _phases(sw, PW)
-    P = _phases(sh, PH) * Pw
+    Pw = _phases(sw, (PW - 1) * dw + 1)
+    P = _phases(sh, (PH - 1) * dh + 1) * Pw
     M = OH * Wq
+    # tap k = py*PW + px reads the cell (py*dh, px*dw) from its window's corner
+    tap_y = np.empty(PH * PW, dtype=np.int64)
+    tap_x = np.empty(PH * PW, dtype=np.int64)
+    for k in range(PH * PW):
+        tap_y[k] = (k // PW) * dh
+        tap_x[k] = (k % PW) * dw
     out = np.empty((N, C, OH, OW), dtype=xq.dtype)
-    arg = np.empty((N, C, OH, OW), dtype=np.int32)
+    arg = np.empty((N, C, OH, OW), dtype=np.int64)
     for task in prange(N * C):
         n = task // C
         c = task % C
@@ -39,34 +49,42 @@ def _max_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
         first = xq[n, c * P]
         for m in range(M):          # not a slice copy: see _dout_image
             best[m] = first[m]
-        for py in range(PH):
-            for px in range(PW):
-                if py == 0 and px == 0:
-                    continue
-                k = np.int32(py * PW + px)
-                off = (py // sh) * Wq + px // sw
-                src = xq[n, c * P + (py % sh) * Pw + px % sw, off:off + M]
-                for m in range(M):
-                    v = src[m]
-                    # strictly greater keeps the first maximum; nan wins as in np.argmax
-                    if v > best[m] or (v != v and best[m] == best[m]):
-                        best[m] = v
-                        where[m] = k
+        for k in range(1, PH * PW):
+            ty = tap_y[k]
+            tx = tap_x[k]
+            off = (ty // sh) * Wq + tx // sw
+            src = xq[n, c * P + (ty % sh) * Pw + tx % sw, off:off + M]
+            kk = np.int32(k)
+            for m in range(M):
+                v = src[m]
+                # strictly greater keeps the first maximum; nan wins as in np.argmax
+                if v > best[m] or (v != v and best[m] == best[m]):
+                    best[m] = v
+                    where[m] = kk
         for i in range(OH):
+            h0 = i * sh - ph
             for j in range(OW):
+                w0 = j * sw - pw
+                k = where[i * Wq + j]
+                h = h0 + tap_y[k]
+                w = w0 + tap_x[k]
+                if h < 0 or h >= H or w < 0 or w >= W:
+                    # a padded (or clipped) cell came first in a window whose input
+                    # cells are all -inf: padding never wins, the first input cell does
+                    h = h0 if h0 >= 0 else h0 + (-h0 + dh - 1) // dh * dh
+                    w = w0 if w0 >= 0 else w0 + (-w0 + dw - 1) // dw * dw
                 out[n, c, i, j] = best[i * Wq + j]
-                arg[n, c, i, j] = where[i * Wq + j]
+                arg[n, c, i, j] = h * W + w
     return out, arg
 
 
 @jit(parallel=True)
-def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
-    """xq: zero padded planes -> out: (N, C, OH, OW), window sums over PH*PW."""
+def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq, divisor):
+    """xq: zero padded planes -> out: (N, C, OH, OW), window sums over divisor (OH, OW)."""
     N = xq.shape[0]
     Pw = _phases(sw, PW)
     P = _phases(sh, PH) * Pw
     M = OH * Wq
-    area = xq.dtype.type(PH * PW)  # a float of x's dtype: float32 stays float32
     out = np.empty((N, C, OH, OW), dtype=xq.dtype)
     for task in prange(N * C):
         n = task // C
@@ -80,8 +98,37 @@ def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq):
                     acc[m] += src[m]
         for i in range(OH):
             for j in range(OW):
-                out[n, c, i, j] = acc[i * Wq + j] / area
+                out[n, c, i, j] = acc[i * Wq + j] / divisor[i, j]
     return out
+
+
+def _grid(spec):
+    """(Hq, Wq, span_h, span_w): the phase planes' rows and columns for ``spec``, and the
+    cells one window spans. Wide enough for every tap of every window, ceil_mode's
+    last (clipped) windows included, to be a shift within one row."""
+    H, W = spec.x_shape[2:]
+    (sh, sw), (ph, pw), (OH, OW) = spec.stride, spec.pad, spec.out_hw
+    span_h, span_w = spec.extent
+    Wq = max(-(-(W + 2 * pw) // sw), OW + (span_w - 1) // sw)
+    Hq = OH + (span_h - 1) // sh + 1
+    return Hq, Wq, span_h, span_w
+
+
+def _divisor(spec, dtype):
+    """(OH, OW) divisor of every average window, in ``dtype``: divisor_override, or the
+    window clipped to the padded input (count_include_pad) or to the input. An int
+    product cast once, so the default PH*PW is exactly today's float."""
+    if spec.divisor_override is not None:
+        return np.full(spec.out_hw, spec.divisor_override).astype(dtype)
+    lengths = []
+    for out, k, s, p, size in zip(spec.out_hw, spec.pool_hw, spec.stride, spec.pad,
+                                  spec.x_shape[2:]):
+        start = np.arange(out, dtype=np.int64) * s - p      # input coordinates
+        stop = np.minimum(start + k, size + p)
+        if not spec.count_include_pad:
+            start, stop = np.maximum(start, 0), np.minimum(stop, size)
+        lengths.append(stop - start)
+    return (lengths[0][:, None] * lengths[1][None, :]).astype(dtype)
 
 
 @one_launch_at_a_time
@@ -89,53 +136,46 @@ def pool_forward(x, spec):
     """x: (N, C, H, W) -> out: (N, C, OH, OW), cache; every channel pooled on its own."""
     N, C, H, Wd = x.shape
     (PH, PW), (sh, sw), (ph, pw), (OH, OW) = spec.pool_hw, spec.stride, spec.pad, spec.out_hw
+    Hq, Wq, span_h, span_w = _grid(spec)
     mode = spec.mode
-    Wq = -(-(Wd + 2 * pw) // sw)
-    Hq = OH + (PH - 1) // sh + 1
     fill = x.dtype.type(-np.inf if mode == "max" else 0)
-    xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, (OH - 1) * sh + PH, (OW - 1) * sw + PW, fill,
-                    PH, PW)
+    xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, (OH - 1) * sh + span_h, (OW - 1) * sw + span_w,
+                    fill, span_h, span_w)
     if mode == "max":
-        out, arg = _max_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq)
+        out, arg = _max_pool(xq, C, PH, PW, sh, sw, *spec.dilation, OH, OW, Wq, H, Wd, ph, pw)
     else:
-        out, arg = _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq), None
+        out, arg = _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq, _divisor(spec, x.dtype)), None
     return out, PoolCache(arg, spec)
 
 
 @jit(parallel=True)
-def _max_pool_backward(dout, arg, H, W, PW, sh, sw, ph, pw):
-    """Each output's gradient goes to its window's first maximum; one (n, c) plane per task."""
+def _max_pool_backward(dout, arg, H, W):
+    """Each output's gradient goes to its window's first maximum, arg = h*W + w; one
+    (n, c) plane per task."""
     N, C, OH, OW = dout.shape
-    dx = np.empty((N, C, H, W), dtype=dout.dtype)
+    dx = np.empty((N, C, H * W), dtype=dout.dtype)
     for task in prange(N * C):
         n = task // C
         c = task % C
-        dx[n, c] = 0
+        plane = dx[n, c]
+        plane[:] = 0
         for i in range(OH):
             for j in range(OW):
-                k = arg[n, c, i, j]
-                h = i * sh + k // PW - ph
-                w = j * sw + k % PW - pw
-                # a padded cell can only win when its whole window is -inf: drop it
-                if 0 <= h < H and 0 <= w < W:
-                    dx[n, c, h, w] += dout[n, c, i, j]
-    return dx
+                plane[arg[n, c, i, j]] += dout[n, c, i, j]
+    return dx.reshape(N, C, H, W)
 
 
 @jit(parallel=True)
-def _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw):
-    """Each output's gradient / (PH*PW) to every cell of its window; one plane per task."""
+def _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw, Hq, Wq, divisor):
+    """Each output's gradient / its divisor to every cell of its window; one plane per task."""
     N, C, OH, OW = dout.shape
     Ph = _phases(sh, PH)
     Pw = _phases(sw, PW)
-    Wq = -(-(W + 2 * pw) // sw)
-    Hq = OH + (PH - 1) // sh + 1
-    area = dout.dtype.type(PH * PW)
     dx = np.empty((N, C, H, W), dtype=dout.dtype)
     for task in prange(N * C):
         n = task // C
         c = task % C
-        share = dout[n, c] / area
+        share = dout[n, c] / divisor
         # cells no window covers (below the last window, or in a stride phase
         # no tap reads) get no gradient
         dx[n, c] = 0
@@ -171,5 +211,7 @@ def pool_backward(dout, cache):
     (PH, PW), (sh, sw), (ph, pw) = spec.pool_hw, spec.stride, spec.pad
     H, W = spec.x_shape[2], spec.x_shape[3]
     if spec.mode == "max":
-        return _max_pool_backward(dout, arg, H, W, PW, sh, sw, ph, pw)
-    return _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw)
+        return _max_pool_backward(dout, arg, H, W)
+    Hq, Wq, _, _ = _grid(spec)
+    return _avg_pool_backward(dout, H, W, PH, PW, sh, sw, ph, pw, Hq, Wq,
+                              _divisor(spec, dout.dtype))

@@ -1,9 +1,9 @@
 """The cuda path: ``numba.cuda`` kernels for convolution and pooling on an NVIDIA GPU.
 
 Same API and semantics as ``fastconv.kernels.naive`` (cross-correlation; zero
-padding for convolution and average pooling, ``-inf`` for max pooling; average
-pooling divides by the full window; the first maximum in row-major window
-order wins ties). float32 stays float32 and float64 stays float64: every
+padding for convolution and average pooling; max pooling reads input cells
+only; PyTorch's pooling options and divisors; the first maximum in row-major
+window order wins ties). float32 stays float32 and float64 stays float64: every
 kernel is built once per dtype (``_kernels``), with its accumulators, constants
 and shared-memory tiles in that dtype.
 
@@ -51,7 +51,7 @@ class ConvCache(NamedTuple):
 
 
 class PoolCache(NamedTuple):
-    argmax: object         # device (N, C, OH, OW) int32, or a (1, 1, 1, 1) placeholder for avg
+    argmax: object         # device (N, C, OH, OW) int64 h*W + w, or a (1, 1, 1, 1) placeholder for avg
     spec: object
 
 
@@ -326,11 +326,26 @@ def _build(dtype):
         if t == 0:
             db[k] = buf[0]
 
-    # Pooling forward: one thread per output (n, c, i, j) scans its window in
-    # row-major order; max keeps the first maximum (as np.argmax: NaN wins) and
-    # its window index for backward, avg divides the sum by PH*PW.
+    # An average window's divisor along one axis: the window clipped to the
+    # padded input (count_include_pad), or to the input alone. start is the
+    # window's first cell in input coordinates (negative in the padding).
+    @cuda.jit(device=True)
+    def pool_length(start, k, size, pad, count_include_pad):
+        stop = min(start + k, size + pad)
+        if not count_include_pad:
+            start = max(start, 0)
+            stop = min(stop, size)
+        return stop - start
+
+    # Pooling forward: one thread per output (n, c, i, j) scans its window's
+    # input cells in row-major order (taps dh, dw apart; cells past the input,
+    # padding or ceil_mode's clipped edge, are skipped); max keeps the first
+    # maximum (as np.argmax: NaN wins; padding never does) and its index
+    # h*W + w for backward, avg divides the sum by the window's divisor
+    # (divisor_override when it is > 0).
     @cuda.jit
-    def pool_forward(x, out, argmax, PH, PW, sh, sw, ph, pw, is_max):
+    def pool_forward(x, out, argmax, PH, PW, sh, sw, ph, pw, dh, dw, is_max, count_include_pad,
+                     divisor_override):
         N, C, H, Wd = x.shape
         OH, OW = out.shape[2], out.shape[3]
         idx = cuda.grid(1)
@@ -342,38 +357,48 @@ def _build(dtype):
         t //= OH
         c = t % C
         n = t // C
+        y0 = i * sh - ph
+        x0 = j * sw - pw
         if is_max:
             best = neg_inf
-            best_at = 0
+            best_at = -1
             for ky in range(PH):
-                iy = i * sh - ph + ky
+                iy = y0 + ky * dh
+                if iy < 0 or iy >= H:
+                    continue
                 for kx in range(PW):
-                    ix = j * sw - pw + kx
-                    v = neg_inf
-                    if iy >= 0 and iy < H and ix >= 0 and ix < Wd:
-                        v = x[n, c, iy, ix]
-                    if v > best or (v != v and best == best):
+                    ix = x0 + kx * dw
+                    if ix < 0 or ix >= Wd:
+                        continue
+                    v = x[n, c, iy, ix]
+                    if best_at < 0 or v > best or (v != v and best == best):
                         best = v
-                        best_at = ky * PW + kx
+                        best_at = iy * Wd + ix
             out[n, c, i, j] = best
             argmax[n, c, i, j] = best_at
         else:
             acc = zero
             for ky in range(PH):
-                iy = i * sh - ph + ky
+                iy = y0 + ky
                 if iy < 0 or iy >= H:
                     continue
                 for kx in range(PW):
-                    ix = j * sw - pw + kx
+                    ix = x0 + kx
                     if ix >= 0 and ix < Wd:
                         acc += x[n, c, iy, ix]
-            out[n, c, i, j] = acc / ft(PH * PW)
+            if divisor_override > 0:
+                divisor = divisor_override
+            else:
+                divisor = (pool_length(y0, PH, H, ph, count_include_pad)
+                           * pool_length(x0, PW, Wd, pw, count_include_pad))
+            out[n, c, i, j] = acc / ft(divisor)
 
     # Pooling backward, gather form: one thread per input element sums the
     # gradients of the windows that cover it (max: only where it was the
     # recorded maximum), in the same (i, j) order as the naive scatter.
     @cuda.jit
-    def pool_backward(dout, argmax, dx, PH, PW, sh, sw, ph, pw, is_max):
+    def pool_backward(dout, argmax, dx, PH, PW, sh, sw, ph, pw, dh, dw, is_max,
+                      count_include_pad, divisor_override):
         N, C, H, Wd = dx.shape
         OH, OW = dout.shape[2], dout.shape[3]
         idx = cuda.grid(1)
@@ -387,20 +412,27 @@ def _build(dtype):
         n = t // C
         ty = y + ph                          # padded coordinates of this cell
         tx = xq + pw
-        # windows i with i*sh <= ty < i*sh + PH, clipped to the output
-        i_lo = 0 if ty < PH else (ty - PH) // sh + 1
+        span_h = (PH - 1) * dh + 1
+        span_w = (PW - 1) * dw + 1
+        # windows i with i*sh <= ty < i*sh + span_h, clipped to the output
+        i_lo = 0 if ty < span_h else (ty - span_h) // sh + 1
         i_hi = min(OH - 1, ty // sh)
-        j_lo = 0 if tx < PW else (tx - PW) // sw + 1
+        j_lo = 0 if tx < span_w else (tx - span_w) // sw + 1
         j_hi = min(OW - 1, tx // sw)
-        area = ft(PH * PW)
+        here = y * Wd + xq
         acc = zero
         for i in range(i_lo, i_hi + 1):
             for j in range(j_lo, j_hi + 1):
                 if is_max:
-                    if argmax[n, c, i, j] == (ty - i * sh) * PW + (tx - j * sw):
+                    if argmax[n, c, i, j] == here:
                         acc += dout[n, c, i, j]
                 else:
-                    acc += dout[n, c, i, j] / area
+                    if divisor_override > 0:
+                        divisor = divisor_override
+                    else:
+                        divisor = (pool_length(i * sh - ph, PH, H, ph, count_include_pad)
+                                   * pool_length(j * sw - pw, PW, Wd, pw, count_include_pad))
+                    acc += dout[n, c, i, j] / ft(divisor)
         dx[n, c, y, xq] = acc
 
     return dict(conv_forward_simple=conv_forward_simple, conv_forward_tiled=conv_forward_tiled,
@@ -539,6 +571,13 @@ def conv_backward(dout, cache):
 
 # --------------------------------------------------------------------- pooling
 
+def _pool_options(spec):
+    """The kernels' trailing pooling arguments: dilation, is_max, count_include_pad and
+    divisor_override (0 for none)."""
+    return (*spec.dilation, spec.mode == "max", spec.count_include_pad,
+            spec.divisor_override or 0)
+
+
 def pool_forward(x, spec):
     """x: (N, C, H, W) -> out: (N, C, OH, OW), cache; every channel pooled on its own."""
     pool_hw, stride, pad, out_hw, mode = spec.pool_hw, spec.stride, spec.pad, spec.out_hw, spec.mode
@@ -551,8 +590,9 @@ def pool_forward(x, spec):
     is_max = mode == "max"
     out = cuda.device_array((N, C, OH, OW), dtype=dtype)
     # avg pooling has no argmax; a one-element placeholder keeps one kernel signature
-    argmax = cuda.device_array((N, C, OH, OW) if is_max else (1, 1, 1, 1), dtype=np.int32)
-    _launch_1d(k["pool_forward"], N * C * OH * OW, xd, out, argmax, *pool_hw, *stride, *pad, is_max)
+    argmax = cuda.device_array((N, C, OH, OW) if is_max else (1, 1, 1, 1), dtype=np.int64)
+    _launch_1d(k["pool_forward"], N * C * OH * OW, xd, out, argmax, *pool_hw, *stride, *pad,
+               *_pool_options(spec))
     (out,) = _returned((out,), device_call)
     return out, PoolCache(argmax, spec)
 
@@ -560,7 +600,7 @@ def pool_forward(x, spec):
 def pool_backward(dout, cache):
     """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
     argmax, spec = cache
-    x_shape, pool_hw, stride, pad, mode = spec.x_shape, spec.pool_hw, spec.stride, spec.pad, spec.mode
+    x_shape, pool_hw, stride, pad = spec.x_shape, spec.pool_hw, spec.stride, spec.pad
     device_call = _on_device(dout)
     dtype = np.dtype(dout.dtype)
     k = _kernels(dtype)
@@ -568,5 +608,5 @@ def pool_backward(dout, cache):
     N, C, H, W_ = x_shape
     dx = cuda.device_array(x_shape, dtype=dtype)
     _launch_1d(k["pool_backward"], N * C * H * W_, dd, argmax, dx, *pool_hw, *stride, *pad,
-               mode == "max")
+               *_pool_options(spec))
     return _returned((dx,), device_call)[0]

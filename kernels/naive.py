@@ -8,12 +8,18 @@ NumPy only does the small per-window arithmetic.
 
 Conventions shared by all paths (see ``fastconv.kernels``):
 - convolution is cross-correlation (the filter is not flipped);
-- padding is zeros for convolution and average pooling, ``-inf`` for max
-  pooling, so a padded cell never wins a max;
-- average pooling divides by the full window size ``PH*PW``, padded cells
-  included (PyTorch's ``count_include_pad=True``);
+- padding is zeros for convolution and average pooling; max pooling looks at
+  the input's cells only, so a padded cell never wins a max;
+- pooling follows PyTorch's options: with ``ceil_mode`` a last, partial window
+  is clipped to the input; average pooling divides by the window clipped to
+  the padded input (``PH*PW`` unless ceil_mode clipped it), by the input cells
+  alone (``count_include_pad=False``) or by ``divisor_override``; max pooling's
+  taps are ``dilation`` cells apart;
 - max pooling ties: the first maximum in row-major window order wins (what
-  ``np.argmax`` does), and the whole gradient goes to that one cell.
+  ``np.argmax`` does: a NaN beats any number, the first NaN wins), and the
+  whole gradient goes to that one cell; a max pooling's cache keeps the flat
+  index ``h*W + w`` of that cell in its (n, c) input plane (PyTorch's
+  ``return_indices`` convention).
 """
 from typing import NamedTuple
 
@@ -29,7 +35,7 @@ class ConvCache(NamedTuple):
 
 
 class PoolCache(NamedTuple):
-    argmax: np.ndarray | None      # (N, C, OH, OW) flat window index of each maximum
+    argmax: np.ndarray | None      # (N, C, OH, OW) int64 h*W + w of each maximum in its plane
     spec: object
 
 
@@ -124,46 +130,79 @@ def conv_backward(dout, cache):
 
 # --------------------------------------------------------------------- pooling
 
+def _taps(o, stride, pad, pool, dilation, size):
+    """The input rows (or columns) output index ``o``'s max window reads: its taps
+    that land inside the input, in order."""
+    taps = o * stride - pad + dilation * np.arange(pool)
+    return taps[(taps >= 0) & (taps < size)]
+
+
+def _avg_window(o, stride, pad, pool, size, count_include_pad):
+    """(start, stop, cells the divisor counts) of output index ``o``'s average window
+    along one axis, in padded coordinates: the window clipped to the padded input,
+    counted whole (count_include_pad) or its input cells only."""
+    start = o * stride
+    stop = min(start + pool, size + 2 * pad)          # ceil_mode's last window is clipped
+    if count_include_pad:
+        return start, stop, stop - start
+    return start, stop, min(stop, pad + size) - max(start, pad)
+
+
+def _divisor(spec, rows, cols):
+    return spec.divisor_override if spec.divisor_override is not None else rows * cols
+
+
 def pool_forward(x, spec):
     """x: (N, C, H, W) -> out: (N, C, OH, OW), cache; every channel pooled on its own."""
-    N, C = x.shape[:2]
+    N, C, H, W = x.shape
     PH, PW = spec.pool_hw
     sh, sw = spec.stride
+    ph, pw = spec.pad
+    dh, dw = spec.dilation
     OH, OW = spec.out_hw
-    mode = spec.mode
-    xp = _pad(x, spec.pad, -np.inf if mode == "max" else 0.0)
     out = np.empty((N, C, OH, OW), dtype=x.dtype)
-    argmax = np.empty((N, C, OH, OW), dtype=np.int64) if mode == "max" else None
-    for i in range(OH):
-        for j in range(OW):
-            window = xp[:, :, i * sh:i * sh + PH, j * sw:j * sw + PW].reshape(N, C, PH * PW)
-            if mode == "max":
-                k = window.argmax(axis=2)                  # first maximum wins ties
-                argmax[:, :, i, j] = k
+    if spec.mode == "max":
+        argmax = np.empty((N, C, OH, OW), dtype=np.int64)
+        for i in range(OH):
+            rows = _taps(i, sh, ph, PH, dh, H)
+            for j in range(OW):
+                cols = _taps(j, sw, pw, PW, dw, W)
+                window = x[:, :, rows][:, :, :, cols].reshape(N, C, rows.size * cols.size)
+                k = window.argmax(axis=2)              # first maximum wins ties
+                argmax[:, :, i, j] = rows[k // cols.size] * W + cols[k % cols.size]
                 out[:, :, i, j] = np.take_along_axis(window, k[:, :, None], axis=2)[:, :, 0]
-            else:
-                out[:, :, i, j] = window.sum(axis=2) / (PH * PW)
-    return out, PoolCache(argmax, spec)
+        return out, PoolCache(argmax, spec)
+    xp = _pad(x, spec.pad)
+    for i in range(OH):
+        r0, r1, rows = _avg_window(i, sh, ph, PH, H, spec.count_include_pad)
+        for j in range(OW):
+            c0, c1, cols = _avg_window(j, sw, pw, PW, W, spec.count_include_pad)
+            window = xp[:, :, r0:r1, c0:c1].reshape(N, C, -1)
+            out[:, :, i, j] = window.sum(axis=2) / _divisor(spec, rows, cols)
+    return out, PoolCache(None, spec)
 
 
 def pool_backward(dout, cache):
     """dout: (N, C, OH, OW) -> dx: (N, C, H, W)."""
     argmax, spec = cache
-    x_shape, mode, pad = spec.x_shape, spec.mode, spec.pad
-    N, C, H, W = x_shape
+    N, C, H, W = spec.x_shape
     PH, PW = spec.pool_hw
     sh, sw = spec.stride
+    ph, pw = spec.pad
     OH, OW = spec.out_hw
-    ph, pw = pad
-    dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dout.dtype)
-    n_idx, c_idx = np.indices((N, C))
-    for i in range(OH):
-        for j in range(OW):
-            g = dout[:, :, i, j]
-            if mode == "max":
-                di, dj = np.divmod(argmax[:, :, i, j], PW)
+    if spec.mode == "max":
+        dx = np.zeros((N, C, H * W), dtype=dout.dtype)
+        n_idx, c_idx = np.indices((N, C))
+        for i in range(OH):
+            for j in range(OW):
                 # one cell per (n, c) at this (i, j): no repeated index in the +=
-                dxp[n_idx, c_idx, i * sh + di, j * sw + dj] += g
-            else:
-                dxp[:, :, i * sh:i * sh + PH, j * sw:j * sw + PW] += (g / (PH * PW))[:, :, None, None]
-    return _unpad(dxp, pad, x_shape)
+                dx[n_idx, c_idx, argmax[:, :, i, j]] += dout[:, :, i, j]
+        return dx.reshape(N, C, H, W)
+    dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dout.dtype)
+    for i in range(OH):
+        r0, r1, rows = _avg_window(i, sh, ph, PH, H, spec.count_include_pad)
+        for j in range(OW):
+            c0, c1, cols = _avg_window(j, sw, pw, PW, W, spec.count_include_pad)
+            g = dout[:, :, i, j] / _divisor(spec, rows, cols)
+            dxp[:, :, r0:r1, c0:c1] += g[:, :, None, None]
+    return _unpad(dxp, spec.pad, spec.x_shape)
