@@ -127,16 +127,21 @@ def _conv_spec(x_shape, w_shape, stride, pad, dtype, rounding, dilation, groups)
     x_shape = _shape(x_shape, "x", "(N, C, H, W)")
     w_shape = _shape(w_shape, "W", "(FN, C, FH, FW)")
     dilation, groups = as_pair(dilation, "dilation"), _as_int(groups, "groups")
-    if dilation != (1, 1) or groups != 1:
-        raise ValueError(f"dilation and groups other than 1 are not supported yet; got "
-                         f"dilation={dilation}, groups={groups}")
+    if min(dilation) < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
+    if groups < 1 or x_shape[1] % groups or w_shape[0] % groups:
+        raise ValueError(
+            f"groups={groups} must be >= 1 and divide both x's channels C={x_shape[1]} "
+            f"(x.shape={x_shape}) and W's filters FN={w_shape[0]} (W.shape={w_shape})")
     if x_shape[1] != w_shape[1] * groups:
         raise ValueError(
             f"x has C={x_shape[1]} channels (x.shape={x_shape}) but W expects "
             f"C={w_shape[1]} (W.shape={w_shape})")
     stride, pad = _stride_pad(stride, pad)
-    out_hw = output_hw(x_shape[2:], w_shape[2:], stride, pad, check_rounding(rounding),
-                       "W's filter")
+    # a dilated filter spans d*(F-1)+1 cells: the output size is that of a dense filter so large
+    extent = tuple(d * (f - 1) + 1 for d, f in zip(dilation, w_shape[2:]))
+    out_hw = output_hw(x_shape[2:], extent, stride, pad, check_rounding(rounding),
+                       "W's filter" if dilation == (1, 1) else "W's dilated filter")
     return ConvSpec(x_shape, w_shape, stride, pad, out_hw, _dtype(dtype), dilation, groups)
 
 
