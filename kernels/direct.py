@@ -4,9 +4,10 @@ Everything here rests on one data layout, the *phase planes* of a padded image.
 With stride (sh, sw), padded pixel (r, s) lives in plane (r % sh, s % sw) at row
 r // sh, column s // sw. An output pixel (i, j) then reads filter tap (fy, fx)
 from plane (fy % sh, fx % sw) at (i + fy // sh, j + fx // sw): for every stride,
-a tap is a plain shift. Only the phases some tap reads get a plane:
-min(sh, FH) x min(sw, FW) per channel, so a stride larger than the image costs
-no memory beyond what the output needs. Each plane is stored flat with row pitch Wq, and outputs
+a tap is a plain shift. Only the phases the window can read get a plane:
+min(sh, FH) x min(sw, FW) per channel (FH, FW: the window's extent, see
+dilation below), so a stride larger than the image costs no memory beyond
+what the output needs. Each plane is stored flat with row pitch Wq, and outputs
 are computed on a *wide* grid of the same pitch (Wq >= OW columns, the extra
 columns are thrown away), so a tap is one shift of one long contiguous run:
 ``acc[m] += w * plane[m + offset]`` for all output rows at once. That loop is
@@ -33,7 +34,8 @@ accumulator carries twelve).
   first plane to the table's plane numbers.
 - depthwise (groups == C > 1, FN = C*m): a kernel of its own, one (n, c)
   plane per task (``_depthwise_forward`` and friends); the blocked loops
-  above would run with one filter of four per block.
+  above would run with one filter of four per block. A depthwise dx with a
+  weight that is not finite runs the blocked loops (see below).
 - pooling: ``cpu_pooling.py``, on the same planes (``_planes.py``); the
   im2col path pools with it too.
 
@@ -50,7 +52,8 @@ are nan). So dx sums only the taps that read inside dout when a weight is
 not finite, and dW sums only the real output columns when x holds nan or
 inf; either way every result cell has the same terms as in the naive path,
 and nan and +-inf land in the same cells. Cells that no window reads
-(dropped by floor rounding) never touch a result.
+(dropped by floor rounding, or between a dilated filter's taps) never touch
+a result.
 """
 
 import math
