@@ -15,6 +15,11 @@ Arrays in and out:
   from layer to layer. A call returns device arrays when any of its array
   arguments is on the device.
 
+Dilation and groups: tap (fy, fx) of output (i, j) reads padded input cell
+(i*sh + fy*dh, j*sw + fx*dw), and filter k reads only the C/groups channels of
+its group g = k // (FN/groups), from channel g*C/groups on; every kernel does
+this in its index arithmetic (integers only, so float32 kernels stay float32).
+
 Race-free and deterministic: every output element is written by exactly one
 thread, which sums its terms in a fixed order. ``dx`` is computed in gather form
 (one thread per input element sums the outputs that touch it) instead of
@@ -56,8 +61,8 @@ class PoolCache(NamedTuple):
 
 
 def supports(spec):
-    """Every spec fastconv can describe, but dilation or groups (not implemented here yet)."""
-    return getattr(spec, "dilation", (1, 1)) == (1, 1) and getattr(spec, "groups", 1) == 1
+    """Every spec fastconv can describe, any dilation and groups included."""
+    return True
 
 
 def plan(spec):
@@ -65,8 +70,11 @@ def plan(spec):
     if spec.op != "conv":
         return {"method": "one thread per output (forward) and per input (backward)"}
     N, FN, OH, OW = spec.out_shape
+    # the tiled kernel's filter tiles never straddle two groups
     return {"method": f"{FORWARD_KERNEL} forward kernel", "forward_kernel": FORWARD_KERNEL,
-            "blocks": (math.ceil(N * OH * OW / TILE_P), math.ceil(FN / TILE_K))}
+            "blocks": (math.ceil(N * OH * OW / TILE_P),
+                       spec.groups * math.ceil(FN // spec.groups / TILE_K)),
+            "dilation": spec.dilation, "groups": spec.groups}
 
 
 def release_workspace():
@@ -111,9 +119,9 @@ def _build(dtype):
     # C x FH x FW window from global memory; readable, but every input value is
     # re-read by each of the K filters and FH*FW neighbouring outputs.
     @cuda.jit
-    def conv_forward_simple(x, W, b, out, sh, sw, ph, pw):
+    def conv_forward_simple(x, W, b, out, sh, sw, ph, pw, dh, dw, groups):
         N, C, H, Wd = x.shape
-        K, _, FH, FW = W.shape
+        K, Cg, FH, FW = W.shape
         OH, OW = out.shape[2], out.shape[3]
         idx = cuda.grid(1)
         if idx >= N * K * OH * OW:
@@ -124,16 +132,17 @@ def _build(dtype):
         t //= OH
         k = t % K
         n = t // K
+        c0 = (k // (K // groups)) * Cg          # the first channel of filter k's group
         acc = zero
-        for c in range(C):
+        for c in range(Cg):
             for fy in range(FH):
-                iy = i * sh - ph + fy
+                iy = i * sh - ph + fy * dh
                 if iy < 0 or iy >= H:
                     continue
                 for fx in range(FW):
-                    ix = j * sw - pw + fx
+                    ix = j * sw - pw + fx * dw
                     if ix >= 0 and ix < Wd:
-                        acc += x[n, c, iy, ix] * W[k, c, fy, fx]
+                        acc += x[n, c0 + c, iy, ix] * W[k, c, fy, fx]
         out[n, k, i, j] = acc + b[k]
 
     # Forward, tiled: implicit GEMM out[k, p] = W[k, r] @ col[r, p]; each block
@@ -142,14 +151,18 @@ def _build(dtype):
     # of outputs, so every value loaded from global memory is reused 64 times
     # and every shared-memory read feeds 4 multiply-adds. rtab[r] = (c, fy, fx)
     # replaces the 64-bit divisions that would otherwise decode r in each slice.
+    # With groups, blockIdx.y numbers (group, filter tile of that group): a
+    # block's filters all read the same C/groups channels.
     @cuda.jit
-    def conv_forward_tiled(x, W, b, rtab, out, sh, sw, ph, pw):
+    def conv_forward_tiled(x, W, b, rtab, out, sh, sw, ph, pw, dh, dw, groups):
         N, C, H, Wd = x.shape
-        K, _, FH, FW = W.shape
+        K, Cg, FH, FW = W.shape
         OH, OW = out.shape[2], out.shape[3]
         OHW = OH * OW
         P = N * OHW
-        R = C * FH * FW
+        R = Cg * FH * FW
+        Kg = K // groups
+        k_tiles = (Kg + TILE_K - 1) // TILE_K    # filter tiles per group
         sWf = cuda.shared.array(_SW_SIZE, ft)        # [r, k] at r * _SW_COLS + k
         sXf = cuda.shared.array(_SX_SIZE, ft)        # [r, p] at r * TILE_P + p
         acc = cuda.local.array((_MICRO, _MICRO), ft)
@@ -158,7 +171,10 @@ def _build(dtype):
         ty = cuda.threadIdx.y
         tid = ty * _TB + tx
         p0 = cuda.blockIdx.x * TILE_P
-        k0 = cuda.blockIdx.y * TILE_K
+        g = cuda.blockIdx.y // k_tiles
+        k0 = g * Kg + (cuda.blockIdx.y % k_tiles) * TILE_K
+        k_end = (g + 1) * Kg
+        c0 = g * Cg
         for a in range(_MICRO):
             for q in range(_MICRO):
                 acc[a, q] = zero
@@ -183,10 +199,10 @@ def _build(dtype):
                 r = r0 + lr
                 v = zero
                 if p_ok and r < R:
-                    iy = iy0 + rtab[r, 1]
-                    ix = ix0 + rtab[r, 2]
+                    iy = iy0 + rtab[r, 1] * dh
+                    ix = ix0 + rtab[r, 2] * dw
                     if iy >= 0 and iy < H and ix >= 0 and ix < Wd:
-                        v = x[n, rtab[r, 0], iy, ix]
+                        v = x[n, c0 + rtab[r, 0], iy, ix]
                 sXf[lr * TILE_P + lp] = v
             r = r0 + lr_w
             if r < R:
@@ -197,7 +213,7 @@ def _build(dtype):
                 lk = lk0 + q * _W_COLS_PER_PASS
                 k = k0 + lk
                 v = zero
-                if r < R and k < K:
+                if r < R and k < k_end:
                     v = W[k, c, fy, fx]
                 sWf[lr_w * _SW_COLS + lk] = v
             cuda.syncthreads()
@@ -225,16 +241,17 @@ def _build(dtype):
                 j = s - i * OW
                 for a in range(_MICRO):
                     k = k0 + ty + a * _TB
-                    if k < K:
+                    if k < k_end:
                         out[n, k, i, j] = acc[a, q] + b[k]
 
     # dx, gather form: one thread per input element (n, c, y, x) sums
     # dout * W over the outputs whose windows cover it; no two threads write
     # the same element, so no atomics and a fixed summation order.
+    # With groups, channel c gathers from its group's filters only.
     @cuda.jit
-    def conv_dx(dout, W, dx, sh, sw, ph, pw):
+    def conv_dx(dout, W, dx, sh, sw, ph, pw, dh, dw, groups):
         N, C, H, Wd = dx.shape
-        K, _, FH, FW = W.shape
+        K, Cg, FH, FW = W.shape
         OH, OW = dout.shape[2], dout.shape[3]
         idx = cuda.grid(1)
         if idx >= N * C * H * Wd:
@@ -245,36 +262,41 @@ def _build(dtype):
         t //= H
         c = t % C
         n = t // C
+        g = c // Cg
+        cg = c - g * Cg                           # c's index within its group
+        Kg = K // groups
         acc = zero
         for fy in range(FH):
-            ty = y + ph - fy                      # = i * sh for the output row i that uses it
+            ty = y + ph - fy * dh                 # = i * sh for the output row i that uses it
             if ty < 0 or ty % sh != 0 or ty // sh >= OH:
                 continue
             i = ty // sh
             for fx in range(FW):
-                tx = xq + pw - fx
+                tx = xq + pw - fx * dw
                 if tx < 0 or tx % sw != 0 or tx // sw >= OW:
                     continue
                 j = tx // sw
-                for k in range(K):
-                    acc += dout[n, k, i, j] * W[k, c, fy, fx]
+                for k in range(g * Kg, (g + 1) * Kg):
+                    acc += dout[n, k, i, j] * W[k, cg, fy, fx]
         dx[n, c, y, xq] = acc
 
-    # dW: one block per (k, c) pair; for each (fy, fx) its threads sum
-    # strided slices of the N*OH*OW products (neighbouring threads read
-    # neighbouring dout and x cells), then a fixed-shape tree in shared memory
-    # adds the partial sums, so the order never depends on timing.
+    # dW: one block per (k, c) pair (c within filter k's group); for each
+    # (fy, fx) its threads sum strided slices of the N*OH*OW products
+    # (neighbouring threads read neighbouring dout and x cells), then a
+    # fixed-shape tree in shared memory adds the partial sums, so the order
+    # never depends on timing.
     @cuda.jit
-    def conv_dw(x, dout, dW, sh, sw, ph, pw):
+    def conv_dw(x, dout, dW, sh, sw, ph, pw, dh, dw, groups):
         N, C, H, Wd = x.shape
-        K, _, FH, FW = dW.shape
+        K, Cg, FH, FW = dW.shape
         OH, OW = dout.shape[2], dout.shape[3]
         OHW = OH * OW
         buf = cuda.shared.array(_REDUCE_THREADS, ft)
         t = cuda.threadIdx.x
         T = cuda.blockDim.x
-        k = cuda.blockIdx.x // C
-        c = cuda.blockIdx.x % C
+        k = cuda.blockIdx.x // Cg
+        c = cuda.blockIdx.x % Cg
+        cx = (k // (K // groups)) * Cg + c        # c's channel in x
         for fy in range(FH):
             for fx in range(FW):
                 part = zero
@@ -282,10 +304,10 @@ def _build(dtype):
                     for s in range(t, OHW, T):
                         i = s // OW
                         j = s - i * OW
-                        iy = i * sh - ph + fy
-                        ix = j * sw - pw + fx
+                        iy = i * sh - ph + fy * dh
+                        ix = j * sw - pw + fx * dw
                         if iy >= 0 and iy < H and ix >= 0 and ix < Wd:
-                            part += dout[n, k, i, j] * x[n, c, iy, ix]
+                            part += dout[n, k, i, j] * x[n, cx, iy, ix]
                 buf[t] = part
                 cuda.syncthreads()
                 half = T // 2
@@ -509,7 +531,7 @@ def _reduce_threads(terms):
 # ----------------------------------------------------------------- convolution
 
 def conv_forward(x, W, b, spec):
-    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache.
+    """x: (N, C, H, W), W: (FN, C/groups, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache.
 
     Runs the forward kernel named by ``FORWARD_KERNEL``. The cache keeps the
     device copies of x and W.
@@ -524,14 +546,15 @@ def _conv_forward(x, W, b, spec, kernel):
     device_call = _on_device(x) or _on_device(W) or _on_device(b)
     xd, Wd, bd = _to_device(x), _to_device(W), _to_device(b)
     out = cuda.device_array(spec.out_shape, dtype=x.dtype)
-    _launch_conv_forward(out, xd, Wd, bd, spec.stride, spec.pad, kernel)
+    _launch_conv_forward(out, xd, Wd, bd, spec.stride, spec.pad, kernel, spec.dilation,
+                         spec.groups)
     (out,) = _returned((out,), device_call)
     # backward must see x and W as they were: host inputs were copied over
     # already; device inputs, which the caller may change, are copied on the device
     return out, ConvCache(_private(x, xd), _private(W, Wd), spec)
 
 
-def _launch_conv_forward(out, x, W, b, stride, pad, kernel="tiled"):
+def _launch_conv_forward(out, x, W, b, stride, pad, kernel="tiled", dilation=(1, 1), groups=1):
     """Launch one forward kernel into a preallocated out: (N, FN, OH, OW); all device arrays.
 
     What conv_forward does after the transfers; benchmarks call it to time the
@@ -539,32 +562,35 @@ def _launch_conv_forward(out, x, W, b, stride, pad, kernel="tiled"):
     """
     k = _kernels(out.dtype)
     N, FN, OH, OW = out.shape
-    (sh, sw), (ph, pw) = stride, pad
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
     if kernel == "tiled":
-        grid = (math.ceil(N * OH * OW / TILE_P), math.ceil(FN / TILE_K))
+        grid = (math.ceil(N * OH * OW / TILE_P), groups * math.ceil(FN // groups / TILE_K))
         rtab = _reduction_table(*W.shape[1:])
-        k["conv_forward_tiled"][grid, (_TB, _TB)](x, W, b, rtab, out, sh, sw, ph, pw)
+        k["conv_forward_tiled"][grid, (_TB, _TB)](x, W, b, rtab, out, sh, sw, ph, pw, dh, dw,
+                                                  groups)
     else:
-        _launch_1d(k["conv_forward_simple"], N * FN * OH * OW, x, W, b, out, sh, sw, ph, pw)
+        _launch_1d(k["conv_forward_simple"], N * FN * OH * OW, x, W, b, out, sh, sw, ph, pw,
+                   dh, dw, groups)
 
 
 def conv_backward(dout, cache):
-    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,)."""
+    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C/groups, FH, FW), db: (FN,)."""
     xd, Wd, spec = cache
-    (sh, sw), (ph, pw) = spec.stride, spec.pad
+    (sh, sw), (ph, pw), (dh, dw) = spec.stride, spec.pad, spec.dilation
+    groups = spec.groups
     device_call = _on_device(dout)
     dtype = np.dtype(dout.dtype)
     k = _kernels(dtype)
     dd = _to_device(dout)
     N, C, H, W_ = xd.shape
-    FN, _, FH, FW = Wd.shape
+    FN, Cg, FH, FW = Wd.shape
     OH, OW = dout.shape[2], dout.shape[3]
     dx = cuda.device_array((N, C, H, W_), dtype=dtype)
-    dW = cuda.device_array((FN, C, FH, FW), dtype=dtype)
+    dW = cuda.device_array((FN, Cg, FH, FW), dtype=dtype)
     db = cuda.device_array((FN,), dtype=dtype)
-    _launch_1d(k["conv_dx"], N * C * H * W_, dd, Wd, dx, sh, sw, ph, pw)
+    _launch_1d(k["conv_dx"], N * C * H * W_, dd, Wd, dx, sh, sw, ph, pw, dh, dw, groups)
     threads = _reduce_threads(N * OH * OW)
-    k["conv_dw"][FN * C, threads](xd, dd, dW, sh, sw, ph, pw)
+    k["conv_dw"][FN * Cg, threads](xd, dd, dW, sh, sw, ph, pw, dh, dw, groups)
     k["conv_db"][FN, threads](dd, db)
     return _returned((dx, dW, db), device_call)
 

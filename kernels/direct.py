@@ -4,9 +4,10 @@ Everything here rests on one data layout, the *phase planes* of a padded image.
 With stride (sh, sw), padded pixel (r, s) lives in plane (r % sh, s % sw) at row
 r // sh, column s // sw. An output pixel (i, j) then reads filter tap (fy, fx)
 from plane (fy % sh, fx % sw) at (i + fy // sh, j + fx // sw): for every stride,
-a tap is a plain shift. Only the phases some tap reads get a plane:
-min(sh, FH) x min(sw, FW) per channel, so a stride larger than the image costs
-no memory beyond what the output needs. Each plane is stored flat with row pitch Wq, and outputs
+a tap is a plain shift. Only the phases the window can read get a plane:
+min(sh, FH) x min(sw, FW) per channel (FH, FW: the window's extent, see
+dilation below), so a stride larger than the image costs no memory beyond
+what the output needs. Each plane is stored flat with row pitch Wq, and outputs
 are computed on a *wide* grid of the same pitch (Wq >= OW columns, the extra
 columns are thrown away), so a tap is one shift of one long contiguous run:
 ``acc[m] += w * plane[m + offset]`` for all output rows at once. That loop is
@@ -22,6 +23,19 @@ accumulator carries twelve).
   plane with the shifted x plane (eight per pass: four filters, two taps); each
   task owns a block of four filters of one channel and adds images in order.
 - db: summed while dout is copied into its bordered planes.
+- dilation (dh, dw): tap (fy, fx) sits at (fy*dh, fx*dw) of the window, so it
+  reads plane (fy*dh % sh, fx*dw % sw) at (i + fy*dh // sh, j + fx*dw // sw);
+  taps of one phase then sit dw // gcd(sw, dw) cells apart (``_tap_step``),
+  the ``step`` the grouped passes move by. The planes cover the phases the
+  dilated window (extent d*(F-1)+1) reads.
+- groups: filter k reads the channels of its group g = k // (FN/groups) only.
+  Channel blocks never straddle two groups; the tap tables are those of one
+  group (C/groups channels, FN/groups filters) and each task adds its group's
+  first plane to the table's plane numbers.
+- depthwise (groups == C > 1, FN = C*m): a kernel of its own, one (n, c)
+  plane per task (``_depthwise_forward`` and friends); the blocked loops
+  above would run with one filter of four per block. A depthwise dx with a
+  weight that is not finite runs the blocked loops (see below).
 - pooling: ``cpu_pooling.py``, on the same planes (``_planes.py``); the
   im2col path pools with it too.
 
@@ -38,9 +52,11 @@ are nan). So dx sums only the taps that read inside dout when a weight is
 not finite, and dW sums only the real output columns when x holds nan or
 inf; either way every result cell has the same terms as in the naive path,
 and nan and +-inf land in the same cells. Cells that no window reads
-(dropped by floor rounding) never touch a result.
+(dropped by floor rounding, or between a dilated filter's taps) never touch
+a result.
 """
 
+import math
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -74,15 +90,28 @@ class ConvCache(NamedTuple):
 
 
 def supports(spec):
-    """Every spec fastconv can describe, but dilation or groups (not implemented here yet)."""
-    return getattr(spec, "dilation", (1, 1)) == (1, 1) and getattr(spec, "groups", 1) == 1
+    """Every spec fastconv can describe, any dilation and groups included."""
+    return True
+
+
+def _is_depthwise(spec):
+    """One input channel per group (groups == C > 1): the depthwise kernels run."""
+    return spec.op == "conv" and spec.groups > 1 and spec.groups == spec.x_shape[1]
 
 
 def plan(spec):
-    """What this path does for ``spec``: phase planes, then loops over output rows."""
+    """What this path does for ``spec``: phase planes, then the general blocked loops
+    over wide output rows or, for a depthwise convolution, the per-plane kernel."""
     sh, sw = spec.stride
-    return {"method": "direct loops over wide output rows",
-            "phase_planes": sh * sw}
+    if spec.op != "conv":
+        return {"method": "direct loops over wide output rows", "phase_planes": sh * sw}
+    EH, EW = _extents(spec)
+    info = {"phase_planes": _phases(sh, EH) * _phases(sw, EW),
+            "dilation": spec.dilation, "groups": spec.groups}
+    if _is_depthwise(spec):
+        return {"method": "depthwise kernel: one (image, channel) plane per task, "
+                          "a vectorised pass along output rows", "kernel": "depthwise", **info}
+    return {"method": "direct loops over wide output rows", "kernel": "general", **info}
 
 
 def release_workspace():
@@ -94,16 +123,29 @@ def _rows_per_block(pitch, itemsize):
     return max(1, ACC_BYTES // (KB * itemsize * pitch))
 
 
+def _extents(spec):
+    """(EH, EW): the cells a dilated filter spans, d*(F-1) + 1 per axis."""
+    (dh, dw), (FH, FW) = spec.dilation, spec.filter_hw
+    return dh * (FH - 1) + 1, dw * (FW - 1) + 1
+
+
+def _tap_step(stride, dilation):
+    """Cells between two taps of one phase along an axis: taps f and f + s/g (g =
+    gcd(s, d)) share a phase, and their offsets differ by d/g (1 without dilation)."""
+    return dilation // math.gcd(stride, dilation)
+
+
 # ------------------------------------------------------- the shared inner loop
 
 @jit
-def _accumulate(acc, nb, src, ops, o_start, o_end, wt, base):
-    """acc[r, m] += sum over taps t of wt[t, r] * src[plane, base + offset_t + m].
+def _accumulate(acc, nb, src, ops, o_start, o_end, wt, base, step, p0):
+    """acc[r, m] += sum over taps t of wt[t, r] * src[p0 + plane, base + offset_t + m].
 
     acc: (KB, M), rows < nb in use; src: (planes, L) of one image; ops:
     (n_ops, 6) rows (plane, offset, count, t0, t1, t2): ``count`` taps sitting
-    at offset, offset+1, offset+2 of one plane, done in one pass so each
-    store of the accumulator carries up to 3*nb multiply-adds; wt: (n_taps, KB).
+    at offset, offset+step, offset+2*step of one plane, done in one pass so each
+    store of the accumulator carries up to 3*nb multiply-adds; wt: (n_taps, KB);
+    p0: the first plane of the group the table is read for.
     """
     M = acc.shape[1]
     a0 = acc[0]
@@ -111,15 +153,15 @@ def _accumulate(acc, nb, src, ops, o_start, o_end, wt, base):
     a2 = acc[2]
     a3 = acc[3]
     for o in range(o_start, o_end):
-        plane = ops[o, 0]
+        plane = p0 + ops[o, 0]
         start = base + ops[o, 1]
         count = ops[o, 2]
         t0 = ops[o, 3]
         t1 = ops[o, 4]
         t2 = ops[o, 5]
         s0 = src[plane, start:start + M]
-        s1 = src[plane, start + 1:start + 1 + M] if count > 1 else s0
-        s2 = src[plane, start + 2:start + 2 + M] if count > 2 else s0
+        s1 = src[plane, start + step:start + step + M] if count > 1 else s0
+        s2 = src[plane, start + 2 * step:start + 2 * step + M] if count > 2 else s0
         if nb == KB and count == 3:
             u0, u1, u2, u3 = wt[t0, 0], wt[t0, 1], wt[t0, 2], wt[t0, 3]
             v0, v1, v2, v3 = wt[t1, 0], wt[t1, 1], wt[t1, 2], wt[t1, 3]
@@ -169,17 +211,20 @@ def _accumulate(acc, nb, src, ops, o_start, o_end, wt, base):
                         ar[m] += u * s0[m]
 
 
-def _weight_blocks(Wm):
-    """Wm: (rows, taps) -> (ceil(rows/KB), taps, KB), rows past the end zero.
+def _weight_blocks(Wm, groups=1):
+    """Wm: (rows, taps) -> (groups * ceil(rows/groups/KB), taps, KB): each group's
+    rows in blocks of KB of their own (rows past a group's end zero), so that no
+    block holds rows of two groups.
 
     Plain NumPy, not compiled: one copy and one transpose, and one kernel fewer
     to compile on first use.
     """
     R, T = Wm.shape
-    nb = (R + KB - 1) // KB
-    padded = np.zeros((nb * KB, T), dtype=Wm.dtype)
-    padded[:R] = Wm
-    return np.ascontiguousarray(padded.reshape(nb, KB, T).transpose(0, 2, 1))
+    Rg = R // groups
+    nb = (Rg + KB - 1) // KB
+    padded = np.zeros((groups, nb * KB, T), dtype=Wm.dtype)
+    padded[:, :Rg] = Wm.reshape(groups, Rg, T)
+    return np.ascontiguousarray(padded.reshape(groups * nb, KB, T).transpose(0, 2, 1))
 
 
 # ------------------------------------------------------------- forward conv
@@ -193,28 +238,32 @@ GROUP = 3
 # geometry alone: built in Python once per geometry and kept, rather than
 # compiled (each compiled helper costs about a second on first use).
 @lru_cache(maxsize=64)
-def _forward_ops(C, FH, FW, sh, sw, Wq):
+def _forward_ops(C, FH, FW, sh, sw, Wq, dh=1, dw=1):
     """Tap table of the forward pass, ordered by channel; see _accumulate.
 
-    Tap (c, fy, fx) is weight index (c*FH + fy)*FW + fx; it reads plane
-    (c, fy % sh, fx % sw) at offset (fy // sh)*Wq + fx // sw. Taps fx, fx+sw,
-    fx+2*sw of one phase sit one cell apart: one group.
+    Tap (c, fy, fx) is weight index (c*FH + fy)*FW + fx; it sits at (fy*dh,
+    fx*dw) of the window and reads plane (c, fy*dh % sh, fx*dw % sw) at offset
+    (fy*dh // sh)*Wq + fx*dw // sw. Taps fx, fx+q, fx+2q (q = sw / gcd(sw, dw))
+    share a phase and sit ``_tap_step(sw, dw)`` cells apart (one, without
+    dilation): one group.
     """
-    Ph = _phases(sh, FH)
-    Pw = _phases(sw, FW)
+    Ph = _phases(sh, dh * (FH - 1) + 1)
+    Pw = _phases(sw, dw * (FW - 1) + 1)
+    q = sw // math.gcd(sw, dw)
     ops = np.full((C * FH * FW, 6), -1, dtype=np.int64)
     n = 0
     for c in range(C):
         for fy in range(FH):
-            for b in range(Pw):
-                fx = b
+            ey = fy * dh
+            for fx0 in range(min(q, FW)):
+                fx = fx0
                 while fx < FW:
-                    ops[n, 0] = (c * Ph + fy % sh) * Pw + b
-                    ops[n, 1] = (fy // sh) * Wq + fx // sw
+                    ops[n, 0] = (c * Ph + ey % sh) * Pw + fx * dw % sw
+                    ops[n, 1] = (ey // sh) * Wq + fx * dw // sw
                     count = 0
                     while count < GROUP and fx < FW:
                         ops[n, 3 + count] = (c * FH + fy) * FW + fx
-                        fx += sw
+                        fx += q
                         count += 1
                     ops[n, 2] = count
                     n += 1
@@ -222,22 +271,31 @@ def _forward_ops(C, FH, FW, sh, sw, Wq):
 
 
 @jit(parallel=True)
-def _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, RB):
-    """xq: planes of x, wt: (FN/KB, C*FH*FW, KB) -> out: (N, FN, OH, OW)."""
+def _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, RB, groups, step):
+    """xq: planes of x, wt: (groups * FNg/KB, C/groups*FH*FW, KB) -> out: (N, FN, OH, OW).
+
+    ops: the tap table of one group; a block of filters of group g reads that
+    group's planes only (C/groups channels from plane g * planes-per-group).
+    """
     N = xq.shape[0]
-    nkb = wt.shape[0]
+    nblk = wt.shape[0]
+    nkb = nblk // groups              # blocks per group
+    FNg = FN // groups
+    Pg = xq.shape[1] // groups        # planes per group
     nrb = (OH + RB - 1) // RB
     out = np.empty((N, FN, OH, OW), dtype=xq.dtype)
-    for task in prange(N * nkb * nrb):
-        n = task // (nkb * nrb)
-        kb = (task // nrb) % nkb
+    for task in prange(N * nblk * nrb):
+        n = task // (nblk * nrb)
+        blk = (task // nrb) % nblk
+        g = blk // nkb
         i0 = (task % nrb) * RB
         i1 = min(OH, i0 + RB)
-        k0 = kb * KB
-        nb = min(KB, FN - k0)
+        k0 = g * FNg + (blk % nkb) * KB
+        nb = min(KB, (g + 1) * FNg - k0)
         acc = np.zeros((KB, (i1 - i0) * Wq), dtype=xq.dtype)
         # np.int64(0), not 0: a literal 0 would compile a second _accumulate
-        _accumulate(acc, nb, xq[n], ops, np.int64(0), ops.shape[0], wt[kb], i0 * Wq)
+        _accumulate(acc, nb, xq[n], ops, np.int64(0), ops.shape[0], wt[blk], i0 * Wq, step,
+                    g * Pg)
         for r in range(nb):
             bias = b[k0 + r]
             for i in range(i0, i1):
@@ -249,20 +307,276 @@ def _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, RB):
 
 @one_launch_at_a_time
 def conv_forward(x, W, b, spec):
-    """x: (N, C, H, W), W: (FN, C, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache."""
+    """x: (N, C, H, W), W: (FN, C/groups, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache."""
     N, C, H, Wd = x.shape
-    FN, _, FH, FW = W.shape
+    FN, Cg, FH, FW = W.shape
     (sh, sw), (ph, pw), (OH, OW) = spec.stride, spec.pad, spec.out_hw
+    (dh, dw), G = spec.dilation, spec.groups
+    EH, EW = _extents(spec)
     Wq = -(-(Wd + 2 * pw) // sw)
     # one spare row: the wide grid's last row reads up to a row past OH
-    Hq = OH + (FH - 1) // sh + 1
-    xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, (OH - 1) * sh + FH, (OW - 1) * sw + FW,
-                    x.dtype.type(0), FH, FW)
-    wt = _weight_blocks(W.reshape(FN, C * FH * FW))
-    ops = _forward_ops(C, FH, FW, sh, sw, Wq)
-    out = _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, _rows_per_block(Wq, x.itemsize))
+    Hq = OH + (EH - 1) // sh + 1
+    r_end, s_end = (OH - 1) * sh + EH, (OW - 1) * sw + EW
+    if _is_depthwise(spec):
+        Ph, Pw = _phases(sh, EH), _phases(sw, EW)
+        out, xq = _depthwise_forward(x, np.ascontiguousarray(W.reshape(FN, FH * FW)),
+                                     _depthwise_taps(FH, FW, sh, sw, dh, dw, Wq, Pw), b,
+                                     FN // C, sh, sw, ph, pw, OH, OW, Hq, Wq, Ph, Pw,
+                                     min(H, r_end - ph), min(Wd, s_end - pw))
+    else:
+        xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, r_end, s_end, x.dtype.type(0), EH, EW)
+        wt = _weight_blocks(W.reshape(FN, Cg * FH * FW), G)
+        ops = _forward_ops(Cg, FH, FW, sh, sw, Wq, dh, dw)
+        out = _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, _rows_per_block(Wq, x.itemsize),
+                            G, _tap_step(sw, dw))
     # xq is already a copy; W is copied so that backward sees it as it was
     return out, ConvCache(xq, W.copy(), spec, Hq, Wq)
+
+
+# ----------------------------------------------------------------- depthwise
+#
+# groups == C > 1 (MobileNet's layers): output plane k reads input plane
+# c = k // m alone, so there is no sum over channels to block filters over; the
+# blocked loops would run with one live row of four. Here one (image, channel)
+# plane is one task, a tap is one shifted row of a phase plane (as above), and
+# each output row is one vectorised pass with all the taps' weights in
+# registers (3x3: the nine taps in one pass, one store per output). The padded
+# planes of a channel are written by the task that reads them, while they are
+# still in cache.
+
+@lru_cache(maxsize=64)
+def _depthwise_taps(FH, FW, sh, sw, dh, dw, Wq, Pw):
+    """(FH*FW, 2) int64: tap t = fy*FW + fx reads phase plane (fy*dh % sh)*Pw + fx*dw % sw
+    of its channel at offset (fy*dh // sh)*Wq + fx*dw // sw (the layout of ``_to_planes``)."""
+    taps = np.empty((FH * FW, 2), dtype=np.int64)
+    for fy in range(FH):
+        for fx in range(FW):
+            taps[fy * FW + fx, 0] = (fy * dh % sh) * Pw + fx * dw % sw
+            taps[fy * FW + fx, 1] = (fy * dh // sh) * Wq + fx * dw // sw
+    return taps
+
+
+@jit
+def _fill_planes(x_c, xq_n, p0, sh, sw, ph, pw, Hq, Wq, h_end, w_end, Ph, Pw):
+    """x_c: (H, W), one channel -> planes p0..p0+Ph*Pw-1 of xq_n, laid out as ``_to_planes``
+    lays them out (zeros outside x and at rows >= h_end, columns >= w_end)."""
+    zero = xq_n.dtype.type(0)
+    for a in range(Ph):
+        for bq in range(Pw):
+            plane = xq_n[p0 + a * Pw + bq]
+            # the columns v of this phase that hold x: 0 <= v*sw + bq - pw < w_end
+            v_lo = (pw - bq + sw - 1) // sw if pw > bq else 0
+            v_hi = min(Wq, (pw + w_end - 1 - bq) // sw + 1) if pw + w_end - 1 >= bq else 0
+            v_hi = max(v_lo, v_hi)
+            for u in range(Hq):
+                h = u * sh + a - ph
+                row = plane[u * Wq:(u + 1) * Wq]
+                if h < 0 or h >= h_end:
+                    row[:] = zero
+                    continue
+                src = x_c[h]
+                row[:v_lo] = zero
+                for v in range(v_lo, v_hi):
+                    row[v] = src[v * sw + bq - pw]
+                row[v_hi:] = zero
+
+
+@jit
+def _depthwise_row(orow, bias, w, xq_n, p0, taps, base):
+    """orow[j] = bias + sum over taps t of w[t] * xq_n[p0 + plane_t, base + offset_t + j]."""
+    OW = orow.shape[0]
+    T = taps.shape[0]
+    if T == 9:
+        # 3x3, any stride and dilation: every tap's weight in a register, one store per output
+        s0 = xq_n[p0 + taps[0, 0], base + taps[0, 1]:base + taps[0, 1] + OW]
+        s1 = xq_n[p0 + taps[1, 0], base + taps[1, 1]:base + taps[1, 1] + OW]
+        s2 = xq_n[p0 + taps[2, 0], base + taps[2, 1]:base + taps[2, 1] + OW]
+        s3 = xq_n[p0 + taps[3, 0], base + taps[3, 1]:base + taps[3, 1] + OW]
+        s4 = xq_n[p0 + taps[4, 0], base + taps[4, 1]:base + taps[4, 1] + OW]
+        s5 = xq_n[p0 + taps[5, 0], base + taps[5, 1]:base + taps[5, 1] + OW]
+        s6 = xq_n[p0 + taps[6, 0], base + taps[6, 1]:base + taps[6, 1] + OW]
+        s7 = xq_n[p0 + taps[7, 0], base + taps[7, 1]:base + taps[7, 1] + OW]
+        s8 = xq_n[p0 + taps[8, 0], base + taps[8, 1]:base + taps[8, 1] + OW]
+        w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
+        for j in range(OW):
+            orow[j] = (bias + w0 * s0[j] + w1 * s1[j] + w2 * s2[j] + w3 * s3[j] + w4 * s4[j]
+                       + w5 * s5[j] + w6 * s6[j] + w7 * s7[j] + w8 * s8[j])
+        return
+    for j in range(OW):
+        orow[j] = bias
+    t = 0
+    while t < T:
+        # other sizes: up to three taps per pass
+        s0 = xq_n[p0 + taps[t, 0], base + taps[t, 1]:base + taps[t, 1] + OW]
+        u = w[t]
+        if t + 2 < T:
+            s1 = xq_n[p0 + taps[t + 1, 0], base + taps[t + 1, 1]:base + taps[t + 1, 1] + OW]
+            s2 = xq_n[p0 + taps[t + 2, 0], base + taps[t + 2, 1]:base + taps[t + 2, 1] + OW]
+            v = w[t + 1]
+            z = w[t + 2]
+            for j in range(OW):
+                orow[j] += u * s0[j] + v * s1[j] + z * s2[j]
+            t += 3
+        elif t + 1 < T:
+            s1 = xq_n[p0 + taps[t + 1, 0], base + taps[t + 1, 1]:base + taps[t + 1, 1] + OW]
+            v = w[t + 1]
+            for j in range(OW):
+                orow[j] += u * s0[j] + v * s1[j]
+            t += 2
+        else:
+            for j in range(OW):
+                orow[j] += u * s0[j]
+            t += 1
+
+
+@jit(parallel=True)
+def _depthwise_forward(x, wd, taps, b, m, sh, sw, ph, pw, OH, OW, Hq, Wq, Ph, Pw, h_end, w_end):
+    """x: (N, C, H, W), wd: (C*m, FH*FW), taps: ``_depthwise_taps``, b: (C*m,)
+    -> out: (N, C*m, OH, OW) (filter k reads channel k // m), xq: the planes of x.
+
+    One task per (n, c): it writes channel c's planes, then its m output planes row by row.
+    """
+    N, C = x.shape[0], x.shape[1]
+    P = Ph * Pw
+    xq = np.empty((N, C * P, Hq * Wq), dtype=x.dtype)
+    out = np.empty((N, C * m, OH, OW), dtype=x.dtype)
+    for task in prange(N * C):
+        n = task // C
+        c = task % C
+        xq_n = xq[n]
+        _fill_planes(x[n, c], xq_n, c * P, sh, sw, ph, pw, Hq, Wq, h_end, w_end, Ph, Pw)
+        for j in range(m):
+            k = c * m + j
+            w = wd[k]
+            for i in range(OH):
+                _depthwise_row(out[n, k, i], b[k], w, xq_n, c * P, taps, i * Wq)
+    return out, xq
+
+
+@jit(parallel=True)
+def _depthwise_dx(dout, wd, ops, starts, C, H, W, sh, sw, ph, pw, Wq, Hd, Ty, Tx, Ph, Pw, step):
+    """dout: (N, C*m, OH, OW), wd: (C, m*FH*FW) (channel c's m filters) -> dx: (N, C, H, W).
+
+    ops, starts: ``_backward_ops`` of m filters. One task per (n, c): it copies
+    its m dout planes into zero-bordered planes of its own (as ``_dout_image``
+    does, pitch Wq), then gathers each dx phase row by row. The zero border
+    stands for "no term": every weight must be finite (the caller checks).
+    """
+    N, K, OH, OW = dout.shape
+    m = K // C
+    P = Ph * Pw
+    # phases past the window's extent (stride > extent) get no gradient
+    if P < sh * sw:
+        dx = np.zeros((N, C, H, W), dtype=dout.dtype)
+    else:
+        dx = np.empty((N, C, H, W), dtype=dout.dtype)
+    for task in prange(N * C):
+        n = task // C
+        c = task % C
+        dp = np.zeros((m, Hd * Wq), dtype=dout.dtype)
+        for j in range(m):
+            for i in range(OH):
+                src = dout[n, c * m + j, i]
+                dst = dp[j, (Ty - 1 + i) * Wq + Tx - 1:(Ty - 1 + i) * Wq + Tx - 1 + OW]
+                for q in range(OW):
+                    dst[q] = src[q]
+        w = wd[c]
+        acc = np.empty(Wq, dtype=dout.dtype)
+        for phase in range(P):
+            a = phase // Pw
+            bq = phase % Pw
+            u_lo = (ph - a + sh - 1) // sh if ph > a else 0
+            u_hi = (ph + H - 1 - a) // sh + 1 if ph + H - 1 >= a else 0
+            v_lo = (pw - bq + sw - 1) // sw if pw > bq else 0
+            v_hi = min(Wq, (pw + W - 1 - bq) // sw + 1) if pw + W - 1 >= bq else 0
+            for u in range(u_lo, u_hi):
+                acc[:] = 0
+                for o in range(starts[phase], starts[phase + 1]):
+                    plane = dp[ops[o, 0]]
+                    start = u * Wq + ops[o, 1]
+                    count = ops[o, 2]
+                    s0 = plane[start:start + Wq]
+                    e0 = w[ops[o, 3]]
+                    if count == 3:
+                        s1 = plane[start + step:start + step + Wq]
+                        s2 = plane[start + 2 * step:start + 2 * step + Wq]
+                        e1 = w[ops[o, 4]]
+                        e2 = w[ops[o, 5]]
+                        for v in range(Wq):
+                            acc[v] += e0 * s0[v] + e1 * s1[v] + e2 * s2[v]
+                    elif count == 2:
+                        s1 = plane[start + step:start + step + Wq]
+                        e1 = w[ops[o, 4]]
+                        for v in range(Wq):
+                            acc[v] += e0 * s0[v] + e1 * s1[v]
+                    else:
+                        for v in range(Wq):
+                            acc[v] += e0 * s0[v]
+                h = u * sh + a - ph
+                for v in range(v_lo, v_hi):
+                    dx[n, c, h, v * sw + bq - pw] = acc[v]
+    return dx
+
+
+@jit(parallel=True)
+def _depthwise_dw(xq, dout, taps, m, FH, FW, Wq):
+    """xq: the planes of x (``_depthwise_forward``), dout: (N, C*m, OH, OW)
+    -> dW: (C*m, 1, FH, FW), db: (C*m,).
+
+    One task per filter k: it alone writes dW[k] and db[k], adding rows and
+    images in order. Only the OW real columns of each row are summed, so a
+    non-finite x meets only the dout cells whose windows read it.
+    """
+    N, K, OH, OW = dout.shape
+    C = K // m
+    P = xq.shape[1] // C
+    T = taps.shape[0]
+    dW = np.empty((K, 1, FH, FW), dtype=dout.dtype)
+    db = np.empty(K, dtype=dout.dtype)
+    zero = dout.dtype.type(0)
+    for k in prange(K):
+        p0 = (k // m) * P
+        acc = np.zeros(T, dtype=dout.dtype)
+        total = zero
+        for n in range(N):
+            xq_n = xq[n]
+            for i in range(OH):
+                d = dout[n, k, i]
+                base = i * Wq
+                t = 0
+                while t < T:
+                    # up to three taps per pass over the dout row
+                    o0 = base + taps[t, 1]
+                    x0 = xq_n[p0 + taps[t, 0], o0:o0 + OW]
+                    if t + 2 < T:
+                        o1 = base + taps[t + 1, 1]
+                        o2 = base + taps[t + 2, 1]
+                        x1 = xq_n[p0 + taps[t + 1, 0], o1:o1 + OW]
+                        x2 = xq_n[p0 + taps[t + 2, 0], o2:o2 + OW]
+                        s0 = s1 = s2 = zero
+                        for j in range(OW):
+                            e = d[j]
+                            s0 += e * x0[j]
+                            s1 += e * x1[j]
+                            s2 += e * x2[j]
+                        acc[t] += s0
+                        acc[t + 1] += s1
+                        acc[t + 2] += s2
+                        t += 3
+                    else:
+                        s0 = zero
+                        for j in range(OW):
+                            s0 += d[j] * x0[j]
+                        acc[t] += s0
+                        t += 1
+                s = zero
+                for j in range(OW):
+                    s += d[j]
+                total += s
+        for t in range(T):
+            dW[k, 0, t // FW, t % FW] = acc[t]
+        db[k] = total
+    return dW, db
 
 
 # ------------------------------------------------------------ backward conv
@@ -309,42 +623,48 @@ def _dout_planes(dout, Ty, Tx, Wq, dp):
 
 
 @lru_cache(maxsize=64)
-def _backward_ops(K, FH, FW, sh, sw, Wq, Ty, Tx):
+def _backward_ops(K, FH, FW, sh, sw, Wq, Ty, Tx, dh=1, dw=1):
     """Tap tables of dx, one per phase (a, b) of dx: rows ops[starts[p]:starts[p+1]].
 
-    dx phase (a, b) at (u, v) gathers dout(u - ty, v - tx) * W[k, c, a + ty*sh,
-    b + tx*sw]; in the zero-bordered dout planes that is offset
-    (Ty-1-ty)*Wq + (Tx-1-tx). Taps tx, tx-1, tx-2 sit one cell apart: one group.
-    Only the phases some tap reaches have a table, p = a*Pw + b for a < Ph,
-    b < Pw (see ``_phases``); dx cells of the other phases get no gradient.
+    Tap (fy, fx) sits at (fy*dh, fx*dw) of the window: dx phase (a, b) =
+    (fy*dh % sh, fx*dw % sw) at (u, v) gathers dout(u - ty, v - tx) * W[k, c,
+    fy, fx] with ty = fy*dh // sh, tx = fx*dw // sw; in the zero-bordered dout
+    planes that is offset (Ty-1-ty)*Wq + (Tx-1-tx). The taps of one phase and
+    filter row, taken by falling tx, sit ``_tap_step(sw, dw)`` cells apart (one,
+    without dilation): up to three make one group. Only the phases a < Ph,
+    b < Pw of the dilated window (see ``_phases``) have a table, p = a*Pw + b,
+    possibly empty (dilation skips some phases); dx cells of the phases without
+    taps get no gradient.
     """
-    Ph = _phases(sh, FH)
-    Pw = _phases(sw, FW)
+    Ph = _phases(sh, dh * (FH - 1) + 1)
+    Pw = _phases(sw, dw * (FW - 1) + 1)
     ops = np.full((K * FH * FW, 6), -1, dtype=np.int64)
     starts = np.zeros(Ph * Pw + 1, dtype=np.int64)
     n = 0
     for a in range(Ph):
         for b in range(Pw):
+            # the filter columns of phase b, by falling tx
+            fxs = [fx for fx in range(FW - 1, -1, -1) if fx * dw % sw == b]
             for k in range(K):
-                for fy in range(a, FH, sh):
-                    ty = (fy - a) // sh
-                    tx = (FW - 1 - b) // sw
-                    while tx >= 0:
+                for fy in range(FH):
+                    if fy * dh % sh != a:
+                        continue
+                    ty = fy * dh // sh
+                    for g0 in range(0, len(fxs), GROUP):
+                        group = fxs[g0:g0 + GROUP]
                         ops[n, 0] = k
-                        ops[n, 1] = (Ty - 1 - ty) * Wq + Tx - 1 - tx
-                        count = 0
-                        while count < GROUP and tx >= 0:
-                            ops[n, 3 + count] = (k * FH + fy) * FW + b + tx * sw
-                            tx -= 1
-                            count += 1
-                        ops[n, 2] = count
+                        ops[n, 1] = (Ty - 1 - ty) * Wq + Tx - 1 - group[0] * dw // sw
+                        for count, fx in enumerate(group):
+                            ops[n, 3 + count] = (k * FH + fy) * FW + fx
+                        ops[n, 2] = len(group)
                         n += 1
             starts[a * Pw + b + 1] = n
     return ops[:n].copy(), starts
 
 
 @jit
-def _accumulate_within(acc, nb, src, ops, o_start, o_end, wt, base, Wq, r_lo, r_hi, c_lo, c_hi):
+def _accumulate_within(acc, nb, src, ops, o_start, o_end, wt, base, step, p0, Wq, r_lo, r_hi,
+                       c_lo, c_hi):
     """``_accumulate`` restricted to the terms whose source cell lies inside the
     rectangle rows r_lo..r_hi, columns c_lo..c_hi of src's planes (row pitch Wq).
 
@@ -355,10 +675,10 @@ def _accumulate_within(acc, nb, src, ops, o_start, o_end, wt, base, Wq, r_lo, r_
     """
     M = acc.shape[1]
     for o in range(o_start, o_end):
-        plane = src[ops[o, 0]]
+        plane = src[p0 + ops[o, 0]]
         for g in range(ops[o, 2]):
             t = ops[o, 3 + g]
-            s0 = base + ops[o, 1] + g           # the source cell of acc[:, 0]
+            s0 = base + ops[o, 1] + g * step    # the source cell of acc[:, 0]
             for rr in range(max(r_lo, s0 // Wq), min(r_hi, (s0 + M - 1) // Wq + 1)):
                 lo = max(s0, rr * Wq + c_lo)
                 hi = min(s0 + M, rr * Wq + c_hi)
@@ -383,13 +703,14 @@ def _all_finite(a):
 
 
 @jit
-def _dx_block(dx_n, dp_n, wt_cb, ops, starts, phase, rb, c0, sh, sw, Pw, ph, pw, Wq, RB,
-              within, Ty, Tx, OH, OW):
-    """dx of one image, channels c0.. (one block), one phase, one block of rows.
+def _dx_block(dx_n, dp_n, wt_cb, ops, starts, phase, rb, c0, nb, sh, sw, Pw, ph, pw, Wq, RB,
+              within, Ty, Tx, OH, OW, step, p0):
+    """dx of one image, channels c0..c0+nb-1 (one block), one phase, one block of rows.
 
     dx_n: (C, H, W) written; dp_n: (K, Hd*Wq) dout planes of that image, dout
-    at rows Ty-1.., columns Tx-1.. (OH x OW). within: sum only the taps that
-    read inside dout (``_accumulate_within``), needed when a weight is not finite.
+    at rows Ty-1.., columns Tx-1.. (OH x OW); the block's group reads the
+    dout planes from p0 on. within: sum only the taps that read inside dout
+    (``_accumulate_within``), needed when a weight is not finite.
     """
     C, H, W = dx_n.shape
     a = phase // Pw
@@ -402,13 +723,13 @@ def _dx_block(dx_n, dp_n, wt_cb, ops, starts, phase, rb, c0, sh, sw, Pw, ph, pw,
         return
     v_lo = (pw - bq + sw - 1) // sw if pw > bq else 0
     v_hi = min(Wq, (pw + W - 1 - bq) // sw + 1) if pw + W - 1 >= bq else 0
-    nb = min(KB, C - c0)
     acc = np.zeros((KB, (u1 - u0) * Wq), dtype=dp_n.dtype)
     if within:
         _accumulate_within(acc, nb, dp_n, ops, starts[phase], starts[phase + 1], wt_cb, u0 * Wq,
-                           Wq, Ty - 1, Ty - 1 + OH, Tx - 1, Tx - 1 + OW)
+                           step, p0, Wq, Ty - 1, Ty - 1 + OH, Tx - 1, Tx - 1 + OW)
     else:
-        _accumulate(acc, nb, dp_n, ops, starts[phase], starts[phase + 1], wt_cb, u0 * Wq)
+        _accumulate(acc, nb, dp_n, ops, starts[phase], starts[phase + 1], wt_cb, u0 * Wq, step,
+                    p0)
     for r in range(nb):
         for u in range(u0, u1):
             h = u * sh + a - ph
@@ -423,26 +744,38 @@ def _dx_row_blocks(H, sh, RB):
 
 
 @jit(parallel=True)
-def _conv_dx(dp, wt, ops, starts, C, H, W, sh, sw, ph, pw, Wq, RB, nrb, FH, FW, OH, OW):
-    """dp: dout planes (N, K, Hd*Wq), wt: (C/KB, K*FH*FW, KB) -> dx: (N, C, H, W)."""
+def _conv_dx(dp, wt, ops, starts, C, H, W, sh, sw, ph, pw, Wq, RB, nrb, EH, EW, OH, OW, groups,
+             step):
+    """dp: dout planes (N, K, Hd*Wq), wt: (groups * Cg/KB, Kg*FH*FW, KB) -> dx: (N, C, H, W).
+
+    EH, EW: the dilated filter's extent; ops, starts: the tap tables of one
+    group (Kg = K/groups filters); a block of dx channels of group g reads that
+    group's dout planes only.
+    """
     N = dp.shape[0]
-    ncb = wt.shape[0]
-    Pw = _phases(sw, FW)
-    P = _phases(sh, FH) * Pw
-    # every dx cell of a phase that some tap reaches lies in exactly one task's
-    # (phase, row block); the other phases (stride > filter) get no gradient
+    nblk = wt.shape[0]
+    ncb = nblk // groups              # blocks per group
+    Cg = C // groups
+    Kg = dp.shape[1] // groups
+    Pw = _phases(sw, EW)
+    P = _phases(sh, EH) * Pw
+    # every dx cell of a phase the window covers lies in exactly one task's
+    # (phase, row block); the other phases (stride > extent) get no gradient
     if P < sh * sw:
         dx = np.zeros((N, C, H, W), dtype=dp.dtype)
     else:
         dx = np.empty((N, C, H, W), dtype=dp.dtype)
     within = not _all_finite(wt)
-    Ty = (FH - 1) // sh + 1
-    Tx = (FW - 1) // sw + 1
-    for task in prange(N * ncb * P * nrb):
-        n = task // (ncb * P * nrb)
-        cb = (task // (P * nrb)) % ncb
-        _dx_block(dx[n], dp[n], wt[cb], ops, starts, (task // nrb) % P, task % nrb,
-                  cb * KB, sh, sw, Pw, ph, pw, Wq, RB, within, Ty, Tx, OH, OW)
+    Ty = (EH - 1) // sh + 1
+    Tx = (EW - 1) // sw + 1
+    for task in prange(N * nblk * P * nrb):
+        n = task // (nblk * P * nrb)
+        blk = (task // (P * nrb)) % nblk
+        g = blk // ncb
+        c0 = g * Cg + (blk % ncb) * KB
+        _dx_block(dx[n], dp[n], wt[blk], ops, starts, (task // nrb) % P, task % nrb,
+                  c0, min(KB, (g + 1) * Cg - c0), sh, sw, Pw, ph, pw, Wq, RB, within, Ty, Tx,
+                  OH, OW, step, g * Kg)
     return dx
 
 
@@ -468,13 +801,14 @@ def _dw_segments(OH, OW, Wq, within):
 
 
 @jit
-def _dw_image(acc, xq_n, dp_n, ops, C, c, k0, nb, segs, base):
+def _dw_image(acc, xq_n, dp_n, ops, C, c, k0, nb, segs, base, p0, step):
     """acc[r, t] += dW[k0 + r, c] contribution of one image: (KB, FH*FW).
 
     xq_n: x planes of the image, dp_n: its dout planes, ops: the forward tap
-    table (same number of rows per channel), segs: the runs of the wide grid
-    to sum over (``_dw_segments``), each short enough that the KB dout rows
-    of a run stay in L1 across all taps.
+    table of one group of C channels (same number of rows per channel), read
+    from plane p0 on; segs: the runs of the wide grid to sum over
+    (``_dw_segments``), each short enough that the KB dout rows of a run stay
+    in L1 across all taps; step: the cells between two taps of a group.
     """
     T = acc.shape[1]
     per_c = ops.shape[0] // C
@@ -488,13 +822,13 @@ def _dw_image(acc, xq_n, dp_n, ops, C, c, k0, nb, segs, base):
         d2 = dp_n[k0 + min(2, nb - 1), lo:lo + L]
         d3 = dp_n[k0 + min(3, nb - 1), lo:lo + L]
         for o in range(c * per_c, (c + 1) * per_c):
-            plane = xq_n[ops[o, 0]]
+            plane = xq_n[p0 + ops[o, 0]]
             start = ops[o, 1] + m0
             count = ops[o, 2]
             g = 0
             while g < count:
                 ta = ops[o, 3 + g] - c * T
-                xs = plane[start + g:start + g + L]
+                xs = plane[start + g * step:start + g * step + L]
                 if nb < KB:
                     for r in range(nb):
                         d = dp_n[k0 + r, lo:lo + L]
@@ -506,7 +840,7 @@ def _dw_image(acc, xq_n, dp_n, ops, C, c, k0, nb, segs, base):
                 elif g + 1 < count:
                     # four dout rows against two shifted x rows: 8 sums, one pass
                     tb = ops[o, 4 + g] - c * T
-                    ys = plane[start + g + 1:start + g + 1 + L]
+                    ys = plane[start + (g + 1) * step:start + (g + 1) * step + L]
                     s0 = s1 = s2 = s3 = r0 = r1 = r2 = r3 = zero
                     for m in range(L):
                         p = xs[m]
@@ -544,26 +878,30 @@ def _dw_image(acc, xq_n, dp_n, ops, C, c, k0, nb, segs, base):
 
 
 @jit(parallel=True)
-def _conv_dw(xq, dp, ops, C, FN, FH, FW, OH, Wq, base, OW):
+def _conv_dw(xq, dp, ops, Cg, FN, FH, FW, OH, Wq, base, OW, groups, step):
     """dW[k, c, fy, fx] = sum over n and the wide grid of dout * shifted x planes.
 
-    xq: (N, C*sh*sw, Hq*Wq), dp: (N, FN, Hd*Wq), ops: the forward tap table
-    -> dW: (FN, C, FH, FW). One task per (block of KB filters, channel c): it
-    alone writes those dW entries, adding images in order.
+    xq: (N, C*planes, Hq*Wq), dp: (N, FN, Hd*Wq), ops: the forward tap table of
+    one group (Cg = C/groups channels) -> dW: (FN, Cg, FH, FW). One task per
+    (group, block of KB of its filters, channel c of the group): it alone
+    writes those dW entries, adding images in order.
     """
     N = xq.shape[0]
     T = FH * FW
-    nkb = (FN + KB - 1) // KB
-    dW = np.empty((FN, C, FH, FW), dtype=xq.dtype)
+    FNg = FN // groups
+    nkb = (FNg + KB - 1) // KB
+    Pg = xq.shape[1] // groups        # planes per group
+    dW = np.empty((FN, Cg, FH, FW), dtype=xq.dtype)
     segs = _dw_segments(OH, OW, Wq, not _all_finite(xq))
-    for task in prange(nkb * C):
-        kb = task // C
-        c = task % C
-        k0 = kb * KB
-        nb = min(KB, FN - k0)
+    for task in prange(groups * nkb * Cg):
+        g = task // (nkb * Cg)
+        kb = (task // Cg) % nkb
+        c = task % Cg
+        k0 = g * FNg + kb * KB
+        nb = min(KB, (g + 1) * FNg - k0)
         acc = np.zeros((KB, T), dtype=xq.dtype)
         for n in range(N):
-            _dw_image(acc, xq[n], dp[n], ops, C, c, k0, nb, segs, base)
+            _dw_image(acc, xq[n], dp[n], ops, Cg, c, k0, nb, segs, base, g * Pg, step)
         for r in range(nb):
             for t in range(T):
                 dW[k0 + r, c, t // FW, t % FW] = acc[r, t]
@@ -580,22 +918,40 @@ def _conv_db(sums):
 
 @one_launch_at_a_time
 def conv_backward(dout, cache):
-    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, FH, FW), db: (FN,)."""
+    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C/groups, FH, FW), db: (FN,)."""
     xq, W, spec, Hq, Wq = cache
     (sh, sw), (ph, pw), (OH, OW) = spec.stride, spec.pad, spec.out_hw
+    (dh, dw), G = spec.dilation, spec.groups
     N, C, H, Wd = spec.x_shape
-    FN, _, FH, FW = W.shape
-    Ty = (FH - 1) // sh + 1
-    Tx = (FW - 1) // sw + 1
+    FN, Cg, FH, FW = W.shape
+    EH, EW = _extents(spec)
+    Ty = (EH - 1) // sh + 1
+    Tx = (EW - 1) // sw + 1
     # rows: dout shifted down by Ty-1, plus what the last dx row of any phase reads
     Hd = max(OH, (ph + H - 1) // sh + 1) + Ty
-    RB = _rows_per_block(Wq, dout.itemsize)
-    nrb = _dx_row_blocks(H, sh, RB)
-    wt = _weight_blocks(np.ascontiguousarray(W.transpose(1, 0, 2, 3)).reshape(C, FN * FH * FW))
-    ops, starts = _backward_ops(FN, FH, FW, sh, sw, Wq, Ty, Tx)
-    fops = _forward_ops(C, FH, FW, sh, sw, Wq)
-    scratch = _workspace.get(N * FN * Hd * Wq, dout.dtype).reshape(N, FN, Hd * Wq)
-    dp, sums = _dout_planes(dout, Ty, Tx, Wq, scratch)
-    dx = _conv_dx(dp, wt, ops, starts, C, H, Wd, sh, sw, ph, pw, Wq, RB, nrb, FH, FW, OH, OW)
-    dW = _conv_dw(xq, dp, fops, C, FN, FH, FW, OH, Wq, (Ty - 1) * Wq + Tx - 1, OW)
+    step = _tap_step(sw, dw)
+    if _is_depthwise(spec) and _all_finite(W):
+        m = FN // C
+        ops, starts = _backward_ops(m, FH, FW, sh, sw, Wq, Ty, Tx, dh, dw)
+        dx = _depthwise_dx(dout, W.reshape(C, m * FH * FW), ops, starts, C, H, Wd, sh, sw, ph,
+                           pw, Wq, Hd, Ty, Tx, _phases(sh, EH), _phases(sw, EW), step)
+    else:
+        # (a depthwise convolution with a weight that is not finite comes here
+        # too: the general loops sum only the terms the naive path has)
+        RB = _rows_per_block(Wq, dout.itemsize)
+        nrb = _dx_row_blocks(H, sh, RB)
+        # per group: (Cg, FNg*FH*FW), dx channel c's weights over the group's filters
+        Wt = W.reshape(G, FN // G, Cg, FH * FW).transpose(0, 2, 1, 3)
+        wt = _weight_blocks(np.ascontiguousarray(Wt).reshape(C, FN // G * FH * FW), G)
+        ops, starts = _backward_ops(FN // G, FH, FW, sh, sw, Wq, Ty, Tx, dh, dw)
+        scratch = _workspace.get(N * FN * Hd * Wq, dout.dtype).reshape(N, FN, Hd * Wq)
+        dp, sums = _dout_planes(dout, Ty, Tx, Wq, scratch)
+        dx = _conv_dx(dp, wt, ops, starts, C, H, Wd, sh, sw, ph, pw, Wq, RB, nrb, EH, EW, OH,
+                      OW, G, step)
+    if _is_depthwise(spec):
+        dW, db = _depthwise_dw(xq, dout, _depthwise_taps(FH, FW, sh, sw, dh, dw, Wq,
+                                                         _phases(sw, EW)), FN // C, FH, FW, Wq)
+        return dx, dW, db
+    fops = _forward_ops(Cg, FH, FW, sh, sw, Wq, dh, dw)
+    dW = _conv_dw(xq, dp, fops, Cg, FN, FH, FW, OH, Wq, (Ty - 1) * Wq + Tx - 1, OW, G, step)
     return dx, dW, _conv_db(sums)
