@@ -51,9 +51,16 @@ SMALL = dict(N=2, H=32, width=4)
 # A small step: the weights barely move, so every round times the same kind of numbers.
 LR = 1e-4
 DTYPE = np.dtype(np.float32)
-# float32 after 20 layers: relative to the largest magnitude of the reference array
+# The forward output after 20 float32 layers agrees elementwise (measured: 2e-6 of the
+# largest magnitude, on every path and in torch against float64).
 RTOL, ATOL_SCALE = 1e-3, 1e-4
-GRAD_RTOL, GRAD_ATOL_SCALE = 2e-3, 5e-4
+# Gradients are compared as whole arrays, by relative L2 error: a ReLU whose input lies
+# within rounding error of zero passes its gradient in one library and not in the other,
+# and one such position moves a whole filter's row of a deep layer's dW (392 terms per
+# weight in stage 4 at batch 8) by a few percent: measured up to 2.5% (elementwise, of the
+# largest) and 0.5% (L2) between torch float32 and float64, 1% (L2) for fastconv. A
+# network wired differently (a wrong stride, pad or shortcut) is off by tens of percent.
+GRAD_L2 = 5e-2
 
 
 @dataclass(frozen=True)
@@ -270,21 +277,25 @@ def references(size, x, dout):
     return _REFERENCES[key]
 
 
-def _close(got, want, rtol, atol_scale, what):
+def _same_kind(got, want, what):
     assert got.shape == want.shape and got.dtype == want.dtype, \
         f"{what}: {got.dtype}{got.shape} != {want.dtype}{want.shape}"
-    np.testing.assert_allclose(got, want, rtol=rtol,
-                               atol=atol_scale * max(1.0, float(np.abs(want).max())),
-                               err_msg=what)
 
 
 def check_against(refs, out, grads, label):
     """The first call's output (and, for a training step, its gradients) agree with each
     reference to float32 tolerance."""
     for name, (ref_out, ref_grads) in refs.items():
-        _close(out, ref_out, RTOL, ATOL_SCALE, f"{label}: forward output vs {name}")
+        what = f"{label}: forward output vs {name}"
+        _same_kind(out, ref_out, what)
+        np.testing.assert_allclose(out, ref_out, rtol=RTOL, err_msg=what,
+                                   atol=ATOL_SCALE * max(1.0, float(np.abs(ref_out).max())))
         for key, g in (grads or {}).items():
-            _close(g, ref_grads[key], GRAD_RTOL, GRAD_ATOL_SCALE, f"{label}: d{key} vs {name}")
+            want = ref_grads[key]
+            _same_kind(g, want, f"{label}: d{key} vs {name}")
+            error = np.linalg.norm((g - want).ravel()) / max(np.linalg.norm(want.ravel()), 1e-30)
+            assert error <= GRAD_L2, \
+                f"{label}: d{key} vs {name}: relative L2 error {error:.2e} > {GRAD_L2:g}"
 
 
 def _fastconv_runner(path, size, x, dout):
