@@ -25,6 +25,10 @@ What is timed, and how:
   Learning from Scratch", ch. 7), ``torch`` (CPU, 2 threads, skipped
   when torch is not importable) and ``gemm`` (the numpy sgemm of each layer's
   im2col matrix product: the ceiling an im2col path can reach);
+- layers with ``dilation`` / ``groups`` pass them to fastconv and torch; a path
+  that cannot run one is skipped with fastconv's reason;
+- ``test_resnet18.py``: ResNet-18's 20 convolutions as one network, forward and
+  a training step, every path that runs them all, "auto" and torch;
 - the ``naive`` path is a Python loop over output positions, so its time grows
   linearly with the batch; in full mode it runs at batch 1 (its own groups,
   ``<layer>[N=1]``) and is compared by throughput (GFLOP/s), never by time;
