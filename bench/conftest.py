@@ -25,6 +25,10 @@ What is timed, and how:
   Learning from Scratch", ch. 7), ``torch`` (CPU, 2 threads, skipped
   when torch is not importable) and ``gemm`` (the numpy sgemm of each layer's
   im2col matrix product: the ceiling an im2col path can reach);
+- layers with ``dilation`` / ``groups`` pass them to fastconv and torch; a path
+  that cannot run one is skipped with fastconv's reason;
+- ``test_resnet18.py``: ResNet-18's 20 convolutions as one network, forward and
+  a training step, every path that runs them all, "auto" and torch;
 - the ``naive`` path is a Python loop over output positions, so its time grows
   linearly with the batch; in full mode it runs at batch 1 (its own groups,
   ``<layer>[N=1]``) and is compared by throughput (GFLOP/s), never by time;
@@ -57,10 +61,9 @@ import time
 
 import numpy as np
 import pytest
-from harness import make_cases, small_mode
+from harness import QUICK_BATCH_DIVISOR, make_cases, quick_mode, small_mode
 
-# --bench-quick: this share of each layer's batch, and these pytest-benchmark settings
-QUICK_BATCH_DIVISOR = 4
+# --bench-quick: these pytest-benchmark settings (and harness.QUICK_BATCH_DIVISOR)
 QUICK_OPTIONS = dict(benchmark_min_rounds=3, benchmark_max_time=0.1, benchmark_warmup=False)
 # Side of the square float32 matrices whose product gives the sgemm ceiling
 SGEMM_SIZE = 1024
@@ -77,13 +80,9 @@ def pytest_addoption(parser):
              "of at most 0.1 s): ratios between paths in a couple of minutes")
 
 
-def _quick(config):
-    return config.getoption("--bench-quick") and not small_mode(config.getoption("--bench-small"))
-
-
 def pytest_configure(config):
     # runs before pytest-benchmark's own configure (which is trylast), so these apply
-    if _quick(config):
+    if quick_mode(config):
         for name, value in QUICK_OPTIONS.items():
             setattr(config.option, name, value)
     coretype = os.environ.get("OPENBLAS_CORETYPE")
@@ -99,7 +98,7 @@ def pytest_report_header(config):
     coretype = os.environ.get("OPENBLAS_CORETYPE")
     blas = _blas_info()
     small = small_mode(config.getoption("--bench-small"))
-    mode = "small (smoke) mode" if small else "quick mode" if _quick(config) else "full mode"
+    mode = "small (smoke) mode" if small else "quick mode" if quick_mode(config) else "full mode"
     lines = [f"fastconv bench: {mode}"
              + (f"; BLAS {blas['internal_api']} {blas['version']} {blas['architecture']} "
                 f"kernel, {blas['num_threads']} threads" if blas else "")]
@@ -124,7 +123,7 @@ def pytest_generate_tests(metafunc):
     for name, kind in (("conv_case", "conv"), ("pool_case", "pool")):
         if name in metafunc.fixturenames:
             cases = make_cases(kind, small_mode(metafunc.config.getoption("--bench-small")))
-            if _quick(metafunc.config):
+            if quick_mode(metafunc.config):
                 cases = _quick_cases(cases)
             _CASES.update({(kind, c.id): c for c in cases})
             ids = [c.id for c in cases]
@@ -196,7 +195,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     sgemm = getattr(config, "_fastconv_sgemm", None)
     machine_info["fastconv_bench"] = dict(
         small=small_mode(config.getoption("--bench-small")),
-        quick=bool(_quick(config)),
+        quick=bool(quick_mode(config)),
         numba=numba.__version__, numpy=np.__version__,
         numba_threads=numba.get_num_threads(),
         env={name: os.environ[name] for name in THREAD_ENV if name in os.environ},

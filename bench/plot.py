@@ -7,9 +7,10 @@ Run from the source tree (it is not part of the installed package)::
     python bench/plot.py results.json --no-charts --target forward=1.0 --target gemm=0.65
 
 The bench suite labels every benchmark with ``extra_info``: ``kind`` ("conv",
-"pool" or "gemm_peak"), ``layer``, ``path``, ``direction``, ``library``
-("fastconv" or "baseline"), batch ``N`` and the layer's own batch ``ref_N``,
-``flops``, ``threads``, and ``small`` (smoke mode). This module reads those,
+"pool", "gemm_peak", or "network": a whole network, ``bench/test_resnet18.py``),
+``layer``, ``path``, ``direction``, ``library`` ("fastconv" or "baseline"),
+batch ``N`` and the layer's own batch ``ref_N``, ``flops``, ``threads``, and
+``small`` (smoke mode). This module reads those,
 never the test names, and knows no layer by name.
 
 Rules behind the numbers:
@@ -218,7 +219,29 @@ def summarize(results):
                 if any(v is not None for v in values):
                     geomeans[f"{kind} {direction} {share}/gemm"] = geomean(values)
     return dict(rows=rows, geomeans=geomeans, peak_gflops=max(peaks) if peaks else None,
-                small=any(r.small for r in results))
+                small=any(r.small for r in results), networks=summarize_networks(results))
+
+
+def summarize_networks(results):
+    """Whole-network benchmarks (kind "network"), one row per network and direction:
+    ``layer, direction, N, torch_s`` and ``paths``: {path: (seconds, time / torch's time
+    or None)}, every path that ran the network's own batch."""
+    rows = []
+    for layer in _layers(results, "network"):
+        directions = dict.fromkeys(r.direction for r in results
+                                   if r.kind == "network" and r.layer == layer)
+        for direction in directions:
+            runs = {p: r for p, r in _by_path(results, "network", layer, direction).items()
+                    if r.full_batch}
+            if not runs:
+                continue
+            torch = runs.get("torch")
+            rows.append(dict(
+                layer=layer, direction=direction, N=max(r.N for r in runs.values()),
+                torch_s=torch.seconds if torch else None,
+                paths={p: (runs[p].seconds, _speedup(runs[p], torch))
+                       for p in _ordered(runs, PATH_ORDER)}))
+    return rows
 
 
 def parse_target(text: str) -> tuple[str, float]:
@@ -322,6 +345,13 @@ def format_summary(summary: dict, graded: list | None = None) -> str:
     for name, value in summary["geomeans"].items():
         lines.append(f"  {name:<32} {_fmt(value, '{:.2f}')}")
     lines.append(f"  {'sgemm peak GFLOP/s':<32} {_fmt(summary['peak_gflops'], '{:.1f}')}")
+    if summary.get("networks"):
+        lines += ["", "whole networks: ms per call, and time / torch's time (< 1: faster than torch)"]
+        for r in summary["networks"]:
+            lines.append(f"  {r['layer']} {r['direction']} (batch {r['N']})")
+            for path, (seconds, vs_torch) in r["paths"].items():
+                lines.append(f"    {path:<12} {_ms(seconds):>10} ms   "
+                             f"{_fmt(vs_torch, '{:.2f}'):>6}")
     if graded:
         lines.append("")
         lines.append("targets passed with --target (float32, the results given)")
@@ -434,7 +464,8 @@ def plot_speedup(results, baseline):
     fig, axes = _figure(2, f"speed-up over {baseline}: ratio of GFLOP/s ({_context(results)}"
                            f"{note}; above 1: faster)")
     for ax, direction in zip(axes, DIRECTIONS):
-        cells = {(r.kind, r.layer, r.path): r for r in results if r.direction == direction}
+        cells = {(r.kind, r.layer, r.path): r for r in results
+                 if r.direction == direction and r.kind in ("conv", "pool")}
         paths = _ordered({p for _, _, p in cells if p not in (baseline, "gemm")}, PATH_ORDER)
         series = {p: [_speedup(cells.get((k, lay, baseline)), cells.get((k, lay, p)))
                       for k, lay in layers] for p in paths}

@@ -282,6 +282,39 @@ def test_plot_results_writes_pngs(results_json, tmp_path):
         assert data[:8] == PNG_MAGIC and len(data) > 10_000, p
 
 
+def test_network_rows_ratio_to_torch(results_json, tmp_path):
+    """Whole-network benchmarks get their own table (each path's time over torch's), leave
+    the per-layer rows alone, and the charts still draw."""
+    data = _constructed()
+    net_f = 30_000_000_000
+    for path, ms in (("im2col", 600), ("auto", 450), ("torch", 300)):
+        data["benchmarks"].append(_bench("network", "resnet18", path, "forward", ms * 1e-3, net_f))
+    data["benchmarks"] += [
+        _bench("network", "resnet18", "direct", "train_step", 2.0, 3 * net_f),
+        _bench("network", "resnet18", "torch", "train_step", 0.8, 3 * net_f),
+        # a quarter batch next to the full one: not comparable, left out of the row
+        _bench("network", "resnet18", "naive", "train_step", 9.0, net_f, N=2)]
+    results = benchplot.load_results(data)
+    summary = benchplot.summarize(results)
+    forward, train = summary["networks"]
+    assert (forward["layer"], forward["direction"], forward["N"]) == ("resnet18", "forward", 8)
+    assert forward["torch_s"] == pytest.approx(0.3)
+    assert forward["paths"]["im2col"] == (pytest.approx(0.6), pytest.approx(2.0))
+    assert forward["paths"]["auto"] == (pytest.approx(0.45), pytest.approx(1.5))
+    assert forward["paths"]["torch"][1] == pytest.approx(1.0)
+    assert train["direction"] == "train_step" and set(train["paths"]) == {"direct", "torch"}
+    assert train["paths"]["direct"][1] == pytest.approx(2.5)
+    # the per-layer rows are those of the suite without networks
+    assert len(summary["rows"]) == len(benchplot.summarize(
+        benchplot.load_results(_constructed()))["rows"])
+    text = benchplot.format_summary(summary)
+    assert "resnet18 forward (batch 8)" in text
+    assert any(line.split() == ["auto", "450.00", "ms", "1.50"] for line in text.splitlines())
+    pytest.importorskip("matplotlib")
+    names = {p.name for p in benchplot.plot_results(results, tmp_path / "charts")}
+    assert "speedup_vs_torch.png" in names
+
+
 def test_plot_results_without_baselines(tmp_path):
     pytest.importorskip("matplotlib")
     data = {"benchmarks": [_bench("pool", "avg_2x2", "direct", d, 0.001, POOL_F)
