@@ -548,6 +548,8 @@ x4, W_dense = np.ones((2, 4, 6, 6)), np.ones((6, 4, 3, 3))
      r"pad must be >= 0 on every side, got \(\(1, -1\), \(0, 0\)\)"),
     (dict(pad=((1, 0.5), (0, 0))), W_dense, TypeError, r"pad must be an int"),
     (dict(pad=-1), W_dense, ValueError, r"pad must be >= 0, got \(-1, -1\)"),
+    (dict(pad=(1, 0, 1, 0)), W_dense, ValueError,
+     r"pad must be an int or an \(h, w\) pair, .*'valid' or 'same'; got \(1, 0, 1, 0\)"),
     (dict(pad=1.0), W_dense, TypeError, r"pad must be an int"),
     (dict(pad="same", stride=0), W_dense, ValueError, r"stride must be >= 1"),
     (dict(pad="same", dilation=0), W_dense, ValueError, r"dilation must be >= 1"),
