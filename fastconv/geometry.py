@@ -127,7 +127,7 @@ def check_padding(pad):
     """
     if isinstance(pad, str):
         if pad not in PAD_MODES:
-            raise ValueError(f"pad must be an int, an (h, w) pair, ((top, bottom), (left, right)), "
+            raise ValueError(f"pad must be an int or an (h, w) pair, or ((top, bottom), (left, right)), "
                              f"'valid' or 'same'; got the string {pad!r}")
         return pad
     if _is_pair_of_pairs(pad):
@@ -138,6 +138,9 @@ def check_padding(pad):
         if min(sides[0] + sides[1]) < 0:
             raise ValueError(f"pad must be >= 0 on every side, got {sides}")
         return sides
+    if isinstance(pad, (tuple, list)) and len(pad) != 2:
+        raise ValueError(f"pad must be an int or an (h, w) pair, or ((top, bottom), (left, right)), "
+                         f"'valid' or 'same'; got {pad!r}")
     pair = as_pair(pad, "pad")
     if min(pair) < 0:
         raise ValueError(f"pad must be >= 0, got {pair}")

@@ -544,9 +544,12 @@ x4, W_dense = np.ones((2, 4, 6, 6)), np.ones((6, 4, 3, 3))
     (dict(pad="SAME"), W_dense, ValueError, r"got the string 'SAME'"),
     (dict(pad=((1, 2), 3)), W_dense, ValueError, r"pad must be \(\(top, bottom\), \(left, right\)\)"),
     (dict(pad=((1, 2), (0, 1, 2))), W_dense, ValueError, r"pad must be \(\(top, bottom\), \(left, right\)\)"),
-    (dict(pad=((1, -1), (0, 0))), W_dense, ValueError, r"pad must be >= 0 on every side, got \(\(1, -1\), \(0, 0\)\)"),
+    (dict(pad=((1, -1), (0, 0))), W_dense, ValueError,
+     r"pad must be >= 0 on every side, got \(\(1, -1\), \(0, 0\)\)"),
     (dict(pad=((1, 0.5), (0, 0))), W_dense, TypeError, r"pad must be an int"),
     (dict(pad=-1), W_dense, ValueError, r"pad must be >= 0, got \(-1, -1\)"),
+    (dict(pad=(1, 0, 1, 0)), W_dense, ValueError,
+     r"pad must be an int or an \(h, w\) pair, .*'valid' or 'same'; got \(1, 0, 1, 0\)"),
     (dict(pad=1.0), W_dense, TypeError, r"pad must be an int"),
     (dict(pad="same", stride=0), W_dense, ValueError, r"stride must be >= 1"),
     (dict(pad="same", dilation=0), W_dense, ValueError, r"dilation must be >= 1"),
@@ -645,3 +648,25 @@ def test_device_arrays_refuse_unequal_padding_by_name():
     # equal padding in any form runs on the device as before
     out = conv2d(xd, Wd, bd, pad=((1, 1), (0, 0)))
     assert_close(out.copy_to_host(), conv2d(x, W, b, pad=(1, 0), backend="naive"))
+
+
+# The im2col path's pieces, in array entries of the unrolled matrix (25 rows:
+# C*FH*FW + 1 = 4*3*2 + 1; 8x5 output positions per image): one chunk, one image,
+# bands of two output rows, pieces of four positions (inside rows), one position.
+PIECES = {"one_chunk": 2**30, "one_image": 25 * 40, "two_rows": 2 * 25 * 5,
+          "four_positions": 4 * 25, "one_position": 1}
+
+
+@pytest.mark.parametrize("pieces", PIECES)
+@pytest.mark.parametrize("per_image", [True, False])
+def test_im2col_pieces_and_layouts_with_groups_and_dilation(budget, monkeypatch, pieces, per_image):
+    monkeypatch.setattr(im2col_path, "_MIN_COLUMNS_PER_IMAGE", 1 if per_image else 10**9)
+    budget(PIECES[pieces] * 8)
+    args = ((1, 2), 1, (2, 1), 2)                   # stride, pad, dilation, groups
+    x, W, b = arrays((3, 4, 10, 9), (4, 2, 3, 2))
+    spec = lowered(x.shape, W.shape, *args)
+    assert spec.out_hw == (8, 5) and im2col_path.plan(spec)["matrix_shape"] == (25, 3 * 40)
+    actual, dout = run(x, W, b, *args, "im2col")
+    expected = oracle(x, W, b, *args, dout)
+    for name, a, e in zip(("out", "dx", "dW", "db"), actual, expected):
+        assert_close(a, e, f"{name}, {pieces}")
