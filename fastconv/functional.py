@@ -304,10 +304,10 @@ def pool_forward(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair | None = 
 
 
 def _indices(argmax, restore, on_device):
-    """A copy of a max pooling cache's indices (int64 h*W + w per (n, c) plane), so the
+    """An int64 copy of a max pooling cache's indices (h*W + w per (n, c) plane), so the
     caller may change them without changing backward; on the device for a device call."""
     if isinstance(argmax, np.ndarray):
-        indices = argmax.copy()
+        indices = argmax.astype(np.int64)             # always a copy
     elif on_device:                      # device input is batched and float32/64: no restore
         from .kernels._cuda_shim import cuda
 
