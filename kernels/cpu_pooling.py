@@ -122,7 +122,7 @@ def _grid(spec):
     cells one window spans. Wide enough for every tap of every window, ceil_mode's
     last (clipped) windows included, to be a shift within one row."""
     H, W = spec.x_shape[2:]
-    (sh, sw), (ph, pw), (OH, OW) = spec.stride, spec.pad, spec.out_hw
+    (sh, sw), pw, (OH, OW) = spec.stride, spec.pad[1], spec.out_hw
     span_h, span_w = spec.extent
     Wq = max(-(-(W + 2 * pw) // sw), OW + (span_w - 1) // sw)
     Hq = OH + (span_h - 1) // sh + 1
