@@ -94,8 +94,10 @@ def _max_pool(xq, C, PH, PW, sh, sw, dh, dw, OH, OW, Wq, H, W, ph, pw, inside, a
 
 
 @jit(parallel=True)
-def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq, divisor):
-    """xq: zero padded planes -> out: (N, C, OH, OW), window sums over divisor (OH, OW)."""
+def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq, divisor, area):
+    """xq: zero padded planes -> out: (N, C, OH, OW), window sums over divisor (OH, OW), or
+    over the scalar area when it is > 0 (every window alike, the common case: no table
+    read per output)."""
     N = xq.shape[0]
     Pw = _phases(sw, PW)
     P = _phases(sh, PH) * Pw
@@ -111,6 +113,11 @@ def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq, divisor):
                 src = xq[n, c * P + (py % sh) * Pw + px % sw, off:off + M]
                 for m in range(M):
                     acc[m] += src[m]
+        if area > 0:
+            for i in range(OH):
+                for j in range(OW):
+                    out[n, c, i, j] = acc[i * Wq + j] / area
+            continue
         for i in range(OH):
             for j in range(OW):
                 out[n, c, i, j] = acc[i * Wq + j] / divisor[i, j]
@@ -127,6 +134,19 @@ def _grid(spec):
     Wq = max(-(-(W + 2 * pw) // sw), OW + (span_w - 1) // sw)
     Hq = OH + (span_h - 1) // sh + 1
     return Hq, Wq, span_h, span_w
+
+
+def _uniform_divisor(spec):
+    """The one divisor of every average window, or 0 when they differ: divisor_override,
+    or PH*PW when no window is clipped (ceil_mode) and padding counts or there is none."""
+    if spec.divisor_override is not None:
+        return spec.divisor_override
+    (PH, PW), (sh, sw), (ph, pw), (OH, OW) = spec.pool_hw, spec.stride, spec.pad, spec.out_hw
+    H, W = spec.x_shape[2:]
+    clipped = (OH - 1) * sh + PH > H + 2 * ph or (OW - 1) * sw + PW > W + 2 * pw
+    if clipped or not (spec.count_include_pad or ph == pw == 0):
+        return 0
+    return PH * PW
 
 
 def _divisor(spec, dtype):
@@ -164,7 +184,10 @@ def pool_forward(x, spec):
         out = _max_pool(xq, C, PH, PW, sh, sw, *spec.dilation, OH, OW, Wq, H, Wd, ph, pw,
                         inside, arg)
     else:
-        out, arg = _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq, _divisor(spec, x.dtype)), None
+        area = _uniform_divisor(spec)
+        divisor = np.ones((1, 1), x.dtype) if area else _divisor(spec, x.dtype)
+        out = _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq, divisor, x.dtype.type(area))
+        arg = None
     return out, PoolCache(arg, spec)
 
 
