@@ -330,7 +330,8 @@ def pool_backward(dout: np.ndarray, saved: Saved) -> np.ndarray:
 def pool2d(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair | None = None, pad: Pair = 0,
            mode: str = "max", *, ceil_mode: bool = False, count_include_pad: bool = True,
            divisor_override: int | None = None, dilation: Pair = 1, return_indices: bool = False,
-           rounding: str = "floor", backend: str = "auto"):
+           rounding: str = "floor",
+           backend: str = "auto") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Max or average pooling of x: (N, C, H, W) -> (N, C, OH, OW), or (C, H, W) -> (C, OH, OW).
 
     stride=None (the default) steps by the window, as PyTorch does and as the
