@@ -381,10 +381,10 @@ def pool_forward(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair | None = 
 
 
 def _indices(argmax, restore, on_device):
-    """A copy of a max pooling cache's indices (int64 h*W + w per (n, c) plane), so the
+    """An int64 copy of a max pooling cache's indices (h*W + w per (n, c) plane), so the
     caller may change them without changing backward; on the device for a device call."""
     if isinstance(argmax, np.ndarray):
-        indices = argmax.copy()
+        indices = argmax.astype(np.int64)             # always a copy
     elif on_device:                      # device input is batched and float32/64: no restore
         from .kernels._cuda_shim import cuda
 
@@ -407,7 +407,8 @@ def pool_backward(dout: np.ndarray, saved: Saved) -> np.ndarray:
 def pool2d(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair | None = None, pad: Pair = 0,
            mode: str = "max", *, ceil_mode: bool = False, count_include_pad: bool = True,
            divisor_override: int | None = None, dilation: Pair = 1, return_indices: bool = False,
-           rounding: str = "floor", backend: str = "auto"):
+           rounding: str = "floor",
+           backend: str = "auto") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Max or average pooling of x: (N, C, H, W) -> (N, C, OH, OW), or (C, H, W) -> (C, OH, OW).
 
     stride=None (the default) steps by the window, as PyTorch does and as the

@@ -243,8 +243,9 @@ def pool_output_hw(hw, window_hw, stride, pad, dilation=(1, 1), ceil_mode=False,
             out.append(pool_output_size(size, k, s, p, d, ceil_mode, rounding))
         except ValueError as err:
             dilated = "" if tuple(dilation) == (1, 1) else f" with dilation={tuple(dilation)}"
+            ceil = ", ceil_mode=True" if ceil_mode else ""
             raise ValueError(
                 f"pool window {tuple(window_hw)}{dilated} does not fit input (H, W)={tuple(hw)} "
-                f"with stride={tuple(stride)}, pad={tuple(pad)}{', ceil_mode=True' * ceil_mode} "
-                f"along the {axis}: {err}") from None
+                f"with stride={tuple(stride)}, pad={tuple(pad)}{ceil} along the {axis}: "
+                f"{err}") from None
     return tuple(out)

@@ -18,7 +18,12 @@ by ``tests/test_kernel_contract.py``:
 - ``release_workspace()``: free scratch memory kept between calls.
 
 Caches are named tuples (``ConvCache``, ``PoolCache``) and private to the path
-that made them. The spec (``fastconv.spec``) is built and checked by
+that made them, but for one field: a max pooling's ``PoolCache.argmax`` holds,
+per output, the flat index ``h*W + w`` of its window's maximum in the (n, c)
+input plane (an integer array; a device array on the cuda path), which
+``fastconv.functional`` copies out as int64 for ``return_indices``.
+
+The spec (``fastconv.spec``) is built and checked by
 ``fastconv.functional`` before any kernel runs: kernels assume C-contiguous
 float32 or float64 arrays of one dtype, read their geometry from the spec and
 never modify their inputs.

@@ -22,25 +22,32 @@ from ._planes import _phases, _to_planes
 
 
 class PoolCache(NamedTuple):
-    argmax: np.ndarray | None
+    argmax: np.ndarray | None      # (N, C, OH, OW) int32 (int64 for huge planes) h*W + w
     spec: object
 
 
 @jit(parallel=True)
-def _max_pool(xq, C, PH, PW, sh, sw, dh, dw, OH, OW, Wq, H, W, ph, pw):
-    """xq: -inf padded planes -> out, argmax: (N, C, OH, OW); argmax = h*W + w in x's plane."""
+def _max_pool(xq, C, PH, PW, sh, sw, dh, dw, OH, OW, Wq, H, W, ph, pw, inside, arg):
+    """xq: -inf padded planes -> out: (N, C, OH, OW), and arg: (N, C, OH, OW) filled with
+    h*W + w of each maximum in x's plane.
+
+    inside: every window lies within x (no padding, no clipped ceil_mode window),
+    so no winner needs checking against x's bounds.
+    """
     N = xq.shape[0]
     Pw = _phases(sw, (PW - 1) * dw + 1)
     P = _phases(sh, (PH - 1) * dh + 1) * Pw
     M = OH * Wq
-    # tap k = py*PW + px reads the cell (py*dh, px*dw) from its window's corner
+    # tap k = py*PW + px reads the cell (py*dh, px*dw) from its window's corner,
+    # at flat offset tap_at[k] in x's plane
     tap_y = np.empty(PH * PW, dtype=np.int64)
     tap_x = np.empty(PH * PW, dtype=np.int64)
+    tap_at = np.empty(PH * PW, dtype=np.int64)
     for k in range(PH * PW):
         tap_y[k] = (k // PW) * dh
         tap_x[k] = (k % PW) * dw
+        tap_at[k] = tap_y[k] * W + tap_x[k]
     out = np.empty((N, C, OH, OW), dtype=xq.dtype)
-    arg = np.empty((N, C, OH, OW), dtype=np.int64)
     for task in prange(N * C):
         n = task // C
         c = task % C
@@ -61,6 +68,14 @@ def _max_pool(xq, C, PH, PW, sh, sw, dh, dw, OH, OW, Wq, H, W, ph, pw):
                 if v > best[m] or (v != v and best[m] == best[m]):
                     best[m] = v
                     where[m] = kk
+        if inside:
+            # the measured common case (2x2, no padding): one table lookup per output
+            for i in range(OH):
+                corner = i * sh * W
+                for j in range(OW):
+                    out[n, c, i, j] = best[i * Wq + j]
+                    arg[n, c, i, j] = corner + j * sw + tap_at[where[i * Wq + j]]
+            continue
         for i in range(OH):
             h0 = i * sh - ph
             for j in range(OW):
@@ -75,12 +90,14 @@ def _max_pool(xq, C, PH, PW, sh, sw, dh, dw, OH, OW, Wq, H, W, ph, pw):
                     w = w0 if w0 >= 0 else w0 + (-w0 + dw - 1) // dw * dw
                 out[n, c, i, j] = best[i * Wq + j]
                 arg[n, c, i, j] = h * W + w
-    return out, arg
+    return out
 
 
 @jit(parallel=True)
-def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq, divisor):
-    """xq: zero padded planes -> out: (N, C, OH, OW), window sums over divisor (OH, OW)."""
+def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq, divisor, area):
+    """xq: zero padded planes -> out: (N, C, OH, OW), window sums over divisor (OH, OW), or
+    over the scalar area when it is > 0 (every window alike, the common case: no table
+    read per output)."""
     N = xq.shape[0]
     Pw = _phases(sw, PW)
     P = _phases(sh, PH) * Pw
@@ -96,6 +113,11 @@ def _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq, divisor):
                 src = xq[n, c * P + (py % sh) * Pw + px % sw, off:off + M]
                 for m in range(M):
                     acc[m] += src[m]
+        if area > 0:
+            for i in range(OH):
+                for j in range(OW):
+                    out[n, c, i, j] = acc[i * Wq + j] / area
+            continue
         for i in range(OH):
             for j in range(OW):
                 out[n, c, i, j] = acc[i * Wq + j] / divisor[i, j]
@@ -107,11 +129,24 @@ def _grid(spec):
     cells one window spans. Wide enough for every tap of every window, ceil_mode's
     last (clipped) windows included, to be a shift within one row."""
     H, W = spec.x_shape[2:]
-    (sh, sw), (ph, pw), (OH, OW) = spec.stride, spec.pad, spec.out_hw
+    (sh, sw), pw, (OH, OW) = spec.stride, spec.pad[1], spec.out_hw
     span_h, span_w = spec.extent
     Wq = max(-(-(W + 2 * pw) // sw), OW + (span_w - 1) // sw)
     Hq = OH + (span_h - 1) // sh + 1
     return Hq, Wq, span_h, span_w
+
+
+def _uniform_divisor(spec):
+    """The one divisor of every average window, or 0 when they differ: divisor_override,
+    or PH*PW when no window is clipped (ceil_mode) and padding counts or there is none."""
+    if spec.divisor_override is not None:
+        return spec.divisor_override
+    (PH, PW), (sh, sw), (ph, pw), (OH, OW) = spec.pool_hw, spec.stride, spec.pad, spec.out_hw
+    H, W = spec.x_shape[2:]
+    clipped = (OH - 1) * sh + PH > H + 2 * ph or (OW - 1) * sw + PW > W + 2 * pw
+    if clipped or not (spec.count_include_pad or ph == pw == 0):
+        return 0
+    return PH * PW
 
 
 def _divisor(spec, dtype):
@@ -142,9 +177,17 @@ def pool_forward(x, spec):
     xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, (OH - 1) * sh + span_h, (OW - 1) * sw + span_w,
                     fill, span_h, span_w)
     if mode == "max":
-        out, arg = _max_pool(xq, C, PH, PW, sh, sw, *spec.dilation, OH, OW, Wq, H, Wd, ph, pw)
+        inside = ph == pw == 0 and (OH - 1) * sh + span_h <= H and (OW - 1) * sw + span_w <= Wd
+        # int32 indices while a plane has fewer than 2**31 cells: half the memory
+        # traffic of int64, measured ~7% of a 2x2 forward
+        arg = np.empty((N, C, OH, OW), dtype=np.int32 if H * Wd < 2**31 else np.int64)
+        out = _max_pool(xq, C, PH, PW, sh, sw, *spec.dilation, OH, OW, Wq, H, Wd, ph, pw,
+                        inside, arg)
     else:
-        out, arg = _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq, _divisor(spec, x.dtype)), None
+        area = _uniform_divisor(spec)
+        divisor = np.ones((1, 1), x.dtype) if area else _divisor(spec, x.dtype)
+        out = _avg_pool(xq, C, PH, PW, sh, sw, OH, OW, Wq, divisor, x.dtype.type(area))
+        arg = None
     return out, PoolCache(arg, spec)
 
 

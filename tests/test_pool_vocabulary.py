@@ -225,6 +225,26 @@ def test_every_option_matches_naive(path, case, dtype):
         np.testing.assert_array_equal(indices, indices_ref)
 
 
+@pytest.mark.parametrize("fill", ["mixed", "all_minus_inf"])
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_non_finite_values_propagate_as_in_naive(path, case, fill):
+    x, dout, spec = _arrays(case, np.float64, seed=7)
+    skip_unless_supported(path, spec)
+    rng = np.random.default_rng(8)
+    if fill == "mixed":
+        hit = rng.random(x.shape) < 0.3
+        x[hit] = rng.choice([np.inf, -np.inf, np.nan], size=int(hit.sum()))
+        dout[rng.random(dout.shape) < 0.1] = np.inf
+    else:
+        x[:] = -np.inf
+    out, dx, indices = _run(x, dout, spec, path)
+    out_ref, dx_ref, indices_ref = _run(x, dout, spec, "naive")
+    np.testing.assert_allclose(out, out_ref, rtol=1e-12, atol=0, equal_nan=True)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=0, equal_nan=True)
+    if spec.mode == "max":
+        np.testing.assert_array_equal(indices, indices_ref)
+
+
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_float64_gradients_match_finite_differences(path, case):
     x, dout, spec = _arrays(case, np.float64, seed=1)
