@@ -18,7 +18,7 @@ added later are picked up without a change here) and fastconv raises no
 ValueError or TypeError for it. Anything else fastconv raises is reported as
 an unclean error. A path that does not run an expressible sample (fastconv's
 ValueError naming the path's scope, e.g. winograd's 3x3 stride-1 only) is
-counted as skipped for that path.
+counted as not run there; a TypeError there counts as an unclean error.
 
     python bench/torch_samples.py                 # float32 and float64, every CPU path
     python bench/torch_samples.py --paths naive,im2col --dtypes float32
@@ -99,6 +99,7 @@ class Report:
     modified_input: list = field(default_factory=list)
     ran: Counter = field(default_factory=Counter)                    # path -> samples run
     skipped: Counter = field(default_factory=Counter)                # path -> not run there
+    skip_examples: dict = field(default_factory=dict)                # path -> one message
     mismatches: dict = field(default_factory=lambda: defaultdict(list))   # path -> [(sample, err)]
     worst: dict = field(default_factory=dict)                # (path, dtype) -> (error, sample)
 
@@ -327,7 +328,12 @@ def run(samples, paths=None, tolerances=None) -> Report:
                     report.inexpressible[key] += 1
                     report.examples.setdefault(key, str(err).splitlines()[0])
                     break
-                report.skipped[path] += 1
+                if isinstance(err, ValueError):     # the path's scope, as dispatch words it
+                    report.skipped[path] += 1
+                    report.skip_examples.setdefault(path, str(err).splitlines()[0])
+                else:
+                    report.unclean.append((_describe(sample), path,
+                                           f"TypeError for what the naive path ran: {err}"))
                 continue
             except Exception as err:        # anything but a clean ValueError/TypeError
                 report.unclean.append((_describe(sample), path, f"{type(err).__name__}: {err}"))
@@ -377,6 +383,8 @@ def format_report(report: Report, paths) -> str:
                           for dtype in dtypes if (path, dtype) in report.worst)
         lines.append(f"  {path:9s} {report.ran[path]:5d} / {len(report.mismatches[path]):4d} / "
                      f"{report.skipped[path]:5d}   {shown or '-'}")
+        if path in report.skip_examples:
+            lines.append(f"      not run, e.g.: {report.skip_examples[path]}")
         for description, err in report.mismatches[path][:5]:
             lines.append(f"      mismatch {err:.2e}: {description}")
     lines.append(f"unclean errors (not ValueError/TypeError): {len(report.unclean)}")

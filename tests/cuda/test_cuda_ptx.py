@@ -22,6 +22,7 @@ For compute capability 8.0 and 9.0, float32 and float64:
   in registers), and, where ``ptxas`` is installed (``nvidia-cuda-nvcc``), no
   kernel spills registers or needs a stack frame.
 """
+import contextlib
 import functools
 import inspect
 import re
@@ -236,9 +237,27 @@ def ptx(launches):
                  if options.get(k) is not None}
         for cc in CCS:
             for sig in sorted(signatures, key=str):
-                code, _ = cuda.compile_ptx(func, sig, cc=cc, **flags)
+                with _target_device(cc):
+                    code, _ = cuda.compile_ptx(func, sig, cc=cc, **flags)
                 codes[dtype, cc, name, sig] = code
     return codes
+
+
+class _Device:
+    def __init__(self, cc):
+        self.compute_capability = cc
+
+
+@contextlib.contextmanager
+def _target_device(cc):
+    """numba-cuda types a call to a device function (``@cuda.jit(device=True)``) by compiling
+    it for the current device, which needs a GPU; the target architecture stands in for it."""
+    from numba.cuda import dispatcher
+
+    with pytest.MonkeyPatch.context() as mp:
+        if hasattr(dispatcher, "get_current_device"):
+            mp.setattr(dispatcher, "get_current_device", lambda: _Device(cc))
+        yield
 
 
 def _codes(ptx, dtype, cc):
