@@ -490,12 +490,14 @@ def test_im2col_plan_counts_grouped_products():
     assert plan["products_per_piece"] == 3 and "per group" in plan["method"]
 
 
-def test_narrower_paths_decline_what_they_cannot_run():
+def test_winograd_declines_dilation_and_groups_and_the_cpu_paths_run_them():
     dilated = conv_spec((1, 2, 8, 8), (2, 2, 3, 3), 1, 1, dilation=2)
     grouped = conv_spec((1, 2, 8, 8), (2, 1, 3, 3), 1, 1, groups=2)
-    for name in ("direct", "winograd"):
-        module = backends.get_path(name)
-        assert not module.supports(dilated) and not module.supports(grouped)
+    module = backends.get_path("winograd")
+    assert not module.supports(dilated) and not module.supports(grouped)
+    for name in ("naive", "im2col", "direct"):
+        assert backends.get_path(name).supports(dilated)
+        assert backends.get_path(name).supports(grouped)
     x = np.ones((1, 2, 8, 8))
     with pytest.raises(ValueError, match=r"backend 'winograd' runs .* cannot run .*dilation=\(2, 2\)"):
         conv2d(x, np.ones((2, 2, 3, 3)), pad=1, dilation=2, backend="winograd")
