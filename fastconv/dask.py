@@ -63,6 +63,7 @@ import pickle
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import CancelledError
 
 import dask
 import dask.array as da
@@ -669,10 +670,15 @@ class DataParallelTrainer:
         self.step_in_epoch = 0
         self.epoch = 0
         self.losses, self.timings = [], []
-        # once: the network's structure, and the data, on every worker
-        self._blob = client.scatter(network_blob(network), broadcast=True, hash=False)
-        self._x = client.scatter(x_train, broadcast=True, hash=False)
-        self._t = client.scatter(t_train, broadcast=True, hash=False)
+        self._host = (network_blob(network), x_train, t_train)
+        self._scatter_data()
+
+    def _scatter_data(self):
+        """The network's structure and the data, once, on every worker."""
+        blob, x_train, t_train = self._host
+        self._blob = self.client.scatter(blob, broadcast=True, hash=False)
+        self._x = self.client.scatter(x_train, broadcast=True, hash=False)
+        self._t = self.client.scatter(t_train, broadcast=True, hash=False)
 
     def next_batch(self) -> np.ndarray:
         """Indices of the next mini-batch (as ``fastconv.Trainer`` draws them)."""
@@ -693,6 +699,21 @@ class DataParallelTrainer:
         start = time.perf_counter()
         # a copy: the scatter must not race with the optimizer writing in place
         params = {key: np.array(value) for key, value in self.network.params.items()}
+        try:
+            results, scattered = self._shard_gradients(params, idx, workers)
+        except CancelledError:
+            # Scattered data has no recipe: if a worker dies while the scheduler
+            # still counts its copy, the tasks that need it are cancelled rather
+            # than recomputed. The step is a pure function of the parameters, so
+            # sending the data again and repeating the step gives the same result.
+            self._scatter_data()
+            results, scattered = self._shard_gradients(params, idx, workers)
+        grads, loss = combine_gradients(results)
+        timing = {"scatter_s": scattered - start, "compute_s": max(r[3] for r in results)}
+        return grads, loss, timing
+
+    def _shard_gradients(self, params, idx, workers):
+        """Every shard's (grads, loss, count, seconds) and when the parameters were sent."""
         # in a list: one key for the whole dict (a dict would be scattered key by key)
         [params] = self.client.scatter([params], broadcast=True, hash=False)
         scattered = time.perf_counter()
@@ -702,10 +723,7 @@ class DataParallelTrainer:
             futures.append(self.client.submit(
                 _shard_gradient, self._blob, params, self._x, self._t, shard,
                 pure=False, workers=where, allow_other_workers=where is not None))
-        results = self.client.gather(futures)
-        grads, loss = combine_gradients(results)
-        timing = {"scatter_s": scattered - start, "compute_s": max(r[3] for r in results)}
-        return grads, loss, timing
+        return self.client.gather(futures), scattered
 
     def step(self) -> float:
         """One synchronous step on the next mini-batch; returns its loss (before the step)."""

@@ -345,6 +345,34 @@ def test_training_step_survives_a_killed_worker(client):
     assert len(trainer.timings) == 2
 
 
+def test_a_step_whose_tasks_were_cancelled_sends_the_data_again_and_repeats(client):
+    """A worker that dies while the scheduler still counts its copy of the scattered
+    data gets the tasks that need it cancelled: the step sends the data again and
+    gives the result an undisturbed step gives."""
+    from concurrent.futures import CancelledError
+
+    client.wait_for_workers(2, timeout=60)
+    x = np.random.default_rng(9).random((40, 1, 12, 12))
+    t = np.arange(40) % 10
+    trainer = fd.DataParallelTrainer(client, small_net(np.float64), x, t, mini_batch_size=40,
+                                     seed=5)
+    first_x = trainer._x
+    calls = []
+    real = trainer._shard_gradients
+
+    def cancelled_once(*args):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise CancelledError("lost with a worker")
+        return real(*args)
+
+    trainer._shard_gradients = cancelled_once
+    trainer.train(1)
+    assert calls == [0, 1] and trainer._x is not first_x
+    reference = _step_reference(np.float64, x, t, 1, 40)
+    assert _max_relative_difference(trainer.network.params, reference.params) < 1e-14
+
+
 def _try(fn):
     try:
         fn()
