@@ -217,6 +217,8 @@ def _train(args, parser, checkpoint, saved):
     from ..plots import plot_feature_maps, plot_filters, plot_history
     from ..trainer import Trainer
 
+    # a first line at once: reading 70,000 images and the first compiles take seconds
+    print(f"fastconv train: reading {args.dataset} ...", flush=True)
     try:
         (x_train, t_train), (x_test, t_test) = DATASETS[args.dataset](data_dir=args.data_dir)
     except (DatasetNotFoundError, ValueError) as err:
