@@ -10,7 +10,9 @@ warm-up call). The protocol:
 2. then rounds: each round runs every callable once, in turn, so that a burst
    of load from other processes hits all of them alike;
 3. a callable leaves after ``min_runs`` timed runs once its runs add up to
-   ``budget_s`` seconds; at most ``rounds`` rounds;
+   ``budget_s`` seconds; at most ``rounds`` rounds, fewer when ``stop`` says
+   the rounds so far settle the question (the tuner stops once one path is
+   more than twice as fast as every other);
 4. the result keeps the best and the median run. The best estimates what the
    code costs on a quiet machine; comparisons use it, because on a shared
    machine one run can be several times too slow (measured here: 14 ms and
@@ -44,8 +46,13 @@ class Timing:
 
 
 def measure(calls: dict[Hashable, Callable[[], object]], *, rounds: int = ROUNDS,
-            min_runs: int = MIN_RUNS, budget_s: float = BUDGET_S) -> dict[Hashable, Timing]:
-    """Time each callable of ``calls`` with the protocol above -> {name: Timing}."""
+            min_runs: int = MIN_RUNS, budget_s: float = BUDGET_S,
+            stop: Callable[[dict], bool] | None = None) -> dict[Hashable, Timing]:
+    """Time each callable of ``calls`` with the protocol above -> {name: Timing}.
+
+    stop: called after each round with {name: [seconds of each timed run]};
+    True ends the timing there (after one round at least).
+    """
     first, runs = {}, {name: [] for name in calls}
     for name, fn in calls.items():
         t0 = time.perf_counter()
@@ -59,6 +66,8 @@ def measure(calls: dict[Hashable, Callable[[], object]], *, rounds: int = ROUNDS
             t0 = time.perf_counter()
             calls[name]()
             runs[name].append(time.perf_counter() - t0)
+        if stop is not None and stop(runs):
+            break
     return {n: Timing(first[n], min(runs[n]), statistics.median(runs[n]), len(runs[n]))
             for n in calls}
 
@@ -92,12 +101,22 @@ def random_inputs(spec: ConvSpec | PoolSpec, seed: int = 0):
     return args, rng.standard_normal(spec.out_shape).astype(spec.dtype)
 
 
+def decisive_gap(runs: dict, paths: list[str], ratio: float) -> bool:
+    """True when one path's best forward + best backward so far is at most ``ratio``
+    times every other path's: runs is {(path, "forward"|"backward"): [seconds, ...]}."""
+    totals = sorted(min(runs[p, "forward"]) + min(runs[p, "backward"]) for p in paths)
+    return len(totals) > 1 and totals[0] <= ratio * totals[1]
+
+
 def time_paths(spec: ConvSpec | PoolSpec, paths: list[str], *, rounds: int = ROUNDS,
-               budget_s: float = BUDGET_S, seed: int = 0) -> dict[str, PathTimes]:
+               budget_s: float = BUDGET_S, seed: int = 0,
+               decisive: float | None = None) -> dict[str, PathTimes]:
     """Time forward and backward of each path's kernels on identical random inputs.
 
     The kernels are called directly (the spec is already checked), and the
-    backward runs reuse one cache from the warm-up forward call.
+    backward runs reuse one cache from the warm-up forward call. decisive: stop
+    after a round in which one path took at most this fraction of every
+    other's time (see ``decisive_gap``); None: all rounds.
     """
     args, dout = random_inputs(spec, seed)
     calls, caches = {}, {}
@@ -111,5 +130,6 @@ def time_paths(spec: ConvSpec | PoolSpec, paths: list[str], *, rounds: int = ROU
 
         calls[path, "forward"] = fwd
         calls[path, "backward"] = lambda backward=backward, path=path: backward(dout, caches[path])
-    timings = measure(calls, rounds=rounds, budget_s=budget_s)
+    stop = None if decisive is None else (lambda runs: decisive_gap(runs, paths, decisive))
+    timings = measure(calls, rounds=rounds, budget_s=budget_s, stop=stop)
     return {p: PathTimes(timings[p, "forward"], timings[p, "backward"]) for p in paths}

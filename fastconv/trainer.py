@@ -35,6 +35,7 @@ from collections import Counter
 import numpy as np
 
 from . import io
+from .kernels._jit import compile_seconds
 from .optim import make_optimizer
 
 HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "batch_loss")
@@ -55,6 +56,14 @@ def check_data(network, name: str, x, t) -> None:
         raise ValueError(f"x_{name} has {len(x)} images but t_{name} has {len(t)} labels")
 
 
+def setup_share(setup_seconds: float, total_seconds: float) -> float:
+    """setup_seconds / total_seconds, the share of a run spent compiling and tuning
+    (0.0 for a run that took no time)."""
+    if total_seconds <= 0:
+        return 0.0
+    return min(1.0, max(0.0, setup_seconds / total_seconds))
+
+
 class Trainer:
     """Train ``network`` (a fastconv Network) on (x_train, t_train), reporting on
     (x_test, t_test). x: (N, C, H, W) in the network's dtype; t: (N,) labels
@@ -69,7 +78,10 @@ class Trainer:
     (training steps only), and one for each evaluation. prepare: compile the
     kernels and tune ``backend="auto"`` layers for the batch size before the
     first step (see ``fastconv.warmup``); ``prepare_seconds`` then holds what
-    that took.
+    that took. setup_seconds, train_seconds: of the last ``train()`` call, the
+    seconds spent preparing plus compiling kernels later on (first use of a
+    kernel after the preparation), and the call's whole wall time;
+    ``setup_share()`` is their ratio.
     checkpoint_path: where save_checkpoint writes (after every epoch and when
     training stops) and load_checkpoint reads. eval_batch_size: images per
     evaluation batch (default: mini_batch_size, at least 100). paths_run: for "train" and
@@ -105,6 +117,8 @@ class Trainer:
         self.checkpoint_path = checkpoint_path
         self.prepare = prepare
         self.prepare_seconds = None
+        self.setup_seconds = None
+        self.train_seconds = None
         self.iter_per_epoch = -(-len(x_train) // self.batch_size)
 
         self.rng = np.random.default_rng(seed)
@@ -194,13 +208,21 @@ class Trainer:
         then raises KeyboardInterrupt (a second Ctrl-C interrupts at once).
         """
         self._interrupted = False
+        start, compiled = time.perf_counter(), compile_seconds()
+        prepared = 0.0
         if self.prepare and self.prepare_seconds is None and self.epoch < self.epochs:
             self._prepare()
-        with _deferred_interrupt(self):
-            while self.epoch < self.epochs:
-                self._run_epoch(max_iterations)
-                if self._should_stop(max_iterations):
-                    break
+            prepared = self.prepare_seconds
+            compiled = compile_seconds()          # what preparing compiled is in prepared
+        try:
+            with _deferred_interrupt(self):
+                while self.epoch < self.epochs:
+                    self._run_epoch(max_iterations)
+                    if self._should_stop(max_iterations):
+                        break
+        finally:
+            self.train_seconds = time.perf_counter() - start
+            self.setup_seconds = prepared + compile_seconds() - compiled
         self.save_checkpoint()
         if self._interrupted:
             raise KeyboardInterrupt(f"training stopped after {self.iterations_done} steps"
@@ -209,6 +231,13 @@ class Trainer:
         if self.verbose and self.epoch == self.epochs:
             print(f"final test accuracy: {self.history['test_acc'][-1]:.4f}")
         return self.history
+
+    def setup_share(self):
+        """Share of the last ``train()`` call's wall time spent compiling kernels and
+        choosing paths (see :func:`setup_share`); None before a call."""
+        if self.train_seconds is None:
+            return None
+        return setup_share(self.setup_seconds, self.train_seconds)
 
     def _should_stop(self, max_iterations):
         return self._interrupted or (max_iterations is not None

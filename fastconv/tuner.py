@@ -66,6 +66,7 @@ import numba
 import numpy as np
 
 from . import backends, io, timing
+from .kernels._jit import warn_at_caller
 from .geometry import as_pair
 from .spec import POOL_DEFAULTS, ConvSpec, PoolSpec, batch_bucket, conv_spec, pool_spec
 
@@ -87,6 +88,12 @@ AUTO_PREFERENCE = ("im2col", "direct", "naive")
 # shared machine, and a choice that flips from run to run helps nobody.
 MARGIN = 0.10
 
+# Timing stops after a round in which one path took at most this fraction of
+# every other's time (forward + backward, best runs): a gap that wide is far
+# beyond MARGIN and the noise of a shared machine, so more rounds would not
+# change the choice.
+DECISIVE = 0.5
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -94,7 +101,9 @@ class Decision:
 
     path: the chosen path. source: "measured" (timed just now), "cache" (read
     from disk or memory, measured earlier), "static" (rule, no timing), "only"
-    (a single candidate). times_ms: {path: {"forward": ms, "backward": ms}}
+    (a single candidate), "shared" (every candidate runs the very same kernels
+    for this problem, e.g. pooling on im2col and direct: the static rule's
+    pick, nothing timed). times_ms: {path: {"forward": ms, "backward": ms}}
     for measured or cached choices, else empty. key: the cache key as a dict.
     """
 
@@ -298,6 +307,25 @@ def static_choice(op, x_shape, w_shape, available=None, stride=1, pad=0):
     return available[0], "static rule: the only path available"
 
 
+def kernel_groups(spec: ConvSpec | PoolSpec, cands: list[str]) -> list[list[str]]:
+    """The candidates grouped by the functions they run for ``spec`` (in ``cands`` order).
+
+    Paths of one group call the very same forward and backward functions (im2col
+    and direct both pool with ``fastconv.kernels.cpu_pooling``): timing them
+    against each other would compare identical code, so "auto" times one path
+    per group, and nothing at all when there is one group.
+    """
+    groups = {}
+    for path in cands:
+        module = backends.get_path(path)
+        if spec.op == "conv":
+            kernels = (module.conv_forward, module.conv_backward)
+        else:
+            kernels = (module.pool_forward, module.pool_backward)
+        groups.setdefault(kernels, []).append(path)
+    return list(groups.values())
+
+
 def _static(spec, cands):
     w = spec.w_shape if spec.op == "conv" else spec.pool_hw
     return static_choice(spec.op, spec.x_shape, w, cands, spec.stride, spec.pad)
@@ -495,14 +523,46 @@ def decide_spec(spec: ConvSpec | PoolSpec, measure=True, force=False,
                 stats["disk"] += 1
                 _memory[mem_key] = hit
                 return hit
+        groups = kernel_groups(spec, cands)
+        if len(groups) == 1:
+            # one implementation under several names: nothing to compare, and
+            # timing it would only cost its compile time once more per name
+            path, why = _static(spec, cands)
+            decision = Decision(path, f"{', '.join(cands)} run the same kernels for this "
+                                      f"problem, nothing to time; {why}", "shared", key)
+            _memory[mem_key] = decision
+            return decision
         if not measure:
             path, why = _static(spec, cands)
             return Decision(path, f"{why} (not measured yet)", "static", key)
-        times = timing.time_paths(spec, cands)
+        # one path per group is timed; the others of its group get its figures
+        static_path = _static(spec, cands)[0]
+        timed = [static_path if static_path in g else g[0] for g in groups]
+        _announce(spec, timed, directory)
+        measured = _times_ms(timing.time_paths(spec, timed, decisive=DECISIVE))
+        times = {p: measured[t] for g, t in zip(groups, timed) for p in g}
         stats["measured"] += 1
-        decision = _decision_from_times(key, cands, _times_ms(times), _static(spec, cands)[0])
+        decision = _decision_from_times(key, cands, times, static_path)
         _store(key, cands, decision)
         return decision
+
+
+def describe(spec: ConvSpec | PoolSpec) -> str:
+    """One problem in a few words, for notices: 'conv x=(N, C, H, W) W=(...)' or 'max pool ...'."""
+    x = "x=(" + ", ".join(map(str, spec.x_shape)) + ")"
+    if spec.op == "conv":
+        return f"conv {x} W=({', '.join(map(str, spec.w_shape))}) {spec.dtype}"
+    ph, pw = spec.pool_hw
+    return f"{spec.mode} pool {x} window {ph}x{pw} {spec.dtype}"
+
+
+def _announce(spec, paths, directory):
+    """One line before "auto" times paths: the first use of a shape can take seconds
+    (a ``CompileNotice``; ``warnings.filterwarnings("ignore", category=CompileNotice)``
+    silences it with the compile notices)."""
+    warn_at_caller(f"fastconv: backend='auto' is timing {', '.join(paths)} on {describe(spec)} "
+                   f"to choose the fastest (once per machine and shape; the choice is stored "
+                   f"in {directory})")
 
 
 def decide(op, x_shape, w_shape, stride=1, pad=0, dtype="float32", mode=None,

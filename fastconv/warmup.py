@@ -24,7 +24,7 @@ import numpy as np
 
 from . import functional as F
 from . import tuner
-from .kernels._jit import CompileNotice, warn_at_caller
+from .kernels._jit import CompileNotice
 from .layers import Convolution, Dropout, Pooling, Relu, Sigmoid
 from .spec import ConvSpec, PoolSpec, conv_spec, pool_spec
 
@@ -205,10 +205,10 @@ def warmup(net_or_shapes=None, dtype="float32", paths=None, *, batch_sizes=None,
     report = WarmupReport()
     if batch_sizes:
         # choose first: timing compiles what it times (outside its measurements),
-        # and afterwards only the chosen paths are still needed
+        # and afterwards only the chosen paths are still needed; the tuner says
+        # in one line before each shape it times (a CompileNotice)
         wanted = [(name, _resize(spec, int(n))) for name, spec, backend in layers
                   if backend == "auto" for n in batch_sizes]
-        _tell_about_tuning([s for _, s in wanted])
         for name, spec in wanted:
             report.tuned.setdefault(name, {})[spec.x_shape[0]] = tuner.decide_spec(spec).path
     done = set()
@@ -234,18 +234,6 @@ def warmup(net_or_shapes=None, dtype="float32", paths=None, *, batch_sizes=None,
     return report
 
 
-def _tell_about_tuning(specs):
-    """One line when "auto" is about to time paths for shapes it has not met on this machine."""
-    if not tuner.autotune_enabled():
-        return
-    new = {tuner._key_tuple(tuner.spec_key(s)) for s in specs
-           if tuner.decide_spec(s, measure=False).source == "static"}
-    if new:
-        warn_at_caller(f"fastconv: timing the paths for {len(new)} layer shape(s) not met before "
-                       f"on this machine, to choose the fastest (about a second each; the "
-                       f"choices are stored in {tuner.cache_dir()})")
-
-
 def autotune_network(net, batch_size: int, *, input_shape=None, force: bool = False) -> dict:
     """Choose (and store) the path of every ``backend="auto"`` conv and pool layer of ``net``
     for mini-batches of ``batch_size`` images, ahead of time -> {layer name: Decision}.
@@ -263,5 +251,4 @@ def autotune_network(net, batch_size: int, *, input_shape=None, force: bool = Fa
               for name, spec, backend in _net_layers(net, getattr(net, "dtype", "float32"),
                                                      input_shape)
               if backend == "auto"]
-    _tell_about_tuning([spec for _, spec in layers])
     return {name: tuner.decide_spec(spec, force=force, ignore_env=True) for name, spec in layers}

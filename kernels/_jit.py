@@ -5,6 +5,7 @@ import importlib.metadata
 import os
 import sys
 import threading
+import time
 import warnings
 
 import numba
@@ -41,10 +42,25 @@ COMPILE_SECONDS = {"im2col": 4, "direct": 12, "cpu_pooling": 4, "winograd": 4, "
 _noticed = set()
 
 
+# Seconds this process spent compiling fastconv's kernels (outermost compiles
+# only: a helper or a Numba overload compiled inside a kernel's compile is part
+# of it). Loads from Numba's cache fire no compile event and are not counted.
+_compiling = {"depth": 0, "start": None, "seconds": 0.0}
+
+
+def compile_seconds() -> float:
+    """Wall seconds this process has spent compiling fastconv's kernels so far."""
+    return _compiling["seconds"]
+
+
 class _FirstCompileListener(numba.core.event.Listener):
     def on_start(self, event):
         func = getattr(event.data.get("dispatcher"), "py_func", None)
         module = getattr(func, "__module__", "") or ""
+        # Numba compiles under one lock: events nest, they never interleave
+        _compiling["depth"] += 1
+        if _compiling["depth"] == 1 and module.startswith("fastconv.kernels."):
+            _compiling["start"] = time.perf_counter()
         if not module.startswith("fastconv.kernels."):
             return
         # the phase planes are the direct path's layout (CPU pooling uses them too)
@@ -62,7 +78,10 @@ class _FirstCompileListener(numba.core.event.Listener):
                        f"from Numba's cache)")
 
     def on_end(self, event):
-        pass
+        _compiling["depth"] -= 1
+        if _compiling["depth"] == 0 and _compiling["start"] is not None:
+            _compiling["seconds"] += time.perf_counter() - _compiling["start"]
+            _compiling["start"] = None
 
 
 numba.core.event.register("numba:compile", _FirstCompileListener())

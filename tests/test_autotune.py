@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+import types
+import warnings
 
 import numba
 import numpy as np
@@ -34,6 +36,21 @@ for _name in ("twin_a", "twin_b"):
 
 # every test starts from an empty cache with measuring on (fixture in conftest.py)
 pytestmark = pytest.mark.usefixtures("fresh_cache")
+
+
+@pytest.fixture
+def own_pooling(monkeypatch):
+    """One more path, "own_pool": the naive kernels, with pooling functions of its own.
+
+    im2col and direct pool with the very same functions (kernels.cpu_pooling), so
+    "auto" has nothing to time between them; this path gives it a pooling to time.
+    """
+    naive = backends.get_path("naive")
+    path = types.SimpleNamespace(**{k: getattr(naive, k) for k in dir(naive) if not k.startswith("__")})
+    path.pool_forward = lambda x, spec: naive.pool_forward(x, spec)
+    path.pool_backward = lambda dout, cache: naive.pool_backward(dout, cache)
+    monkeypatch.setitem(backends.PATHS, "own_pool", path)
+    return at.candidates()
 
 
 def stored_files(root):
@@ -241,7 +258,7 @@ def test_auto_gives_the_chosen_paths_result_bit_for_bit(dtype, two_candidates):
         np.testing.assert_array_equal(a, c)                       # inputs untouched
 
 
-def test_pooling_is_measured_when_told_the_window(two_candidates, fresh_cache):
+def test_pooling_is_measured_when_told_the_window(own_pooling, fresh_cache):
     d = at.decide("pool", (2, 3, 8, 8), (2, 2), 2, 0, "float32", mode="max")
     assert d.source == "measured" and d.key["mode"] == "max" and d.key["w_shape"] == [2, 2]
     assert at.choose(fastconv.pool_spec((2, 3, 8, 8), 2, 2, 2, 0, "max", "float32")) == d.path
@@ -249,6 +266,73 @@ def test_pooling_is_measured_when_told_the_window(two_candidates, fresh_cache):
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     fastconv.pool2d(x, 2, 2, stride=2)
     assert at.stats["measured"] == 1 and len(stored_files(fresh_cache)) == 1
+
+
+def test_pooling_on_paths_that_share_its_kernels_is_not_timed(monkeypatch, fresh_cache):
+    """im2col and direct run one pooling implementation: the static rule's pick, nothing timed."""
+    naive = backends.get_path("naive")
+    monkeypatch.setattr(backends, "PATHS", {"naive": naive, "im2col": naive, "direct": naive})
+    spec = fastconv.pool_spec((2, 3, 8, 8), 2, 2, 2, 0, "max", "float32")
+    assert at.kernel_groups(spec, ["im2col", "direct"]) == [["im2col", "direct"]]
+    timed = []
+    monkeypatch.setattr(at.timing, "time_paths", lambda *a, **k: timed.append(a) or {})
+    d = at.decide("pool", (2, 3, 8, 8), (2, 2), 2, 0, "float32", mode="max")
+    assert (d.path, d.source) == ("direct", "shared") and "same kernels" in d.reason
+    assert d.key["mode"] == "max" and d.key["w_shape"] == [2, 2]
+    assert timed == [] and at.stats["measured"] == 0 and stored_files(fresh_cache) == []
+    # the decision is kept: asked again, it comes from memory; "auto" runs the rule's pick
+    assert at.decide("pool", (2, 3, 8, 8), (2, 2), 2, 0, "float32", mode="max") == d
+    assert at.stats["memory"] == 1 and at.choose(spec) == "direct"
+    # convolutions on the same stand-ins share kernels too; distinct ones are timed
+    conv = fastconv.conv_spec(SMALL_X, SMALL_W)
+    assert at.kernel_groups(conv, ["im2col", "direct"]) == [["im2col", "direct"]]
+
+
+def test_paths_sharing_kernels_are_timed_once_and_share_the_figures(monkeypatch, fresh_cache,
+                                                                    own_pooling):
+    timed = []
+    real = at.timing.time_paths
+
+    def spy(spec, paths, **kwargs):
+        timed.append(list(paths))
+        return real(spec, paths, **kwargs)
+
+    monkeypatch.setattr(at.timing, "time_paths", spy)
+    d = at.decide("pool", (2, 3, 8, 8), (2, 2), 2, 0, "float32", mode="avg")
+    spec = fastconv.pool_spec((2, 3, 8, 8), 2, 2, 2, 0, "avg")
+    cands = at.candidates(spec)
+    groups = at.kernel_groups(spec, cands)
+    assert len(groups) >= 2 and len(timed) == 1 and len(timed[0]) == len(groups)
+    assert set(d.times_ms) == set(cands)
+    for group in groups:
+        assert all(d.times_ms[p] == d.times_ms[group[0]] for p in group)
+
+
+def test_announces_each_shape_it_times(fresh_cache, two_candidates):
+    with pytest.warns(fastconv.CompileNotice, match=r"backend='auto' is timing .* on conv "
+                                                    r"x=\(2, 3, 8, 8\) W=\(4, 3, 3, 3\)"):
+        at.decide("conv", SMALL_X, SMALL_W)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        at.decide("conv", SMALL_X, SMALL_W)         # known now: no notice
+
+
+def test_timing_stops_early_once_one_path_is_far_ahead():
+    from fastconv import timing
+    calls = {"fast": lambda: None, "slow": lambda: sum(range(200_000))}
+    rounds = []
+
+    def stop(runs):
+        rounds.append(1)
+        return min(runs["fast"]) <= 0.5 * min(runs["slow"])
+
+    result = timing.measure(calls, rounds=5, min_runs=5, budget_s=float("inf"), stop=stop)
+    assert len(rounds) == 1 and result["fast"].runs == result["slow"].runs == 1
+    runs = {("a", "forward"): [1.0], ("a", "backward"): [1.0],
+            ("b", "forward"): [2.0, 1.5], ("b", "backward"): [3.0, 2.5]}
+    assert timing.decisive_gap(runs, ["a", "b"], 0.5)          # 2 <= 0.5 * 4
+    assert not timing.decisive_gap(runs, ["a", "b"], 0.4)      # 2 > 0.4 * 4
+    assert not timing.decisive_gap(runs, ["a"], 0.5)           # one path: nothing to compare
 
 
 def test_key_includes_thread_count(fresh_cache, two_candidates):
@@ -384,7 +468,7 @@ def test_concurrent_processes_then_a_fresh_process_reuses_the_choice(tmp_path, f
 
 # ------------------------------------------------------ autotune, clear_cache
 
-def test_autotune_specs_then_clear_cache(tmp_path, fresh_cache, two_candidates):
+def test_autotune_specs_then_clear_cache(tmp_path, fresh_cache, own_pooling):
     specs = [
         {"id": "small", "N": 2, "C": 1, "H": 10, "W": 10, "K": 3, "FH": 3, "FW": 3,
          "stride": 1, "pad": 0},
@@ -411,7 +495,7 @@ def test_autotune_specs_then_clear_cache(tmp_path, fresh_cache, two_candidates):
     assert at.decide("conv", (2, 1, 10, 10), (3, 1, 3, 3)).source == "measured"
 
 
-def test_autotune_reads_a_layer_suite_file(tmp_path, two_candidates, monkeypatch):
+def test_autotune_reads_a_layer_suite_file(tmp_path, own_pooling, monkeypatch):
     suite = {"layers": [{"id": "a", "N": 1, "C": 2, "H": 6, "W": 6, "K": 2, "FH": 3, "FW": 3,
                          "stride": 1, "pad": 1}],
              "pooling": [{"id": "p", "N": 1, "C": 2, "H": 6, "W": 6, "FH": 3, "FW": 3,

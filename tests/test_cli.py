@@ -151,6 +151,28 @@ def test_library_errors_become_usage_errors(capsys, monkeypatch):
     assert line == "fastconv compare: error: x has shape (1, 2) but W expects 3 channels"
 
 
+def test_compare_prints_its_title_before_timing(capsys, monkeypatch):
+    """The first calls compile (seconds on a new machine): the title is out before they start."""
+    import fastconv.compare
+
+    seen = []
+
+    def fake(**kwargs):
+        seen.append(capsys.readouterr().out)
+        return [dict(path="direct", first_s=1.0, forward_ms=2.0, backward_ms=3.0,
+                     max_abs_diff=0.0, max_rel_diff=0.0)]
+
+    monkeypatch.setattr(fastconv.compare, "compare", fake)
+    capsys.readouterr()
+    assert main(["compare", "--repeat", "2"]) == 0
+    assert seen[0].startswith("conv x=(100, 1, 28, 28)") and "best of 2" in seen[0]
+    rest = capsys.readouterr().out
+    assert rest.splitlines()[0].split() == ["path", "first", "call", "s", "forward", "ms",
+                                            "backward", "ms", "max", "|diff|", "vs", "naive",
+                                            "relative"]
+    assert rest.splitlines()[1].split()[0] == "direct"
+
+
 # ------------------------------------------------------------------ autotune
 
 def _layer_fields(spec):
@@ -345,10 +367,17 @@ def test_resume_takes_the_saved_options(capsys, data_dir, finished_run, tmp_path
     capsys.readouterr()
     assert main(train_args(data_dir, out, "--resume", "--epochs", "2")) == 0
     text = capsys.readouterr().out
+    # the first line comes before the data is read (which takes seconds for all of MNIST)
+    assert text.startswith("fastconv train: reading mnist ...\n")
     assert "resumed at epoch 1, step 0" in text
     assert "2 epochs, batch 10, Adam lr 0.002" in text
     report = json.loads((out / "history.json").read_text())
     assert report["batch_size"] == BATCH and len(report["history"]["test_acc"]) == 2
+    # the time spent compiling and choosing paths, and its share of the training
+    assert 0 <= report["setup_seconds"] <= report["wall_seconds"]
+    assert report["setup_share"] == pytest.approx(report["setup_seconds"] / report["wall_seconds"],
+                                                  abs=0.05)
+    assert "compiling kernels and choosing paths took" in text
 
 
 def _ctrl_c(monkeypatch, at_call, times):

@@ -156,3 +156,30 @@ def test_bad_data_is_refused_with_names():
         Trainer(small_net(), x_train, t_train, x_test, t_test[:5])
     with pytest.raises(ValueError, match="optimizer"):
         Trainer(small_net(), x_train, t_train, x_test, t_test, optimizer="Nesterov")
+
+
+def test_setup_share_is_setup_over_total():
+    from fastconv.trainer import setup_share
+
+    assert setup_share(3.0, 120.0) == pytest.approx(0.025)
+    assert setup_share(27.0, 100.0) == pytest.approx(0.27)
+    assert setup_share(0.0, 50.0) == 0.0
+    assert setup_share(1.0, 0.0) == 0.0                 # a run that took no time
+    assert setup_share(5.0, 4.0) == 1.0                 # clock granularity never gives > 100%
+
+
+def test_train_reports_its_setup_time(reference, monkeypatch):
+    from fastconv import trainer as trainer_module
+
+    # setup = preparation + kernels compiled after it: 1 ms of compiling during the
+    # epochs (a kernel first used after the preparation) is counted
+    clock = iter([0.0, 0.0, 0.001])
+    monkeypatch.setattr(trainer_module, "compile_seconds", lambda: next(clock))
+    t = make_trainer(epochs=1)
+    t.train()
+    assert t.prepare_seconds is not None
+    assert t.setup_seconds == pytest.approx(t.prepare_seconds + 0.001)
+    assert t.train_seconds > t.prepare_seconds
+    assert t.setup_share() == pytest.approx(t.setup_seconds / t.train_seconds)
+    assert reference.setup_share() is not None and 0 <= reference.setup_share() <= 1
+    assert make_trainer().setup_share() is None         # before train()

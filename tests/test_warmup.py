@@ -3,6 +3,7 @@ the one-line notice before a compile; kernels compiled in one specialisation onl
 import json
 import os
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -11,6 +12,17 @@ import fastconv
 from fastconv import tuner
 from fastconv.kernels import cpu_pooling
 from support import PYTHON
+
+
+@pytest.fixture
+def own_pooling(monkeypatch):
+    """One more path: the naive kernels with pooling functions of their own, so that "auto"
+    has a pooling to time (im2col and direct share theirs: nothing to time between them)."""
+    naive = fastconv.backends.get_path("naive")
+    path = types.SimpleNamespace(**{k: getattr(naive, k) for k in dir(naive) if not k.startswith("__")})
+    path.pool_forward = lambda x, spec: naive.pool_forward(x, spec)
+    path.pool_backward = lambda dout, cache: naive.pool_backward(dout, cache)
+    monkeypatch.setitem(fastconv.backends.PATHS, "own_pool", path)
 
 
 def _snapshot(net):
@@ -67,11 +79,14 @@ def test_a_layer_suite_file(tmp_path):
     assert report.runs == [("one", "conv", "direct"), ("two", "pool", "direct")]
 
 
-def test_warmup_with_batch_sizes_stores_the_choices(fresh_cache, two_candidates):
+def test_warmup_with_batch_sizes_stores_the_choices(fresh_cache, two_candidates, own_pooling):
     net = fastconv.SimpleConvNet(input_dim=(1, 12, 12), conv_param={"filter_num": 4},
                                  hidden_size=8, seed=0)
-    with pytest.warns(fastconv.CompileNotice, match="timing the paths for 2 layer shape"):
+    with pytest.warns(fastconv.CompileNotice) as notices:
         report = fastconv.warmup(net, batch_sizes=[3])
+    # one line before each shape is timed
+    timing = [str(n.message) for n in notices if "backend='auto' is timing" in str(n.message)]
+    assert len(timing) == 2 and "conv x=(3, 1, 12, 12)" in timing[0] and "max pool" in timing[1]
     assert set(report.tuned) == {"Conv1", "Pool1"}
     assert tuner.stats["measured"] == 2
     # what the first real call at batch 3 (bucket 4) would have measured is now stored
@@ -83,7 +98,7 @@ def test_warmup_with_batch_sizes_stores_the_choices(fresh_cache, two_candidates)
         report.tuned["Pool1"].values())
 
 
-def test_autotune_network_chooses_every_auto_layer(fresh_cache, two_candidates):
+def test_autotune_network_chooses_every_auto_layer(fresh_cache, two_candidates, own_pooling):
     net = fastconv.SimpleConvNet(input_dim=(1, 12, 12), conv_param={"filter_num": 4},
                                  hidden_size=8, seed=0)
     decisions = fastconv.autotune_network(net, 5)
@@ -127,7 +142,7 @@ with warnings.catch_warnings(record=True) as caught, event.install_listener("num
     im2col._images_to_side_by_side(np.ones((2, 3, 4), f32), 0, 2, np.empty(24, f32))
     im2col._add_bias(np.ones((1, 2, 3), np.float64), np.ones(2))
     im2col._add_bias(np.ones((1, 2, 3), np.float64), np.ones(2))
-print(json.dumps({"compiled": compiled,
+print(json.dumps({"compiled": compiled, "compile_seconds": fastconv.kernels._jit.compile_seconds(),
                   "notices": [str(w.message) for w in caught
                               if issubclass(w.category, fastconv.CompileNotice)]}))
 """
@@ -152,6 +167,7 @@ def test_first_compile_says_so_once_and_compiles_no_error_formatting(tmp_path):
     assert len(notices) == 3, notices   # direct float32, im2col float32, im2col float64
     assert sum("direct path's kernels" in n and "float32" in n for n in notices) == 1
     assert sum("im2col path's kernels for float64" in n for n in notices) == 1
+    assert cold["compile_seconds"] > 0
     warm = _fresh_process(tmp_path)     # the same cache, now filled: nothing compiles
-    assert warm == {"compiled": [], "notices": []}
+    assert warm == {"compiled": [], "compile_seconds": 0.0, "notices": []}
 

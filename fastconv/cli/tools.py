@@ -43,15 +43,17 @@ def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     from ..compare import compare, format_table
 
     check_layer(args, parser)
+    title = (f"conv {_shape_text(args)} stride={args.stride} pad={args.pad} {args.dtype}, "
+             f"{numba.get_num_threads()} threads, best of {args.repeat}")
+    # the title first: the timing takes seconds (first calls compile on a new machine)
+    print(title, flush=True)
     try:
         rows = compare(N=args.batch, C=args.channels, H=args.size, W=args.size, K=args.filters,
                        FH=args.kernel, FW=args.kernel, stride=args.stride, pad=args.pad,
                        dtype=args.dtype, repeat=args.repeat, paths=args.paths)
     except (ValueError, TypeError) as err:
         parser.error(str(err))
-    title = (f"conv {_shape_text(args)} stride={args.stride} pad={args.pad} {args.dtype}, "
-             f"{numba.get_num_threads()} threads, best of {args.repeat}")
-    print(format_table(rows, title))
+    print(format_table(rows, title).split("\n", 1)[1])
     return 0
 
 

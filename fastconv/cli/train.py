@@ -217,6 +217,8 @@ def _train(args, parser, checkpoint, saved):
     from ..plots import plot_feature_maps, plot_filters, plot_history
     from ..trainer import Trainer
 
+    # a first line at once: reading 70,000 images and the first compiles take seconds
+    print(f"fastconv train: reading {args.dataset} ...", flush=True)
     try:
         (x_train, t_train), (x_test, t_test) = DATASETS[args.dataset](data_dir=args.data_dir)
     except (DatasetNotFoundError, ValueError) as err:
@@ -272,12 +274,17 @@ def _train(args, parser, checkpoint, saved):
               "train_size": len(x_train), "test_size": len(x_test), "history": history,
               "epoch_seconds": trainer.epoch_seconds,
               "images_per_second": trainer.images_per_second,
-              "prepare_seconds": trainer.prepare_seconds, "wall_seconds": wall}
+              "prepare_seconds": trainer.prepare_seconds,
+              "setup_seconds": trainer.setup_seconds, "setup_share": trainer.setup_share(),
+              "wall_seconds": wall}
     io.atomic_write_text(out("history.json"), json.dumps(report, indent=1))
     paths = trainer.paths_summary()
     speed = (f"mean {np.mean(trainer.images_per_second):.0f} images/s while training"
              if trainer.images_per_second else "no timed epoch")
     print(f"paths used: {paths}; {speed}")
+    print(f"compiling kernels and choosing paths took {trainer.setup_seconds:.1f} s, "
+          f"{trainer.setup_share():.0%} of the {trainer.train_seconds:.1f} s of training "
+          f"(once per machine: later runs load both from their caches)")
     print(f"wrote params.npz, history.json, curves.png, filters_before.png, filters_after.png, "
           f"feature_maps.png, checkpoint.npz in {args.out}")
     return 0
