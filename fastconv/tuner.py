@@ -590,26 +590,38 @@ def choose(spec: ConvSpec | PoolSpec) -> str:
 
 # ------------------------------------------------------------- public helpers
 
-def _spec_to_args(spec, dtype):
-    """One layer spec -> (op, x_shape, w_shape, stride, pad, dtype, mode)."""
+def layer_spec(spec, dtype) -> ConvSpec | PoolSpec:
+    """One layer of a suite (``bench/layers.json`` style dict, or a tuple) -> its checked spec.
+
+    Dicts: N, C, H, W with K, FH, FW (a convolution; optional stride, pad,
+    dilation, groups: W is then (K, C // groups, FH, FW)) or FH, FW without K
+    (a pooling; optional mode); or x_shape, w_shape (optional op, mode).
+    Tuples: (x_shape, w_shape[, stride[, pad]]).
+    """
     if isinstance(spec, dict):
         d = np.dtype(spec.get("dtype", dtype))
         stride, pad = spec.get("stride", 1), spec.get("pad", 0)
+        dilation, groups = spec.get("dilation", 1), spec.get("groups", 1)
         if "x_shape" in spec:
             op = spec.get("op", "conv" if spec.get("mode") is None else "pool")
-            return (op, tuple(spec["x_shape"]), tuple(spec["w_shape"]), stride, pad, d,
-                    spec.get("mode"))
+            return _spec_of(op, tuple(spec["x_shape"]), tuple(spec["w_shape"]), stride, pad, d,
+                            spec.get("mode"), dilation, groups)
         x_shape = (spec["N"], spec["C"], spec["H"], spec["W"])
         if "K" in spec:
-            return "conv", x_shape, (spec["K"], spec["C"], spec["FH"], spec["FW"]), stride, pad, d, None
-        return "pool", x_shape, (spec["FH"], spec["FW"]), stride, pad, d, spec.get("mode", "max")
+            if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+                raise ValueError(f"groups must be an int >= 1, got {groups!r} in {spec!r}")
+            w_shape = (spec["K"], spec["C"] // groups, spec["FH"], spec["FW"])
+            return _spec_of("conv", x_shape, w_shape, stride, pad, d, None, dilation, groups)
+        return _spec_of("pool", x_shape, (spec["FH"], spec["FW"]), stride, pad, d,
+                        spec.get("mode", "max"))
     if isinstance(spec, (tuple, list)) and 2 <= len(spec) <= 4:
         x_shape, w_shape, *rest = spec
         stride, pad = (list(rest) + [1, 0][len(rest):])[:2]
-        return "conv", tuple(x_shape), tuple(w_shape), stride, pad, np.dtype(dtype), None
+        return _spec_of("conv", tuple(x_shape), tuple(w_shape), stride, pad, np.dtype(dtype), None)
     raise TypeError(
-        f"a layer spec must be a dict (layers.json style: N, C, H, W, K, FH, FW, stride, pad; "
-        f"or x_shape, w_shape) or a tuple (x_shape, w_shape[, stride[, pad]]), got {spec!r}")
+        f"a layer spec must be a dict (layers.json style: N, C, H, W, K, FH, FW, stride, pad, "
+        f"optional dilation, groups; or x_shape, w_shape) or a tuple (x_shape, w_shape[, "
+        f"stride[, pad]]), got {spec!r}")
 
 
 def autotune(layers, dtype="float32", force: bool = False) -> list[Decision]:
@@ -630,10 +642,8 @@ def autotune(layers, dtype="float32", force: bool = False) -> list[Decision]:
         layers = list(suite.get("layers", [])) + list(suite.get("pooling", []))
     decisions = []
     for spec in layers:
-        op, x_shape, w_shape, stride, pad, d, mode = _spec_to_args(spec, dtype)
         # An explicit autotune() call measures even under FASTCONV_AUTOTUNE=0.
-        decisions.append(decide(op, x_shape, w_shape, stride, pad, d, mode=mode,
-                                force=force, ignore_env=True))
+        decisions.append(decide_spec(layer_spec(spec, dtype), force=force, ignore_env=True))
     return decisions
 
 

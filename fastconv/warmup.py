@@ -121,8 +121,7 @@ def _shape_specs(shapes, dtype):
         if isinstance(item, (ConvSpec, PoolSpec)):
             spec = item
         else:
-            op, x_shape, w_shape, stride, pad, d, mode = tuner._spec_to_args(item, dtype)
-            spec = tuner._spec_of(op, x_shape, w_shape, stride, pad, d, mode)
+            spec = tuner.layer_spec(item, dtype)
         name = item.get("id", f"layer{i + 1}") if isinstance(item, dict) else f"layer{i + 1}"
         found.append((name, spec, "auto"))
     return found

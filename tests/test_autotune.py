@@ -518,10 +518,15 @@ def test_repo_layer_suite_parses():
     with open(suite_path) as f:
         suite = json.load(f)
     for spec in suite["layers"]:
-        op, x_shape, w_shape, *_ = at._spec_to_args(spec, "float32")
-        assert op == "conv" and x_shape[1] == w_shape[1]
-        fastconv.conv_spec(x_shape, w_shape, spec["stride"], spec["pad"], "float32")
-    assert {at._spec_to_args(s, "float32")[0] for s in suite["pooling"]} == {"pool"}
+        built = at.layer_spec(spec, "float32")
+        groups, dilation = spec.get("groups", 1), spec.get("dilation", 1)
+        assert built.op == "conv" and built.groups == groups
+        assert built.x_shape == (spec["N"], spec["C"], spec["H"], spec["W"])
+        assert built.w_shape == (spec["K"], spec["C"] // groups, spec["FH"], spec["FW"])
+        assert built.dilation == (dilation, dilation)
+    assert {at.layer_spec(s, "float32").op for s in suite["pooling"]} == {"pool"}
+    assert any(s.get("groups", 1) > 1 for s in suite["layers"])
+    assert any(s.get("dilation", 1) > 1 for s in suite["layers"])
 
 
 def test_command_line(tmp_path, capsys, fresh_cache, two_candidates):

@@ -206,11 +206,15 @@ def test_autotune_default_suite_is_installed(capsys, monkeypatch, tmp_path):
     ({"layers": [{"N": 1, "C": 1, "H": 8, "W": 8, "K": 2, "FH": 40, "FW": 40}]},
      ["spec 0", "does not fit input (H, W)=(8, 8)"]),
     ({"layers": [{"N": 1, "C": 1, "H": 8, "W": 8, "K": 2, "FH": 3, "FW": 3, "stride": 0}]},
-     ["stride must be a whole number >= 1"]),
+     ["spec 0", "stride must be >= 1"]),
     ({"pooling": [{"N": 1, "C": 1, "H": 8, "W": 8, "FH": 2, "FW": 2, "mode": "sum"}]},
-     ["mode must be 'max' or 'avg'"]),
+     ["spec 0", "mode must be one of ('max', 'avg')", "'sum'"]),
     ({"layers": [{"x_shape": [1, 3, 8, 8], "w_shape": [2, 4, 3, 3]}]}, ["C=3 channels"]),
-    ([[[1, 1, 8, 8], [2, 1, 3]]], ["w_shape must be a list of 4"]),
+    ({"layers": [{"N": 1, "C": 6, "H": 8, "W": 8, "K": 4, "FH": 3, "FW": 3, "groups": 4}]},
+     ["spec 0", "groups=4", "C=6"]),
+    ({"layers": [{"N": 1, "C": 1, "H": 8, "W": 8, "K": 2, "FH": 3, "FW": 3, "dilation": 4}]},
+     ["spec 0", "dilation"]),
+    ([[[1, 1, 8, 8], [2, 1, 3]]], ["spec 0", "W must be a 4-tuple", "(2, 1, 3)"]),
 ])
 def test_autotune_refuses_a_bad_suite_before_measuring(capsys, monkeypatch, tmp_path, suite,
                                                        words):

@@ -4,9 +4,7 @@ import importlib
 import importlib.resources
 import json
 import os
-import numbers
 
-from ..geometry import output_hw
 from .options import add_layer_arguments, check_layer, path_name, positive_int
 
 LAYER_DEFAULT = ("Default layer: the first conv layer of SimpleConvNet (Deep Learning from "
@@ -151,63 +149,30 @@ def _read_suite(path):
     return _specs(suite, path)
 
 
-def _int(value, name, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-    return int(value)
-
-
-def _pair(value, name, low):
-    if isinstance(value, list) and len(value) == 2:
-        return tuple(_int(v, name, low) for v in value)
-    v = _int(value, name, low)
-    return v, v
-
-
-def _shape(value, name, size):
-    if not isinstance(value, list) or len(value) != size:
-        raise ValueError(f"{name} must be a list of {size} whole numbers, got {value!r}")
-    return tuple(_int(v, name, 1) for v in value)
-
-
 def check_spec(spec: dict | list) -> None:
     """Raise ValueError naming what is wrong with one layer spec of a suite.
 
-    Accepted: {N, C, H, W, K, FH, FW, stride, pad} (a conv layer),
-    {N, C, H, W, FH, FW, stride, pad, mode} (a pooling, no K),
+    Accepted: {N, C, H, W, K, FH, FW, stride, pad[, dilation, groups]} (a conv
+    layer), {N, C, H, W, FH, FW, stride, pad, mode} (a pooling, no K),
     {x_shape, w_shape, stride, pad[, mode]} or [x_shape, w_shape[, stride[, pad]]].
+    The checks are the spec builders' own (``fastconv.tuner.layer_spec``).
     """
-    if isinstance(spec, list):
-        if not 2 <= len(spec) <= 4:
-            raise ValueError(f"a list spec is [x_shape, w_shape[, stride[, pad]]], got {spec!r}")
-        spec = dict(zip(("x_shape", "w_shape", "stride", "pad"), spec))
-    if not isinstance(spec, dict):
-        raise ValueError(f"a layer spec must be a JSON object or list, got {spec!r}")
-    if "dtype" in spec and spec["dtype"] not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {spec['dtype']!r}")
-    if "x_shape" in spec:
-        pool = spec.get("op", "conv" if spec.get("mode") is None else "pool") == "pool"
-        x_shape = _shape(spec["x_shape"], "x_shape", 4)
-        w_shape = _shape(spec.get("w_shape"), "w_shape", 2 if pool else 4)
-        if not pool and w_shape[1] != x_shape[1]:
-            raise ValueError(f"x_shape has C={x_shape[1]} channels but w_shape {list(w_shape)} "
-                             f"expects C={w_shape[1]}")
-        window = w_shape if pool else w_shape[2:]
-    else:
+    if isinstance(spec, dict) and "x_shape" not in spec:
         pool = "K" not in spec
         need = ("N", "C", "H", "W", "FH", "FW") + (() if pool else ("K",))
         missing = [k for k in need if k not in spec]
         if missing:
             raise ValueError(f"{'pooling' if pool else 'conv'} spec lacks {', '.join(missing)}")
-        x_shape = tuple(_int(spec[k], k, 1) for k in ("N", "C", "H", "W"))
-        window = tuple(_int(spec[k], k, 1) for k in ("FH", "FW"))
-        if pool:
-            spec = {"mode": "max", **spec}
-    if pool and spec.get("mode") not in ("max", "avg"):
-        raise ValueError(f"a pooling's mode must be 'max' or 'avg', got {spec.get('mode')!r}")
-    stride = _pair(spec.get("stride", 1), "stride", 1)
-    pad = _pair(spec.get("pad", 0), "pad", 0)
-    output_hw(x_shape[2:], window, stride, pad, "floor", "the window" if pool else "the filter")
+    elif isinstance(spec, dict) and "w_shape" not in spec:
+        raise ValueError(f"a spec with x_shape needs w_shape too, got {spec!r}")
+    elif isinstance(spec, list) and not 2 <= len(spec) <= 4:
+        raise ValueError(f"a list spec is [x_shape, w_shape[, stride[, pad]]], got {spec!r}")
+    elif not isinstance(spec, (dict, list)):
+        raise ValueError(f"a layer spec must be a JSON object or list, got {spec!r}")
+    try:
+        _tuning().layer_spec(spec, "float32")
+    except TypeError as err:
+        raise ValueError(str(err)) from None
 
 
 def _label(spec, i):
