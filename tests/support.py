@@ -112,3 +112,16 @@ def skip_unless_supported(path, spec):
 # child started in the repo root imports the installed fastconv (the source
 # folder fastconv/ alone lacks fastconv.kernels, which installs from kernels/).
 PYTHON = [sys.executable, "-P"]
+
+
+def pool_through_entry(x, dout, spec, path):
+    """(out, dx, indices or None) of the pooling ``spec`` describes, through the checked
+    entry points (``functional.pool_forward``/``pool_backward``) on ``path``; max
+    pooling asks for the indices."""
+    from fastconv import functional as F
+
+    want = spec.mode == "max"
+    result = F.pool_forward(x, *spec.pool_hw, spec.stride, spec.pad, spec.mode, backend=path,
+                            return_indices=want, **spec.options)
+    out, indices, saved = result if want else (result[0], None, result[1])
+    return out, F.pool_backward(dout, saved), indices

@@ -10,7 +10,7 @@ import pytest
 from gradcheck import numerical_gradient, rel_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import GENERAL_PATHS, assert_close, skip_unless_supported
+from support import GENERAL_PATHS, assert_close, pool_through_entry, skip_unless_supported
 
 import fastconv
 from fastconv import Pooling, pool2d, pool_spec
@@ -48,18 +48,11 @@ def _arrays(case, dtype, seed=0):
     return x, dout, spec
 
 
-def _run(x, dout, spec, path):
-    """(out, dx, indices or None) through the checked entry points."""
-    want = spec.mode == "max"
-    result = F.pool_forward(x, *spec.pool_hw, spec.stride, spec.pad, spec.mode, backend=path,
-                            return_indices=want, **spec.options)
-    out, indices, saved = result if want else (result[0], None, result[1])
-    return out, F.pool_backward(dout, saved), indices
 
 
 def _oracle(x, dout, spec):
     """The naive path in float64 (indices from the same values), cast back to x's dtype."""
-    out, dx, indices = _run(x.astype(np.float64), dout.astype(np.float64), spec, "naive")
+    out, dx, indices = pool_through_entry(x.astype(np.float64), dout.astype(np.float64), spec, "naive")
     return out.astype(x.dtype), dx.astype(x.dtype), indices
 
 
@@ -215,7 +208,7 @@ def test_return_indices_follow_pytorchs_convention(path):
 def test_every_option_matches_naive(path, case, dtype):
     x, dout, spec = _arrays(case, dtype)
     skip_unless_supported(path, spec)
-    out, dx, indices = _run(x, dout, spec, path)
+    out, dx, indices = pool_through_entry(x, dout, spec, path)
     out_ref, dx_ref, indices_ref = _oracle(x, dout, spec)
     assert out.shape == spec.out_shape and dx.shape == x.shape
     assert_close(out, out_ref, "out")
@@ -237,8 +230,8 @@ def test_non_finite_values_propagate_as_in_naive(path, case, fill):
         dout[rng.random(dout.shape) < 0.1] = np.inf
     else:
         x[:] = -np.inf
-    out, dx, indices = _run(x, dout, spec, path)
-    out_ref, dx_ref, indices_ref = _run(x, dout, spec, "naive")
+    out, dx, indices = pool_through_entry(x, dout, spec, path)
+    out_ref, dx_ref, indices_ref = pool_through_entry(x, dout, spec, "naive")
     np.testing.assert_allclose(out, out_ref, rtol=1e-12, atol=0, equal_nan=True)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=0, equal_nan=True)
     if spec.mode == "max":
@@ -257,7 +250,7 @@ def test_float64_gradients_match_finite_differences(path, case):
 
     # standard normal values: ties in a max window have probability zero, and a step of
     # 1e-5 does not change which cell wins
-    analytic = _run(x, dout, spec, path)[1]
+    analytic = pool_through_entry(x, dout, spec, path)[1]
     numeric = numerical_gradient(loss, x)
     assert rel_error(analytic, numeric) < 1e-7
 
@@ -296,7 +289,7 @@ def test_unbatched_input_and_float16_take_the_options(path, case):
 def test_float32_stays_float32(path, case):
     x, dout, spec = _arrays(case, np.float32)
     skip_unless_supported(path, spec)
-    out, dx, indices = _run(x, dout, spec, path)
+    out, dx, indices = pool_through_entry(x, dout, spec, path)
     assert out.dtype == np.float32 and dx.dtype == np.float32
     assert indices is None or indices.dtype == np.int64
 
@@ -366,7 +359,7 @@ def test_random_options_match_naive(fast_path, case):
     rng = np.random.default_rng(case["seed"])
     x = rng.standard_normal(spec.x_shape).astype(case["dtype"])
     dout = rng.standard_normal(spec.out_shape).astype(case["dtype"])
-    out, dx, indices = _run(x, dout, spec, fast_path)
+    out, dx, indices = pool_through_entry(x, dout, spec, fast_path)
     out_ref, dx_ref, indices_ref = _oracle(x, dout, spec)
     assert_close(out, out_ref, "out")
     assert_close(dx, dx_ref, "dx")
@@ -444,7 +437,7 @@ def test_pytorch_agrees(path, case):
         pytest.skip("PyTorch's pooling with indices allows pad <= kernel_size/2 only")
     t, ref, ref_indices = _torch_case(x, spec)
     ref.backward(pytest.importorskip("torch").tensor(dout))
-    out, dx, indices = _run(x, dout, spec, path)
+    out, dx, indices = pool_through_entry(x, dout, spec, path)
     assert_close(out, ref.detach().numpy(), "out")
     assert_close(dx, t.grad.numpy(), "dx")
     if indices is not None:
@@ -464,7 +457,7 @@ def test_random_options_match_pytorch(case):
     dout = rng.standard_normal(spec.out_shape)
     t, ref, ref_indices = _torch_case(x, spec)
     ref.backward(torch.tensor(dout))
-    out, dx, indices = _run(x, dout, spec, "naive")
+    out, dx, indices = pool_through_entry(x, dout, spec, "naive")
     assert out.shape == tuple(ref.shape)
     assert_close(out, ref.detach().numpy(), "out")
     assert_close(dx, t.grad.numpy(), "dx")

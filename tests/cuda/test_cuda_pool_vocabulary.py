@@ -4,7 +4,7 @@ examples. Shapes are tiny because the simulator runs every CUDA thread as a
 Python thread."""
 import numpy as np
 import pytest
-from support import assert_close
+from support import assert_close, pool_through_entry
 from cuda_support import DTYPES, skip_without_cuda
 
 from fastconv import Pooling, pool2d, pool_spec
@@ -27,12 +27,6 @@ CASES = {
 }
 
 
-def _run(x, dout, spec, path):
-    want = spec.mode == "max"
-    result = F.pool_forward(x, *spec.pool_hw, spec.stride, spec.pad, spec.mode, backend=path,
-                            return_indices=want, **spec.options)
-    out, indices, saved = result if want else (result[0], None, result[1])
-    return out, F.pool_backward(dout, saved), indices
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -43,8 +37,8 @@ def test_options_match_naive(case, dtype):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(dtype)
     dout = rng.standard_normal(spec.out_shape).astype(dtype)
-    out, dx, indices = _run(x, dout, spec, "cuda")
-    out_ref, dx_ref, indices_ref = _run(x.astype(np.float64), dout.astype(np.float64), spec,
+    out, dx, indices = pool_through_entry(x, dout, spec, "cuda")
+    out_ref, dx_ref, indices_ref = pool_through_entry(x.astype(np.float64), dout.astype(np.float64), spec,
                                         "naive")
     assert out.dtype == dtype and dx.dtype == dtype             # float32 stays float32
     assert_close(out, out_ref.astype(dtype), "out")
