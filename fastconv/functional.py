@@ -15,7 +15,8 @@ import numpy as np
 
 from . import backends, tuner
 from .geometry import _as_int, resolve_padding
-from .spec import FLOAT_DTYPES, POOL_MODES, ConvSpec, PoolSpec, conv_spec, pool_spec
+from .spec import (FLOAT_DTYPES, POOL_MODES, ConvSpec, PoolSpec, check_return_indices, conv_spec,
+                   pool_spec)
 
 MODES = POOL_MODES
 # an int, or an (h, w) pair
@@ -358,18 +359,13 @@ def pool_forward(x: np.ndarray, pool_h: int, pool_w: int, stride: Pair | None = 
     :func:`pool2d` returns them. The other keywords are :func:`pool2d`'s.
     """
     x = check_array(x, "x", (3, 4), "(N, C, H, W) or one image (C, H, W)")
-    if not isinstance(return_indices, (bool, np.bool_)):
-        raise TypeError(f"return_indices must be True or False, got {return_indices!r} "
-                        f"({type(return_indices).__name__})")
     restore = None
     if x.ndim == 3 or x.dtype == HALF:
         (x,), restore = _adapt((x,))
     spec = pool_spec(x.shape, pool_h, pool_w, stride, pad, mode, x.dtype, rounding,
                      ceil_mode=ceil_mode, count_include_pad=count_include_pad,
                      divisor_override=divisor_override, dilation=dilation)
-    if return_indices and spec.mode != "max":
-        raise ValueError(f"return_indices=True needs mode='max': average pooling has no "
-                         f"maximum to point at (x.shape={tuple(x.shape)})")
+    check_return_indices(spec.mode, return_indices, f" (x.shape={tuple(x.shape)})")
     module, path = _path_for(backend, spec, not isinstance(x, np.ndarray))
     out, cache = module.pool_forward(x, spec)
     if restore is not None:

@@ -26,6 +26,14 @@ def as_pair(value, name):
     return v, v
 
 
+def check_dilation(dilation) -> tuple[int, int]:
+    """``dilation`` (an int or an (h, w) pair) as a pair of ints >= 1."""
+    pair = as_pair(dilation, "dilation")
+    if min(pair) < 1:
+        raise ValueError(f"dilation must be >= 1, got {pair}")
+    return pair
+
+
 def check_rounding(rounding):
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
@@ -174,11 +182,9 @@ def resolve_padding(pad, hw, filter_hw, stride=1, dilation=1):
     if pad == "valid":
         return (0, 0), (0, 0)
     if pad == "same":
-        stride, dilation = as_pair(stride, "stride"), as_pair(dilation, "dilation")
+        stride, dilation = as_pair(stride, "stride"), check_dilation(dilation)
         if min(stride) < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
-        if min(dilation) < 1:
-            raise ValueError(f"dilation must be >= 1, got {dilation}")
         return tuple(same_padding(int(n), int(f), s, d)
                      for n, f, s, d in zip(hw, filter_hw, stride, dilation))
     if isinstance(pad[0], tuple):

@@ -12,8 +12,8 @@ import numpy as np
 
 from . import functional as F
 from .functional import check_backend
-from .geometry import _as_int, as_pair, check_ceil_rounding, check_padding, check_rounding
-from .spec import _stride_pad, check_pool_options
+from .geometry import _as_int, as_pair, check_ceil_rounding, check_dilation, check_padding, check_rounding
+from .spec import _stride_pad, check_groups, check_pool_options, check_return_indices
 
 
 def _check_params(W, b, w_layout, b_name, n_out):
@@ -88,12 +88,7 @@ class Convolution(Layer):
         # checked now, so a bad layer fails where it is made, not at its first forward
         self.stride, _ = _stride_pad(stride, 0)
         self.pad = check_padding(pad)
-        self.dilation = as_pair(dilation, "dilation")
-        if min(self.dilation) < 1:
-            raise ValueError(f"dilation must be >= 1, got {self.dilation}")
-        self.groups = _as_int(groups, "groups")
-        if self.groups < 1:
-            raise ValueError(f"groups must be >= 1, got {self.groups}")
+        self.dilation, self.groups = check_dilation(dilation), check_groups(groups)
         if W.shape[0] % self.groups:
             raise ValueError(f"groups={self.groups} must divide the number of filters "
                              f"FN={W.shape[0]} (W.shape={tuple(W.shape)})")
@@ -189,12 +184,7 @@ class Pooling(Layer):
         self.mode = mode
         self.ceil_mode, self.count_include_pad, self.divisor_override, self.dilation = \
             check_pool_options(mode, ceil_mode, count_include_pad, divisor_override, dilation)
-        if not isinstance(return_indices, (bool, np.bool_)):
-            raise TypeError(f"return_indices must be True or False, got {return_indices!r}")
-        if return_indices and mode != "max":
-            raise ValueError("return_indices=True needs mode='max': average pooling has no "
-                             "maximum to point at")
-        self.return_indices = bool(return_indices)
+        self.return_indices = check_return_indices(mode, return_indices)
         self.indices = None
         self.backend = check_backend(backend)
         self.rounding = check_rounding(rounding)

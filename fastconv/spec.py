@@ -19,7 +19,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .geometry import _as_int, as_pair, check_ceil_rounding, check_rounding, output_hw, pool_output_hw
+from .geometry import (_as_int, as_pair, check_ceil_rounding, check_dilation, check_rounding,
+                       output_hw, pool_output_hw)
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 POOL_MODES = ("max", "avg")
@@ -158,11 +159,7 @@ def _stride_pad(stride, pad) -> tuple[tuple[int, int], tuple[int, int]]:
 def _conv_spec(x_shape, w_shape, stride, pad, dtype, rounding, dilation, groups) -> ConvSpec:
     x_shape = _shape(x_shape, "x", "(N, C, H, W)")
     w_shape = _shape(w_shape, "W", "(FN, C, FH, FW)")
-    dilation, groups = as_pair(dilation, "dilation"), _as_int(groups, "groups")
-    if min(dilation) < 1:
-        raise ValueError(f"dilation must be >= 1, got {dilation}")
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
+    dilation, groups = check_dilation(dilation), check_groups(groups)
     C, FN = x_shape[1], w_shape[0]
     if groups == 1 and C != w_shape[1]:
         raise ValueError(
@@ -184,6 +181,14 @@ def _conv_spec(x_shape, w_shape, stride, pad, dtype, rounding, dilation, groups)
     out_hw = output_hw(x_shape[2:], w_shape[2:], stride, pad, check_rounding(rounding),
                        "W's filter", dilation)
     return ConvSpec(x_shape, w_shape, stride, pad, out_hw, _dtype(dtype), dilation, groups)
+
+
+def check_groups(groups) -> int:
+    """``groups`` as an int >= 1 (whether it divides C and FN needs the shapes: the spec checks)."""
+    groups = _as_int(groups, "groups")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    return groups
 
 
 def conv_spec(x_shape, w_shape, stride=1, pad=0, dtype="float32", rounding="floor", *,
@@ -227,9 +232,7 @@ def check_pool_options(mode, ceil_mode=False, count_include_pad=True, divisor_ov
         divisor_override = _as_int(divisor_override, "divisor_override")
         if divisor_override < 1:
             raise ValueError(f"divisor_override must be an int >= 1 or None, got {divisor_override}")
-    dilation = as_pair(dilation, "dilation")
-    if min(dilation) < 1:
-        raise ValueError(f"dilation must be >= 1, got {dilation}")
+    dilation = check_dilation(dilation)
     if mode == "avg" and dilation != (1, 1):
         raise ValueError(f"dilation {dilation} applies to max pooling only; average pooling "
                          f"has no dilation (PyTorch's avg_pool2d neither)")
@@ -239,6 +242,18 @@ def check_pool_options(mode, ceil_mode=False, count_include_pad=True, divisor_ov
             f"max pooling takes neither (got count_include_pad={count_include_pad}, "
             f"divisor_override={divisor_override})")
     return ceil_mode, count_include_pad, divisor_override, dilation
+
+
+def check_return_indices(mode, return_indices, where: str = "") -> bool:
+    """``return_indices`` as a bool, refused with average pooling; ``where`` ends the
+    message (e.g. the input's shape)."""
+    if not isinstance(return_indices, (bool, np.bool_)):
+        raise TypeError(f"return_indices must be True or False, got {return_indices!r} "
+                        f"({type(return_indices).__name__})")
+    if return_indices and mode != "max":
+        raise ValueError(f"return_indices=True needs mode='max': average pooling has no "
+                         f"maximum to point at{where}")
+    return bool(return_indices)
 
 
 def _padding_only_window(size, stride, pad, dilation, out):
