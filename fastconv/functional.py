@@ -16,7 +16,7 @@ import numpy as np
 from . import backends, tuner
 from .geometry import _as_int, resolve_padding
 from .spec import (FLOAT_DTYPES, POOL_MODES, ConvSpec, PoolSpec, check_return_indices, conv_spec,
-                   pool_spec)
+                   pool_spec, without_input_grad)
 
 MODES = POOL_MODES
 # an int, or an (h, w) pair
@@ -156,12 +156,18 @@ def check_backend(backend: str) -> str:
 
 def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pair = 1,
                  pad: Padding = 0, rounding: str = "floor", backend: str = "auto",
-                 dilation: Pair = 1, groups: int = 1) -> tuple[np.ndarray, Saved]:
+                 dilation: Pair = 1, groups: int = 1, *,
+                 input_grad: bool = True) -> tuple[np.ndarray, Saved]:
     """Checked convolution forward -> (out, saved); ``saved`` feeds conv_backward.
 
     x: (N, C, H, W), W: (FN, C // groups, FH, FW), b: (FN,) or None -> out
     (N, FN, OH, OW). pad takes every form :func:`conv2d` does.
+    input_grad=False: the backward of this call computes dW and db only and
+    returns None for dx (a network's first layer: nothing below it takes dx,
+    which costs about as much as dW); "auto" then times that backward.
     """
+    if input_grad is not True and input_grad is not False:
+        raise TypeError(f"input_grad must be True or False, got {input_grad!r}")
     x = check_array(x, "x", (3, 4), "(N, C, H, W) or one image (C, H, W)")
     W = check_array(W, "W", 4, "(FN, C, FH, FW)")
     if b is None:
@@ -176,6 +182,8 @@ def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pai
         (x, W, b), restore = _adapt((x, W, b))
     spec, excess = lowered_conv_spec(x.shape, W.shape, stride, pad, x.dtype, rounding,
                                      dilation, groups)
+    if not input_grad:
+        spec = without_input_grad(spec)
     on_device = not isinstance(x, np.ndarray) or not isinstance(W, np.ndarray)
     if excess is not None:
         if on_device:
@@ -301,18 +309,21 @@ def _check_dout(dout, saved: Saved):
     return dout
 
 
-def conv_backward(dout: np.ndarray, saved: Saved) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dout: (N, FN, OH, OW) -> (dx, dW, db) on the path forward used."""
+def conv_backward(dout: np.ndarray, saved: Saved,
+                  ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """dout: (N, FN, OH, OW) -> (dx, dW, db) on the path forward used; dx is None when
+    forward ran with ``input_grad=False``."""
     dout = _check_dout(dout, saved)
     dx, dW, db = backends.get_path(saved.path).conv_backward(dout, saved.cache)
-    if saved.excess is not None:
+    if dx is not None and saved.excess is not None:
         # the gradient of the zeros forward added to x is dropped
         (top, bottom), (left, right) = saved.excess
         H, W = dx.shape[2] - top - bottom, dx.shape[3] - left - right
         dx = np.ascontiguousarray(dx[:, :, top:top + H, left:left + W])
     r = saved.restore
     if r is not None:
-        dx = _restored(dx, r.grad_dtypes[0], r.unbatched)
+        if dx is not None:
+            dx = _restored(dx, r.grad_dtypes[0], r.unbatched)
         dW, db = (_restored(g, d, False) for g, d in zip((dW, db), r.grad_dtypes[1:]))
     return dx, dW, db
 

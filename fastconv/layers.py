@@ -74,7 +74,10 @@ class Convolution(Layer):
     ``fastconv.conv2d``); groups divides C and FN. ``backend`` picks the
     compute path ("auto", "naive", "im2col", "direct", "winograd", "cuda");
     ``path`` tells which one ran last, and ``path_counts`` how many forward
-    calls ran on each path.
+    calls ran on each path. ``needs_input_grad = False`` makes the next
+    forward/backward pair set ``dW`` and ``db`` only, backward returning None:
+    a network's first layer has no layer below to take dx, and dx costs about
+    as much as dW (``Network`` sets it on its first layer).
     """
 
     def __init__(self, W: np.ndarray, b: np.ndarray | None = None, stride: F.Pair = 1,
@@ -96,6 +99,7 @@ class Convolution(Layer):
         self.rounding = check_rounding(rounding)
         self.dW = self.db = None
         self.bias = True
+        self.needs_input_grad = True
         self.path = None
         self.path_counts = Counter()
         self._saved = None
@@ -141,7 +145,8 @@ class Convolution(Layer):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._saved = F.conv_forward(x, self.W, self.b, self.stride, self.pad,
-                                          self.rounding, self.backend, self.dilation, self.groups)
+                                          self.rounding, self.backend, self.dilation, self.groups,
+                                          input_grad=self.needs_input_grad)
         self.path = self._saved.path
         self.path_counts[self.path] += 1
         return out

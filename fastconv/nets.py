@@ -68,6 +68,9 @@ class Network:
 
     def _add(self, name, layer, W=None, b=None):
         """Append a layer; W and b name its parameters in ``params``."""
+        if not self.layers and isinstance(layer, Convolution):
+            # nothing below the first layer takes its dx: backward skips it
+            layer.needs_input_grad = False
         self.layers[name] = layer
         for attr, key in (("W", W), ("b", b)):
             if key is not None:

@@ -14,6 +14,7 @@ pays for no checking at all.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -32,6 +33,8 @@ class ConvSpec:
 
     x_shape (N, C, H, W); w_shape (FN, C // groups, FH, FW); stride, pad,
     dilation: (h, w) pairs; out_hw: (OH, OW); dtype: float32 or float64.
+    input_grad: whether backward computes dx; False for a network's first
+    layer, which has no layer below to take it (dx costs about as much as dW).
     """
 
     x_shape: tuple[int, int, int, int]
@@ -42,6 +45,7 @@ class ConvSpec:
     dtype: np.dtype
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
+    input_grad: bool = True
 
     op = "conv"
 
@@ -74,7 +78,8 @@ class ConvSpec:
         extra = "" if self.dilation == (1, 1) else f" dilation={self.dilation}"
         extra += "" if self.groups == 1 else f" groups={self.groups}"
         return (f"conv x={self.x_shape} W={self.w_shape} stride={self.stride} pad={self.pad}"
-                f"{extra} {self.dtype.name} -> out {self.out_shape}")
+                f"{extra} {self.dtype.name} -> out {self.out_shape}"
+                f"{'' if self.input_grad else ', no dx'}")
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,12 @@ def _conv_spec(x_shape, w_shape, stride, pad, dtype, rounding, dilation, groups)
     out_hw = output_hw(x_shape[2:], w_shape[2:], stride, pad, check_rounding(rounding),
                        "W's filter", dilation)
     return ConvSpec(x_shape, w_shape, stride, pad, out_hw, _dtype(dtype), dilation, groups)
+
+
+@lru_cache(maxsize=512)
+def without_input_grad(spec: ConvSpec) -> ConvSpec:
+    """``spec`` with ``input_grad=False``: backward computes dW and db only."""
+    return dataclasses.replace(spec, input_grad=False)
 
 
 def check_groups(groups) -> int:

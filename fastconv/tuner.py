@@ -201,7 +201,7 @@ def current_threads() -> int:
 
 
 def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None, *,
-             dilation=1, groups=1, options=None) -> dict:
+             dilation=1, groups=1, options=None, input_grad=True) -> dict:
     """The cache key as a dict of plain JSON values.
 
     op: "conv" or "pool". x_shape: (N, C, H, W), whose batch N is stored as
@@ -213,13 +213,16 @@ def make_key(op, x_shape, w_shape, stride, pad, dtype, threads=None, mode=None, 
     options (ceil_mode, count_include_pad, divisor_override, dilation), enter
     the key only when they differ from their defaults, under their own names:
     plain layers keep the keys (and files) they always had, and a dilated,
-    grouped or optioned layer never shares a plain one's choice.
+    grouped or optioned layer never shares a plain one's choice. So does
+    ``input_grad`` (False: a backward without dx, timed as such).
     """
     extra = {}
     if as_pair(dilation, "dilation") != (1, 1):
         extra["dilation"] = list(as_pair(dilation, "dilation"))
     if int(groups) != 1:
         extra["groups"] = int(groups)
+    if not input_grad:
+        extra["input_grad"] = False
     key = {
         "op": op,
         "x_shape": [batch_bucket(int(x_shape[0]))] + [int(s) for s in x_shape[1:]],
@@ -240,7 +243,8 @@ def spec_key(spec: ConvSpec | PoolSpec, threads=None) -> dict:
     """make_key for a spec."""
     if spec.op == "conv":
         return make_key("conv", spec.x_shape, spec.w_shape, spec.stride, spec.pad, spec.dtype,
-                        threads, dilation=spec.dilation, groups=spec.groups)
+                        threads, dilation=spec.dilation, groups=spec.groups,
+                        input_grad=spec.input_grad)
     options = {name: value for name, value in spec.options.items()
                if value != POOL_DEFAULTS[name]}
     return make_key("pool", spec.x_shape, spec.pool_hw, spec.stride, spec.pad, spec.dtype,

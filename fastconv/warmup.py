@@ -26,7 +26,7 @@ from . import functional as F
 from . import tuner
 from .kernels._jit import CompileNotice
 from .layers import Convolution, Dropout, Pooling, Relu, Sigmoid
-from .spec import ConvSpec, PoolSpec, conv_spec, pool_spec
+from .spec import ConvSpec, PoolSpec, conv_spec, pool_spec, without_input_grad
 
 # Images per warm-up call: two, so the im2col path's multi-image layouts
 # (images side by side) are compiled as well as its one-image layout.
@@ -69,6 +69,8 @@ def _chain(layers, x_shape, dtype):
             # an unequal pad runs as x padded by the excess: the spec the kernels see
             spec = F.lowered_conv_spec(x_shape, lay.W.shape, lay.stride, lay.pad, dtype,
                                        lay.rounding, lay.dilation, lay.groups)[0]
+            if not lay.needs_input_grad:
+                spec = without_input_grad(spec)
         elif isinstance(lay, Pooling):
             spec = pool_spec(x_shape, lay.pool_h, lay.pool_w, lay.stride, lay.pad, lay.mode,
                              dtype, lay.rounding, **lay.options)
@@ -131,8 +133,9 @@ def _resize(spec, n):
     """The same layer at batch n."""
     x_shape = (n, *spec.x_shape[1:])
     if spec.op == "conv":
-        return conv_spec(x_shape, spec.w_shape, spec.stride, spec.pad, spec.dtype,
-                         dilation=spec.dilation, groups=spec.groups)
+        resized = conv_spec(x_shape, spec.w_shape, spec.stride, spec.pad, spec.dtype,
+                            dilation=spec.dilation, groups=spec.groups)
+        return resized if spec.input_grad else without_input_grad(resized)
     return pool_spec(x_shape, *spec.pool_hw, spec.stride, spec.pad, spec.mode, spec.dtype,
                      **spec.options)
 
@@ -146,7 +149,8 @@ def _run_once(spec, path, seed=0):
         W = rng.standard_normal(spec.w_shape).astype(spec.dtype)
         b = np.zeros(spec.w_shape[0], spec.dtype)
         _, saved = F.conv_forward(x, W, b, spec.stride, spec.pad, backend=path,
-                                  dilation=spec.dilation, groups=spec.groups)
+                                  dilation=spec.dilation, groups=spec.groups,
+                                  input_grad=spec.input_grad)
         F.conv_backward(dout, saved)
     else:
         _, saved = F.pool_forward(x, *spec.pool_hw, spec.stride, spec.pad, spec.mode,

@@ -10,7 +10,8 @@ by ``tests/test_kernel_contract.py``:
 - ``supports(spec) -> bool``: whether it runs this ``ConvSpec``/``PoolSpec``;
   "auto" skips a path that does not, and asking for it is a ``ValueError``;
 - ``conv_forward(x, W, b, spec) -> (out, cache)``;
-- ``conv_backward(dout, cache) -> (dx, dW, db)``;
+- ``conv_backward(dout, cache) -> (dx, dW, db)``; dx is None, and its work
+  skipped, when the spec's ``input_grad`` is False (a network's first layer);
 - ``pool_forward(x, spec) -> (out, cache)``;
 - ``pool_backward(dout, cache) -> dx``;
 - ``plan(spec) -> dict``: how the path will compute ``spec`` (what

@@ -574,7 +574,10 @@ def _launch_conv_forward(out, x, W, b, stride, pad, kernel="tiled", dilation=(1,
 
 
 def conv_backward(dout, cache):
-    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C/groups, FH, FW), db: (FN,)."""
+    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C/groups, FH, FW), db: (FN,).
+
+    dx is None, and its kernel is not launched, when ``spec.input_grad`` is False.
+    """
     xd, Wd, spec = cache
     (sh, sw), (ph, pw), (dh, dw) = spec.stride, spec.pad, spec.dilation
     groups = spec.groups
@@ -585,13 +588,15 @@ def conv_backward(dout, cache):
     N, C, H, W_ = xd.shape
     FN, Cg, FH, FW = Wd.shape
     OH, OW = dout.shape[2], dout.shape[3]
-    dx = cuda.device_array((N, C, H, W_), dtype=dtype)
     dW = cuda.device_array((FN, Cg, FH, FW), dtype=dtype)
     db = cuda.device_array((FN,), dtype=dtype)
-    _launch_1d(k["conv_dx"], N * C * H * W_, dd, Wd, dx, sh, sw, ph, pw, dh, dw, groups)
     threads = _reduce_threads(N * OH * OW)
     k["conv_dw"][FN * Cg, threads](xd, dd, dW, sh, sw, ph, pw, dh, dw, groups)
     k["conv_db"][FN, threads](dd, db)
+    if not spec.input_grad:
+        return (None, *_returned((dW, db), device_call))
+    dx = cuda.device_array((N, C, H, W_), dtype=dtype)
+    _launch_1d(k["conv_dx"], N * C * H * W_, dd, Wd, dx, sh, sw, ph, pw, dh, dw, groups)
     return _returned((dx, dW, db), device_call)
 
 

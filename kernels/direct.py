@@ -920,8 +920,12 @@ def _conv_db(sums):
 
 @one_launch_at_a_time
 def conv_backward(dout, cache):
-    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C/groups, FH, FW), db: (FN,)."""
+    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C/groups, FH, FW), db: (FN,).
+
+    dx is None, and its kernels do not run, when ``spec.input_grad`` is False.
+    """
     xq, W, spec, Hq, Wq = cache
+    need_dx = spec.input_grad
     (sh, sw), (ph, pw), (OH, OW) = spec.stride, spec.pad, spec.out_hw
     (dh, dw), G = spec.dilation, spec.groups
     N, C, H, Wd = spec.x_shape
@@ -932,25 +936,30 @@ def conv_backward(dout, cache):
     # rows: dout shifted down by Ty-1, plus what the last dx row of any phase reads
     Hd = max(OH, (ph + H - 1) // sh + 1) + Ty
     step = _tap_step(sw, dw)
-    if _is_depthwise(spec) and _all_finite(W):
+    depthwise = _is_depthwise(spec)
+    # a depthwise convolution with a weight that is not finite runs the general
+    # dx loops: they sum only the terms the naive path has
+    depthwise_dx = need_dx and depthwise and _all_finite(W)
+    dx = None
+    if depthwise_dx:
         m = FN // C
         ops, starts = _backward_ops(m, FH, FW, sh, sw, Wq, Ty, Tx, dh, dw)
         dx = _depthwise_dx(dout, W.reshape(C, m * FH * FW), ops, starts, C, H, Wd, sh, sw, ph,
                            pw, Wq, Hd, Ty, Tx, _phases(sh, EH), _phases(sw, EW), step)
-    else:
-        # (a depthwise convolution with a weight that is not finite comes here
-        # too: the general loops sum only the terms the naive path has)
-        RB = _rows_per_block(Wq, dout.itemsize)
-        nrb = _dx_row_blocks(H, sh, RB)
-        # per group: (Cg, FNg*FH*FW), dx channel c's weights over the group's filters
-        Wt = W.reshape(G, FN // G, Cg, FH * FW).transpose(0, 2, 1, 3)
-        wt = _weight_blocks(np.ascontiguousarray(Wt).reshape(C, FN // G * FH * FW), G)
-        ops, starts = _backward_ops(FN // G, FH, FW, sh, sw, Wq, Ty, Tx, dh, dw)
+    elif need_dx or not depthwise:
+        # dout in bordered planes: read by the general dx loops and the general dW
         scratch = _workspace.get(N * FN * Hd * Wq, dout.dtype).reshape(N, FN, Hd * Wq)
         dp, sums = _dout_planes(dout, Ty, Tx, Wq, scratch)
-        dx = _conv_dx(dp, wt, ops, starts, C, H, Wd, sh, sw, ph, pw, Wq, RB, nrb, EH, EW, OH,
-                      OW, G, step)
-    if _is_depthwise(spec):
+        if need_dx:
+            RB = _rows_per_block(Wq, dout.itemsize)
+            nrb = _dx_row_blocks(H, sh, RB)
+            # per group: (Cg, FNg*FH*FW), dx channel c's weights over the group's filters
+            Wt = W.reshape(G, FN // G, Cg, FH * FW).transpose(0, 2, 1, 3)
+            wt = _weight_blocks(np.ascontiguousarray(Wt).reshape(C, FN // G * FH * FW), G)
+            ops, starts = _backward_ops(FN // G, FH, FW, sh, sw, Wq, Ty, Tx, dh, dw)
+            dx = _conv_dx(dp, wt, ops, starts, C, H, Wd, sh, sw, ph, pw, Wq, RB, nrb, EH, EW,
+                          OH, OW, G, step)
+    if depthwise:
         dW, db = _depthwise_dw(xq, dout, _depthwise_taps(FH, FW, sh, sw, dh, dw, Wq,
                                                          _phases(sw, EW)), FN // C, FH, FW, Wq)
         return dx, dW, db

@@ -435,8 +435,10 @@ def conv_backward(dout, cache):
     The unrolled matrix is rebuilt from x rather than kept from forward, so
     memory between forward and backward stays at the size of x. With groups,
     every product below is one product per group on the group's blocks.
+    ``spec.input_grad`` False: dx is None; the product for dcol and col2im are skipped.
     """
     x, W, spec = cache
+    need_dx = spec.input_grad
     N, C = x.shape[:2]
     FN, Cg, FH, FW = W.shape
     G = spec.groups
@@ -450,13 +452,15 @@ def conv_backward(dout, cache):
     Kg = Cg * FH * FW
     dout3 = dout.reshape(N, FN, P)
     W_t = W.reshape(FN, Kg).T                    # BLAS reads the transpose in place
-    dx = np.zeros(x.shape, dtype=x.dtype)
+    dx = np.zeros(x.shape, dtype=x.dtype) if need_dx else None
 
     if not _unrolls(spec):
         x3 = x.reshape(N, C, P)
-        dx3 = dx.reshape(N, C, P)
-        for g in range(G):
-            np.matmul(W_t[:, _block(g, FNg)], dout3[:, _block(g, FNg)], out=dx3[:, _block(g, Cg)])
+        if need_dx:
+            dx3 = dx.reshape(N, C, P)
+            for g in range(G):
+                np.matmul(W_t[:, _block(g, FNg)], dout3[:, _block(g, FNg)],
+                          out=dx3[:, _block(g, Cg)])
         dW = np.zeros((FN, Cg), dtype=x.dtype)
         part = _workspace.get(FN * Cg, x.dtype, slot=1).reshape(FN, Cg)
         for n in range(N):
@@ -490,6 +494,8 @@ def conv_backward(dout, cache):
             np.matmul(dout_t[_block(g, FNg)], col_t[:, _block(g, Kw)], out=target[_block(g, FNg)])
         if target is not dWb:
             dWb += target
+        if not need_dx:
+            continue
         # col is no longer needed: its memory takes dcol = W^T @ dout_t
         dcol = col[:K * cols]
         dcol2 = dcol.reshape(K, cols)

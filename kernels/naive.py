@@ -103,8 +103,12 @@ def conv_forward(x, W, b, spec):
 
 
 def conv_backward(dout, cache):
-    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C // groups, FH, FW), db: (FN,)."""
+    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C // groups, FH, FW), db: (FN,).
+
+    dx is None, and not computed, when ``spec.input_grad`` is False.
+    """
     x, W, spec = cache
+    need_dx = spec.input_grad
     N = x.shape[0]
     FN, Cg, FH, FW = W.shape
     G = spec.groups
@@ -112,7 +116,7 @@ def conv_backward(dout, cache):
     OH, OW = spec.out_hw
     pad = spec.pad
     xp = _pad(x, pad)
-    dxp = np.zeros(xp.shape, dtype=x.dtype)
+    dxp = np.zeros(xp.shape, dtype=x.dtype) if need_dx else None
     w_rows = W.reshape(FN, Cg * FH * FW)
     dw_rows = np.zeros_like(w_rows)
     for gr in range(G):
@@ -123,9 +127,11 @@ def conv_backward(dout, cache):
                     g = dout[n, filters, i, j]                 # (FN // groups,)
                     rows, cols = _window(i, j, spec)
                     dw_rows[filters] += np.outer(g, xp[n, chans, rows, cols].reshape(-1))
-                    dxp[n, chans, rows, cols] += (g @ w_rows[filters]).reshape(Cg, FH, FW)
+                    if need_dx:
+                        dxp[n, chans, rows, cols] += (g @ w_rows[filters]).reshape(Cg, FH, FW)
     db = dout.sum(axis=(0, 2, 3))
-    return _unpad(dxp, pad, x.shape), dw_rows.reshape(W.shape), db
+    dx = _unpad(dxp, pad, x.shape) if need_dx else None
+    return dx, dw_rows.reshape(W.shape), db
 
 
 # --------------------------------------------------------------------- pooling

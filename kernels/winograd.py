@@ -440,7 +440,10 @@ def _conv_dw(dout, x, pad, m):
 
 @one_launch_at_a_time
 def conv_backward(dout, cache):
-    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, 3, 3), db: (FN,)."""
+    """dout: (N, FN, OH, OW) -> dx: (N, C, H, W), dW: (FN, C, 3, 3), db: (FN,).
+
+    dx is None, and not computed, when ``spec.input_grad`` is False.
+    """
     if isinstance(cache, _Fallback):
         return im2col.conv_backward(dout, cache.inner)
     x, W, spec, m = cache
@@ -449,10 +452,12 @@ def conv_backward(dout, cache):
         return im2col.conv_backward(dout, im2col.ConvCache(x, W, spec))
     ph, pw = spec.pad
     H, Wd = spec.x_shape[2:]
-    # dx: dout padded by 2 - pad, filters rotated 180 degrees, channels swapped
-    W_rot = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    no_bias = np.zeros(W.shape[1], dtype=x.dtype)
-    dx = _correlate(dout, W_rot, no_bias, (2 - ph, 2 - pw), (H, Wd), _tile_for((H, Wd)))
+    dx = None
+    if spec.input_grad:
+        # dx: dout padded by 2 - pad, filters rotated 180 degrees, channels swapped
+        W_rot = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        no_bias = np.zeros(W.shape[1], dtype=x.dtype)
+        dx = _correlate(dout, W_rot, no_bias, (2 - ph, 2 - pw), (H, Wd), _tile_for((H, Wd)))
     dW = _conv_dw(dout, x, spec.pad, m)
     db = dout.sum(axis=(0, 2, 3))
     return dx, dW, db

@@ -9,6 +9,7 @@ from cuda_support import DTYPES, FORWARD_KERNELS, SIMULATOR, skip_without_cuda
 from support import assert_close
 
 from fastconv import conv_spec
+from fastconv.spec import without_input_grad
 from fastconv.kernels import cuda as kc
 from fastconv.kernels import naive
 
@@ -91,6 +92,22 @@ def test_backward_matches_the_dense_per_group_oracle(case, dtype):
         assert got.shape == expected.shape, name
         assert_close(got, expected.astype(dtype), name)
     np.testing.assert_array_equal(dout, dout_before)
+
+
+@pytest.mark.parametrize("case", [CASES["grouped"], CASES["depthwise"]], ids=["grouped", "depthwise"])
+def test_backward_without_dx_launches_no_dx_kernel(case, monkeypatch):
+    x, W, b, spec, dout = arrays(case, np.float64, seed=4)
+    _, cache = kc._conv_forward(x, W, b, spec, "tiled")
+    full = kc.conv_backward(dout, cache)
+    _, cache = kc._conv_forward(x, W, b, without_input_grad(spec), "tiled")
+    kernels = dict(kc._kernels(np.dtype(np.float64)))
+    kernels["conv_dx"] = None           # launching it would raise a TypeError
+    monkeypatch.setattr(kc, "_kernels", lambda dtype: kernels)
+    dx, dW, db = kc.conv_backward(dout, cache)
+    assert dx is None
+    np.testing.assert_array_equal(dW, full[1])
+    np.testing.assert_array_equal(db, full[2])
+    assert_close(dW, oracle(x, W, b, *case[2:], dout)[2], "dW")
 
 
 def test_tiled_forward_keeps_filter_tiles_within_a_group():
