@@ -555,7 +555,8 @@ def describe(spec: ConvSpec | PoolSpec) -> str:
     """One problem in a few words, for notices: 'conv x=(N, C, H, W) W=(...)' or 'max pool ...'."""
     x = "x=(" + ", ".join(map(str, spec.x_shape)) + ")"
     if spec.op == "conv":
-        return f"conv {x} W=({', '.join(map(str, spec.w_shape))}) {spec.dtype}"
+        no_dx = "" if spec.input_grad else ", no dx"
+        return f"conv {x} W=({', '.join(map(str, spec.w_shape))}) {spec.dtype}{no_dx}"
     ph, pw = spec.pool_hw
     return f"{spec.mode} pool {x} window {ph}x{pw} {spec.dtype}"
 

@@ -137,12 +137,14 @@ def _build(dtype):
         for c in range(Cg):
             for fy in range(FH):
                 iy = i * sh - ph + fy * dh
-                if iy < 0 or iy >= H:
-                    continue
                 for fx in range(FW):
                     ix = j * sw - pw + fx * dw
-                    if ix >= 0 and ix < Wd:
-                        acc += x[n, c0 + c, iy, ix] * W[k, c, fy, fx]
+                    # a padded cell is a zero term, as in the naive path: with a
+                    # weight that is inf or nan it makes the output nan
+                    v = zero
+                    if iy >= 0 and iy < H and ix >= 0 and ix < Wd:
+                        v = x[n, c0 + c, iy, ix]
+                    acc += v * W[k, c, fy, fx]
         out[n, k, i, j] = acc + b[k]
 
     # Forward, tiled: implicit GEMM out[k, p] = W[k, r] @ col[r, p]; each block
@@ -306,8 +308,11 @@ def _build(dtype):
                         j = s - i * OW
                         iy = i * sh - ph + fy * dh
                         ix = j * sw - pw + fx * dw
+                        # a padded cell is a zero term (nan against an inf in dout)
+                        v = zero
                         if iy >= 0 and iy < H and ix >= 0 and ix < Wd:
-                            part += dout[n, k, i, j] * x[n, cx, iy, ix]
+                            v = x[n, cx, iy, ix]
+                        part += dout[n, k, i, j] * v
                 buf[t] = part
                 cuda.syncthreads()
                 half = T // 2
