@@ -40,6 +40,16 @@ def check_rounding(rounding):
     return rounding
 
 
+def span(window: int, dilation: int = 1) -> int:
+    """Cells a window of ``window`` taps ``dilation`` apart covers along one axis:
+    ``dilation*(window - 1) + 1`` (the window itself without dilation).
+
+    >>> span(3), span(3, dilation=2)
+    (3, 5)
+    """
+    return dilation * (window - 1) + 1
+
+
 def conv_output_size(input_size, filter_size, stride=1, pad=0, rounding="floor", dilation=1):
     """Output length along one axis: ``(input_size + 2*pad - dilation*(filter_size-1) - 1) / stride + 1``.
 
@@ -80,9 +90,9 @@ def conv_output_size(input_size, filter_size, stride=1, pad=0, rounding="floor",
         raise ValueError(
             f"pad {pad} is too large: the padded input {input_size} + 2*{pad} = "
             f"{input_size + 2 * pad} must be <= 2**31 - 1 = {MAX_LENGTH}")
-    extent = dilation * (filter_size - 1) + 1
-    span = input_size + 2 * pad - extent
-    if span < 0:
+    extent = span(filter_size, dilation)
+    room = input_size + 2 * pad - extent
+    if room < 0:
         if dilation == 1:
             raise ValueError(
                 f"filter_size {filter_size} is larger than the padded input "
@@ -91,14 +101,14 @@ def conv_output_size(input_size, filter_size, stride=1, pad=0, rounding="floor",
             f"filter_size {filter_size} with dilation {dilation} spans {dilation}*"
             f"({filter_size}-1)+1 = {extent} cells, more than the padded input "
             f"{input_size} + 2*{pad} = {input_size + 2 * pad}")
-    if rounding == "exact" and span % stride:
+    if rounding == "exact" and room % stride:
         size = (f"{filter_size}" if dilation == 1
                 else f"{dilation}*({filter_size}-1)-1")
         raise ValueError(
             f"({input_size} + 2*{pad} - {size})/{stride} + 1 = "
-            f"{span / stride + 1:.2f} is not an integer; choose another stride or pad, "
-            f"or pass rounding='floor' to drop the last {span % stride} row(s)/column(s)")
-    return span // stride + 1
+            f"{room / stride + 1:.2f} is not an integer; choose another stride or pad, "
+            f"or pass rounding='floor' to drop the last {room % stride} row(s)/column(s)")
+    return room // stride + 1
 
 
 def output_hw(hw, filter_hw, stride, pad, rounding, what="filter", dilation=(1, 1)):
@@ -167,7 +177,7 @@ def same_padding(size, filter_size, stride=1, dilation=1):
     (1, 2)
     """
     out = -(-size // stride)
-    total = max((out - 1) * stride + dilation * (filter_size - 1) + 1 - size, 0)
+    total = max((out - 1) * stride + span(filter_size, dilation) - size, 0)
     return total // 2, total - total // 2
 
 
@@ -222,19 +232,19 @@ def pool_output_size(input_size, window, stride=1, pad=0, dilation=1, ceil_mode=
         raise ValueError(f"window must be >= 1, got {window}")
     if dilation < 1:
         raise ValueError(f"dilation must be >= 1, got {dilation}")
-    span = dilation * (window - 1) + 1
-    if span > MAX_LENGTH:
-        raise ValueError(f"the window's span dilation*(window - 1) + 1 = {span} must be "
+    cells = span(window, dilation)
+    if cells > MAX_LENGTH:
+        raise ValueError(f"the window's span dilation*(window - 1) + 1 = {cells} must be "
                          f"<= 2**31 - 1 = {MAX_LENGTH}")
     if not check_ceil_rounding(ceil_mode, rounding):
-        return conv_output_size(input_size, span, stride, pad, rounding)
+        return conv_output_size(input_size, cells, stride, pad, rounding)
     # a one-cell window always fits: this checks input_size, stride and pad alone
     conv_output_size(input_size, 1, stride, pad)
-    rest = input_size + 2 * pad - span
+    rest = input_size + 2 * pad - cells
     out = -(-rest // stride) + 1                     # ceil(rest / stride) + 1
     if out < 1:
         raise ValueError(
-            f"window span {span} is larger than the padded input {input_size} + 2*{pad} = "
+            f"window span {cells} is larger than the padded input {input_size} + 2*{pad} = "
             f"{input_size + 2 * pad} by {-rest} >= stride {stride}: no window starts inside it")
     if (out - 1) * stride >= input_size + pad:       # the last window would start in the right padding
         out -= 1

@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 
 from .geometry import (_as_int, as_pair, check_ceil_rounding, check_dilation, check_rounding,
-                       output_hw, pool_output_hw)
+                       output_hw, pool_output_hw, span)
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 POOL_MODES = ("max", "avg")
@@ -61,7 +61,7 @@ class ConvSpec:
     @property
     def extent(self) -> tuple[int, int]:
         """(h, w) input cells one filter spans: dilation*(F-1) + 1 per axis (F without dilation)."""
-        return tuple(d * (f - 1) + 1 for d, f in zip(self.dilation, self.filter_hw))
+        return tuple(span(f, d) for f, d in zip(self.filter_hw, self.dilation))
 
     @property
     def field(self) -> int:
@@ -120,7 +120,7 @@ class PoolSpec:
     @property
     def extent(self) -> tuple[int, int]:
         """(h, w) cells one window spans: dilation*(pool - 1) + 1 along each axis."""
-        return tuple(d * (k - 1) + 1 for k, d in zip(self.pool_hw, self.dilation))
+        return tuple(span(k, d) for k, d in zip(self.pool_hw, self.dilation))
 
     def describe(self) -> str:
         extra = "".join(f" {name}={value}" for name, value in self.options.items()
@@ -292,7 +292,7 @@ def _pool_spec(x_shape, pool_h, pool_w, stride, pad, mode, dtype, rounding, ceil
         mode, ceil_mode, count_include_pad, divisor_override, dilation)
     check_ceil_rounding(ceil_mode, rounding)
     stride, pad = _stride_pad(pool_hw if stride is None else stride, pad)
-    extent = tuple(d * (k - 1) + 1 for k, d in zip(pool_hw, dilation))
+    extent = tuple(span(k, d) for k, d in zip(pool_hw, dilation))
     if pad[0] >= extent[0] or pad[1] >= extent[1]:
         spans = "" if dilation == (1, 1) else f" (spanning {extent} with dilation {dilation})"
         raise ValueError(

@@ -105,7 +105,7 @@ def plan(spec):
     sh, sw = spec.stride
     if spec.op != "conv":
         return {"method": "direct loops over wide output rows", "phase_planes": sh * sw}
-    EH, EW = _extents(spec)
+    EH, EW = spec.extent
     info = {"phase_planes": _phases(sh, EH) * _phases(sw, EW),
             "dilation": spec.dilation, "groups": spec.groups}
     if _is_depthwise(spec):
@@ -121,12 +121,6 @@ def release_workspace():
 
 def _rows_per_block(pitch, itemsize):
     return max(1, ACC_BYTES // (KB * itemsize * pitch))
-
-
-def _extents(spec):
-    """(EH, EW): the cells a dilated filter spans, d*(F-1) + 1 per axis."""
-    (dh, dw), (FH, FW) = spec.dilation, spec.filter_hw
-    return dh * (FH - 1) + 1, dw * (FW - 1) + 1
 
 
 def _tap_step(stride, dilation):
@@ -312,7 +306,7 @@ def conv_forward(x, W, b, spec):
     FN, Cg, FH, FW = W.shape
     (sh, sw), (ph, pw), (OH, OW) = spec.stride, spec.pad, spec.out_hw
     (dh, dw), G = spec.dilation, spec.groups
-    EH, EW = _extents(spec)
+    EH, EW = spec.extent
     Wq = -(-(Wd + 2 * pw) // sw)
     # one spare row: the wide grid's last row reads up to a row past OH
     Hq = OH + (EH - 1) // sh + 1
@@ -930,7 +924,7 @@ def conv_backward(dout, cache):
     (dh, dw), G = spec.dilation, spec.groups
     N, C, H, Wd = spec.x_shape
     FN, Cg, FH, FW = W.shape
-    EH, EW = _extents(spec)
+    EH, EW = spec.extent
     Ty = (EH - 1) // sh + 1
     Tx = (EW - 1) // sw + 1
     # rows: dout shifted down by Ty-1, plus what the last dx row of any phase reads
