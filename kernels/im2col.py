@@ -250,18 +250,17 @@ def _images_to_side_by_side(a, n0, n_imgs, out):
             dst[p] = src[p]
 
 
-@jit(parallel=True)
 def _side_by_side_to_images(buf, n0, n_imgs, out):
-    """buf: flat (F, n_imgs*P) -> out[n0:n0+n_imgs]: (n_imgs, F, P)."""
+    """buf: flat (F, n_imgs*P) -> out[n0:n0+n_imgs]: (n_imgs, F, P).
+
+    Plain NumPy, not compiled: forward lays images side by side for small output
+    maps only (P < _MIN_COLUMNS_PER_IMAGE), where one strided copy beats a parallel
+    launch (measured 0.04-0.09 ms against 0.05-0.11 ms for 49-196 positions), and
+    one kernel fewer compiles on first use. (The copy the other way, in backward,
+    also serves large maps, where the compiled loop is 1.6-3.8x faster.)
+    """
     F, P = out.shape[1], out.shape[2]
-    for t in prange(F * n_imgs):
-        f = t // n_imgs
-        ii = t - f * n_imgs
-        base = (f * n_imgs + ii) * P
-        src = buf[base:base + P]
-        dst = out[n0 + ii, f]
-        for p in range(P):          # not a slice copy: see _unroll
-            dst[p] = src[p]
+    out[n0:n0 + n_imgs] = buf.reshape(F, n_imgs, P).transpose(1, 0, 2)
 
 
 @jit(parallel=True)
