@@ -542,7 +542,7 @@ def decide_spec(spec: ConvSpec | PoolSpec, measure=True, force=False,
         # one path per group is timed; the others of its group get its figures
         static_path = _static(spec, cands)[0]
         timed = [static_path if static_path in g else g[0] for g in groups]
-        _announce(spec, timed, directory)
+        _announce(spec, timed, directory, static_path)
         measured = _times_ms(timing.time_paths(spec, timed, decisive=DECISIVE))
         times = {p: measured[t] for g, t in zip(groups, timed) for p in g}
         stats["measured"] += 1
@@ -561,13 +561,16 @@ def describe(spec: ConvSpec | PoolSpec) -> str:
     return f"{spec.mode} pool {x} window {ph}x{pw} {spec.dtype}"
 
 
-def _announce(spec, paths, directory):
-    """One line before "auto" times paths: the first use of a shape can take seconds
-    (a ``CompileNotice``; ``warnings.filterwarnings("ignore", category=CompileNotice)``
-    silences it with the compile notices)."""
+def _announce(spec, paths, directory, static_path):
+    """One line before "auto" times paths: the first use of a shape can take seconds,
+    tens of them when the paths' kernels are not compiled yet, so the line also says
+    how to skip the timing (a ``CompileNotice``; ``warnings.filterwarnings("ignore",
+    category=CompileNotice)`` silences it with the compile notices)."""
     warn_at_caller(f"fastconv: backend='auto' is timing {', '.join(paths)} on {describe(spec)} "
-                   f"to choose the fastest (once per machine and shape; the choice is stored "
-                   f"in {directory})")
+                   f"to choose the fastest (once per machine and shape, each path compiled "
+                   f"first if it never ran here; the choice is stored in {directory}). "
+                   f"{ENV_AUTOTUNE}=0 skips the timing and runs the static rule's pick, "
+                   f"{static_path}; `fastconv autotune` measures ahead of time")
 
 
 def decide(op, x_shape, w_shape, stride=1, pad=0, dtype="float32", mode=None,

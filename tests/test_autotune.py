@@ -310,8 +310,12 @@ def test_paths_sharing_kernels_are_timed_once_and_share_the_figures(monkeypatch,
 
 def test_announces_each_shape_it_times(fresh_cache, two_candidates):
     with pytest.warns(fastconv.CompileNotice, match=r"backend='auto' is timing .* on conv "
-                                                    r"x=\(2, 3, 8, 8\) W=\(4, 3, 3, 3\)"):
+                                                    r"x=\(2, 3, 8, 8\) W=\(4, 3, 3, 3\)") as notes:
         at.decide("conv", SMALL_X, SMALL_W)
+    # the line says how to skip the timing, and what would run instead
+    static = at.static_choice("conv", SMALL_X, SMALL_W, at.candidates())[0]
+    assert any(f"FASTCONV_AUTOTUNE=0 skips the timing and runs the static rule's pick, {static}"
+               in str(n.message) for n in notes)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         at.decide("conv", SMALL_X, SMALL_W)         # known now: no notice
