@@ -37,8 +37,11 @@ class CompileNotice(UserWarning):
     """fastconv is compiling a path's kernels (once per machine, dtype and version)."""
 
 
-# Rough compile times on this project's 2-core machine, for the notice.
-COMPILE_SECONDS = {"im2col": 4, "direct": 12, "cpu_pooling": 4, "winograd": 4, "cuda": 10}
+# Rough compile times of a path's convolution kernels (forward and backward) on
+# this project's 2-core machine when idle, for the notice; about twice that on a
+# busy machine. Measured with bench/first_call.py and the README example
+# (2026-12): im2col 7-9 s, direct 20-25 s, CPU pooling 5-7 s, winograd ~8 s.
+COMPILE_SECONDS = {"im2col": 8, "direct": 22, "cpu_pooling": 6, "winograd": 8, "cuda": 10}
 _noticed = set()
 
 
