@@ -7,11 +7,17 @@ does.
 What runs where:
 
 - ``conv2d`` and ``pool2d`` take an ``(N, C, H, W)`` dask array chunked along
-  the batch (N), the image (H, W) or both; C is merged into one chunk. Each
-  output chunk is computed from exactly the input rows and columns its windows
-  read (its halo), cut from the neighbouring chunks and padded at the image
-  border, so every chunk's outputs land on the global output grid whatever the
-  stride. Chunks smaller than the halo are fine: a halo may reach across
+  the batch (N), the image (H, W) or both; C is merged into one chunk. They
+  take the arguments of ``fastconv.conv2d`` (stride, pad in every form,
+  dilation, groups) and ``fastconv.pool2d`` (ceil_mode, count_include_pad,
+  divisor_override, dilation; not return_indices), checked before a graph is
+  built. Each output chunk is computed from exactly the input rows and columns
+  its windows read (its halo: the window's span, dilation included), cut from
+  the neighbouring chunks and padded at the image border (zeros; -inf for max
+  pooling), so every chunk's outputs land on the global output grid whatever
+  the stride. An average's divisor can depend on where the border is, so an
+  average-pooling chunk at the border runs with the true padding there
+  instead. Chunks smaller than the halo are fine: a halo may reach across
   several chunks.
 - ``predict``, ``features`` and ``accuracy`` run a network over a dask array
   chunked along N (other axes are merged into one chunk).
