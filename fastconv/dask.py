@@ -461,8 +461,8 @@ def conv2d(x: da.Array, W: np.ndarray, b: np.ndarray | None = None, stride: Pair
         raise ValueError(f"b must have shape ({W.shape[0]},) to match W.shape={W.shape}, "
                          f"got {b.shape}")
     check_rounding(rounding)
-    stride, dilation, groups = as_pair(stride, "stride"), check_dilation(dilation), \
-        check_groups(groups)
+    stride = as_pair(stride, "stride")
+    dilation, groups = check_dilation(dilation), check_groups(groups)
     pad = resolve_padding(pad, x.shape[2:], W.shape[2:], stride, dilation)
     # the in-memory call's checks (channels, groups, sizes) and its output size
     spec, _ = lowered_conv_spec(x.shape, W.shape, stride, pad, dtype, rounding, dilation, groups)
@@ -477,7 +477,8 @@ def conv2d(x: da.Array, W: np.ndarray, b: np.ndarray | None = None, stride: Pair
     if _whole_images(x):
         # every chunk is whole images: the in-memory call pads them itself
         return x.map_blocks(_conv_block, W_key, b_key, stride, dilation, groups, rounding,
-                            backend, pad=pad, dtype=dtype, chunks=(x.chunks[0], (FN,), (OH,), (OW,)),
+                            backend, pad=pad, dtype=dtype,
+                            chunks=(x.chunks[0], (FN,), (OH,), (OW,)),
                             meta=np.empty((0, 0, 0, 0), dtype))
     # Tiles are cut to whole windows, so their calls divide exactly: "floor" is
     # the global size rule (checked above with the caller's rounding).
@@ -514,6 +515,7 @@ def pool2d(x: da.Array, pool_h: int, pool_w: int, stride: Pair | None = None, pa
     dtype = np.dtype(x.dtype)
     # named errors for what the spec's cache could not even look up (a dict, say)
     stride = None if stride is None else as_pair(stride, "stride")
+    check_rounding(rounding)
     spec = pool_spec(x.shape, pool_h, pool_w, stride, as_pair(pad, "pad"), mode, dtype, rounding,
                      ceil_mode=ceil_mode, count_include_pad=count_include_pad,
                      divisor_override=divisor_override, dilation=dilation)
