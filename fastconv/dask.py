@@ -7,11 +7,17 @@ does.
 What runs where:
 
 - ``conv2d`` and ``pool2d`` take an ``(N, C, H, W)`` dask array chunked along
-  the batch (N), the image (H, W) or both; C is merged into one chunk. Each
-  output chunk is computed from exactly the input rows and columns its windows
-  read (its halo), cut from the neighbouring chunks and padded at the image
-  border, so every chunk's outputs land on the global output grid whatever the
-  stride. Chunks smaller than the halo are fine: a halo may reach across
+  the batch (N), the image (H, W) or both; C is merged into one chunk. They
+  take the arguments of ``fastconv.conv2d`` (stride, pad in every form,
+  dilation, groups) and ``fastconv.pool2d`` (ceil_mode, count_include_pad,
+  divisor_override, dilation; not return_indices), checked before a graph is
+  built. Each output chunk is computed from exactly the input rows and columns
+  its windows read (its halo: the window's span, dilation included), cut from
+  the neighbouring chunks and padded at the image border (zeros; -inf for max
+  pooling), so every chunk's outputs land on the global output grid whatever
+  the stride. An average's divisor can depend on where the border is, so an
+  average-pooling chunk at the border runs with the true padding there
+  instead. Chunks smaller than the halo are fine: a halo may reach across
   several chunks.
 - ``predict``, ``features`` and ``accuracy`` run a network over a dask array
   chunked along N (other axes are merged into one chunk).
@@ -64,6 +70,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import CancelledError
+from typing import NamedTuple
 
 import dask
 import dask.array as da
@@ -71,11 +78,14 @@ import numba
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from . import backends
+from .functional import Padding, Pair, check_backend, lowered_conv_spec
 from .functional import conv2d as _conv2d
 from .functional import pool2d as _pool2d
-from .geometry import as_pair, conv_output_size
+from .geometry import as_pair, check_dilation, check_rounding, resolve_padding, span
 from .layers import Dropout
 from .optim import make_optimizer
+from .spec import POOL_MODES, check_groups, pool_spec
 from .trainer import check_data
 
 __all__ = [
@@ -253,13 +263,6 @@ def _check_weight(a, name, ndim, layout, dtype):
                         f"one dtype: convert it with {name}.astype(np.{dtype})")
 
 
-def _output_size(size, window, stride, pad, rounding, axis, what):
-    try:
-        return conv_output_size(size, window, stride, pad, rounding)
-    except ValueError as err:
-        raise ValueError(f"{what} does not fit the input along the {axis}: {err}") from None
-
-
 # ------------------------------------------------------------ tiling arithmetic
 
 def _edges(chunks):
@@ -270,144 +273,272 @@ def _edges(chunks):
 def _output_pieces(size, chunks, window, stride, pad, n_out):
     """Output index ranges, one per input chunk, along one axis.
 
-    Output i reads padded input [i*stride, i*stride + window). It belongs to
-    the input chunk in which its window starts (the first chunk also takes the
-    windows starting in the leading padding, the last the trailing padding), so
-    the pieces tile 0..n_out exactly, on the global grid. Returns a list of
-    (o0, o1, r0, r1): outputs o0..o1 read input rows r0..r1, which may reach
-    before 0 or past ``size`` (padding). Chunks in which no window starts give
-    no piece.
+    window: the cells one window spans (``geometry.span``: dilation included);
+    pad: the cells padded before and after the input, ``(before, after)``, or
+    one int for both. Output i reads padded input [i*stride, i*stride + window).
+    It belongs to the input chunk in which its window starts (the first chunk
+    also takes the windows starting in the leading padding, the last the
+    trailing padding), so the pieces tile 0..n_out exactly, on the global grid.
+    Returns a list of (o0, o1, r0, r1): outputs o0..o1 read input rows r0..r1,
+    which may reach before 0 or past ``size`` (padding, or with ceil_mode a
+    last window clipped to nothing). Chunks in which no window starts give no
+    piece.
     """
+    before, after = (pad, pad) if np.ndim(pad) == 0 else pad
     bounds = _edges(chunks)
-    starts = [0] + [e + pad for e in bounds[1:-1]] + [size + 2 * pad]
+    starts = [0] + [e + before for e in bounds[1:-1]] + [size + before + after]
     pieces = []
     for a, b in zip(starts[:-1], starts[1:]):
         o0, o1 = -(-a // stride), min(-(-b // stride), n_out)
         if o1 > o0:
-            pieces.append((o0, o1, o0 * stride - pad, (o1 - 1) * stride + window - pad))
+            pieces.append((o0, o1, o0 * stride - before, (o1 - 1) * stride + window - before))
     return pieces
 
 
-def _pad_slice(block, rows, cols, fill):
-    """Pad a (N, C, h, w) block by (top, bottom) rows and (left, right) columns of ``fill``."""
-    if not any(rows) and not any(cols):
-        return block
-    return np.pad(block, ((0, 0), (0, 0), rows, cols), constant_values=fill)
+class _Read(NamedTuple):
+    """How one tile reads one axis: input cells [start, stop), ``fill`` cells
+    (before, after) padded onto them explicitly, ``pad`` cells the kernel itself
+    pads on both sides, and the kernel's outputs [skip, skip + n) that are the tile's."""
+
+    start: int
+    stop: int
+    fill: tuple[int, int]
+    pad: int
+    skip: int
 
 
-def _conv_block(block, W, b, stride, pad, rounding, backend, rows=(0, 0), cols=(0, 0)):
-    """One output tile of conv2d: block padded by rows/cols zeros, then the kernel."""
-    _enter_task()
-    x = _pad_slice(block, rows, cols, 0)
-    return _conv2d(x, W, b, stride, pad, rounding=rounding, backend=backend)
+def _explicit_read(piece, size):
+    """Exactly the cells the piece's windows read, those outside the image filled in."""
+    o0, o1, r0, r1 = piece
+    start, stop = min(max(r0, 0), size), max(min(r1, size), 0)
+    if stop <= start:
+        # every window of the piece lies in the padding (a convolution may pad
+        # more than its filter spans): the tile is fill alone
+        return _Read(start, start, (r1 - r0, 0), 0, 0)
+    return _Read(start, stop, (start - r0, r1 - stop), 0, 0)
 
 
-def _pool_block(block, window, mode, stride, pad, rounding, backend, rows=(0, 0), cols=(0, 0)):
-    """One output tile of pool2d."""
-    _enter_task()
-    # max pooling pads with -inf and average pooling with zeros, as the kernels do
-    x = _pad_slice(block, rows, cols, -np.inf if mode == "max" else 0)
-    return _pool2d(x, window[0], window[1], stride, pad, mode, rounding=rounding, backend=backend)
+def _border_read(piece, size, stride, pad):
+    """The piece's cells, read so that windows at the image border meet the kernel's own
+    padding ``pad`` (and its ceil_mode clipping), for options whose result depends on
+    where the border is.
 
-
-def _tiled(x, window, stride, pad, rounding, backend, n_channels_out, fn, args, what):
-    """Apply ``fn(block, *args, stride, pad, rounding, backend, rows=, cols=)`` tile by tile.
-
-    See conv2d for the contract. ``window`` is the (h, w) extent of a window.
+    A piece inside the image reads its cells as they are. Otherwise the kernel pads
+    the tile by ``pad`` on both sides, so its output j starts at tile cell
+    j*stride - pad; a tile that starts at a multiple of the stride keeps those
+    starts on the global grid (output o0 is the kernel's o0 - start // stride),
+    and starting at or before r0 keeps every kept window off the padding the
+    kernel adds where the tile does not reach the border. The outputs of the
+    kernel beyond the piece's are computed and dropped.
     """
-    x = x.rechunk({1: -1}) if len(x.chunks[1]) > 1 else x
-    stride, pad = as_pair(stride, "stride"), as_pair(pad, "pad")
-    if min(stride) < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if min(pad) < 0:
-        raise ValueError(f"pad must be >= 0, got {pad}")
-    H, W = x.shape[2:]
-    OH = _output_size(H, window[0], stride[0], pad[0], rounding, "height", what)
-    OW = _output_size(W, window[1], stride[1], pad[1], rounding, "width", what)
-    if len(x.chunks[2]) == 1 and len(x.chunks[3]) == 1:
-        # batch chunks only: every chunk is a whole image, the kernel pads it
-        return x.map_blocks(fn, *args, stride, pad, rounding, backend, dtype=x.dtype,
-                            chunks=(x.chunks[0], (n_channels_out,), (OH,), (OW,)),
-                            meta=np.empty((0, 0, 0, 0), x.dtype))
-    rows = _output_pieces(H, x.chunks[2], window[0], stride[0], pad[0], OH)
-    cols = _output_pieces(W, x.chunks[3], window[1], stride[1], pad[1], OW)
+    o0, o1, r0, r1 = piece
+    if r0 >= 0 and r1 <= size:
+        return _Read(r0, r1, (0, 0), 0, 0)
+    start = max(r0, 0) // stride * stride
+    return _Read(start, min(r1, size), (0, 0), pad, o0 - start // stride)
+
+
+def _pad_slice(block, fill, value):
+    """Pad a (N, C, h, w) block by fill = ((top, bottom), (left, right)) cells of ``value``."""
+    if fill is None or not any(fill[0] + fill[1]):
+        return block
+    return np.pad(block, ((0, 0), (0, 0), *fill), constant_values=value)
+
+
+def _kept(out, keep):
+    """The outputs ((i0, i1), (j0, j1)) of a tile's kernel call that are the tile's."""
+    if keep is None or (keep[0] == (0, out.shape[2]) and keep[1] == (0, out.shape[3])):
+        return out
+    (i0, i1), (j0, j1) = keep
+    # a copy: the dropped outputs are not kept alive by the chunk
+    return np.ascontiguousarray(out[:, :, i0:i1, j0:j1])
+
+
+def _conv_block(block, W, b, stride, dilation, groups, rounding, backend, pad=0, fill=None,
+                keep=None):
+    """One output tile of conv2d: block (N, C, h, w) padded by ``fill`` zeros, then the
+    in-memory conv2d with ``pad`` -> (N, FN, oh, ow), the outputs ``keep``."""
+    _enter_task()
+    x = _pad_slice(block, fill, 0)
+    out = _conv2d(x, W, b, stride, pad, dilation, groups, rounding=rounding, backend=backend)
+    return _kept(out, keep)
+
+
+def _pool_block(block, window, mode, stride, options, rounding, backend, pad=0, fill=None,
+                keep=None):
+    """One output tile of pool2d: block (N, C, h, w) padded by ``fill`` cells, then the
+    in-memory pool2d with ``pad`` and ``options`` -> (N, C, oh, ow), the outputs ``keep``."""
+    _enter_task()
+    # -inf never wins a maximum, as the kernels' own padding; zeros for averages
+    x = _pad_slice(block, fill, -np.inf if mode == "max" else 0)
+    out = _pool2d(x, window[0], window[1], stride, pad, mode, rounding=rounding,
+                  backend=backend, **options)
+    return _kept(out, keep)
+
+
+def _tiled(x, extent, stride, pad, out_hw, n_channels_out, fn, args, border=None):
+    """Apply ``fn(block, *args, pad=, fill=, keep=)`` tile by tile: x (N, C, H, W) ->
+    (N, n_channels_out, OH, OW).
+
+    extent: the (h, w) cells one window spans; stride: (h, w); pad: the cells
+    around the image, ((top, bottom), (left, right)); out_hw: (OH, OW). See
+    conv2d for the chunks. border None: every tile gets its cells outside the
+    image as ``fill`` and fn runs with pad (0, 0). border (ph, pw): tiles
+    reaching the image border run with the kernel's own padding (ph, pw) there
+    instead (``_border_read``), and fn keeps the outputs ``keep`` of its call.
+    """
+    reads = []
+    for axis in (0, 1):
+        size, chunks = x.shape[2 + axis], x.chunks[2 + axis]
+        pieces = _output_pieces(size, chunks, extent[axis], stride[axis], pad[axis],
+                                out_hw[axis])
+        reads.append([(o1 - o0, _explicit_read((o0, o1, r0, r1), size) if border is None
+                       else _border_read((o0, o1, r0, r1), size, stride[axis], border[axis]))
+                      for o0, o1, r0, r1 in pieces])
     grid = []
-    for o0, o1, r0, r1 in rows:
+    for n_rows, rows in reads[0]:
         line = []
-        for p0, p1, c0, c1 in cols:
+        for n_cols, cols in reads[1]:
             # exactly the rows and columns these outputs read, cut across chunks
-            piece = x[:, :, max(r0, 0):min(r1, H), max(c0, 0):min(c1, W)]
+            piece = x[:, :, rows.start:rows.stop, cols.start:cols.stop]
             piece = piece.rechunk({2: -1, 3: -1})
             line.append(piece.map_blocks(
-                fn, *args, stride, (0, 0), rounding, backend,
-                rows=(max(0, -r0), max(0, r1 - H)), cols=(max(0, -c0), max(0, c1 - W)),
-                dtype=x.dtype, chunks=(x.chunks[0], (n_channels_out,), (o1 - o0,), (p1 - p0,)),
+                fn, *args, pad=(rows.pad, cols.pad), fill=(rows.fill, cols.fill),
+                keep=((rows.skip, rows.skip + n_rows), (cols.skip, cols.skip + n_cols)),
+                dtype=x.dtype, chunks=(x.chunks[0], (n_channels_out,), (n_rows,), (n_cols,)),
                 meta=np.empty((0, 0, 0, 0), x.dtype)))
         grid.append(line)
     return da.block(grid)
 
 
-def conv2d(x: da.Array, W: np.ndarray, b: np.ndarray | None = None, stride=1, pad=0, *,
-           flip: bool = False, rounding: str = "floor", backend: str = "auto") -> da.Array:
+def _whole_images(x):
+    """True when x is chunked along N only: every chunk holds whole images."""
+    return len(x.chunks[2]) == 1 and len(x.chunks[3]) == 1
+
+
+def _check_backend(backend, spec):
+    """The path exists and runs ``spec`` (the in-memory call's messages), checked before
+    any graph is built rather than in the first task."""
+    check_backend(backend)
+    # "cuda" is imported on first use (seconds): its tasks check for themselves
+    module = None if backend == "auto" else backends.PATHS[backend]
+    if module is not None and not module.supports(spec):
+        raise ValueError(f"backend {backend!r} runs {module.SCOPE}; it cannot run "
+                         f"{spec.describe()}")
+
+
+def conv2d(x: da.Array, W: np.ndarray, b: np.ndarray | None = None, stride: Pair = 1,
+           pad: Padding = 0, dilation: Pair = 1, groups: int = 1, *, flip: bool = False,
+           rounding: str = "floor", backend: str = "auto") -> da.Array:
     """``fastconv.conv2d`` over a dask array x: (N, C, H, W) -> (N, FN, OH, OW), lazily.
 
-    x may be chunked along N, H and W (C is merged into one chunk). W: (FN, C,
-    FH, FW) and b: (FN,) are numpy arrays of x's dtype; they enter the graph
-    once. Output chunks: x's along N, one along FN, and along OH/OW one chunk
-    per input chunk (the outputs whose windows start in it; a chunk in which no
+    x may be chunked along N, H and W (C is merged into one chunk). W: (FN,
+    C // groups, FH, FW) and b: (FN,) or None are numpy arrays of x's dtype;
+    they enter the graph once. stride, pad, dilation, groups, flip and rounding
+    as ``fastconv.conv2d`` takes them: pad an int, (h, w),
+    ``((top, bottom), (left, right))``, "valid" or "same" (resolved once, for
+    the whole image, so "same" gives the shape of the in-memory call).
+    Everything is checked before a graph is built, with the in-memory call's
+    messages.
+
+    Output chunks: x's along N, one along FN, and along OH/OW one chunk per
+    input chunk (the outputs whose windows start in it; a chunk in which no
     window starts, e.g. one smaller than the stride, gives none). Each output
-    chunk reads its input rows/columns plus the halo its windows need (FH-1
-    rows and FW-1 columns, less what the stride skips), from as many
-    neighbouring chunks as that takes. Pass an explicit ``backend``: "auto"
+    chunk reads its input rows/columns plus the halo its windows need
+    (dilation*(FH-1) rows and dilation*(FW-1) columns, less what the stride
+    skips), from as many neighbouring chunks as that takes, padded with zeros
+    where it crosses the image border. Pass an explicit ``backend``: "auto"
     could pick different paths for chunks of different shapes. See the module
     docstring for which paths give results bit-identical to the unchunked call.
     """
     _check_dask_images(x)
     dtype = np.dtype(x.dtype)
-    _check_weight(W, "W", 4, "(FN, C, FH, FW)", dtype)
-    if W.shape[1] != x.shape[1]:
-        raise ValueError(f"x has C={x.shape[1]} channels (x.shape={x.shape}) but W expects "
-                         f"C={W.shape[1]} (W.shape={W.shape})")
+    _check_weight(W, "W", 4, "(FN, C // groups, FH, FW)", dtype)
     if b is None:
         b = np.zeros(W.shape[0], dtype=dtype)
     _check_weight(b, "b", 1, "(FN,)", dtype)
     if b.shape != (W.shape[0],):
         raise ValueError(f"b must have shape ({W.shape[0]},) to match W.shape={W.shape}, "
                          f"got {b.shape}")
+    check_rounding(rounding)
+    stride = as_pair(stride, "stride")
+    dilation, groups = check_dilation(dilation), check_groups(groups)
+    pad = resolve_padding(pad, x.shape[2:], W.shape[2:], stride, dilation)
+    # the in-memory call's checks (channels, groups, sizes) and its output size
+    spec, _ = lowered_conv_spec(x.shape, W.shape, stride, pad, dtype, rounding, dilation, groups)
+    _check_backend(backend, spec)
     if flip:
         W = W[:, :, ::-1, ::-1]
     W, b = np.ascontiguousarray(W), np.ascontiguousarray(b)
     # one key each; every chunk's task depends on it
     W_key, b_key = dask.delayed(W, pure=True), dask.delayed(b, pure=True)
-    return _tiled(x, W.shape[2:], stride, pad, rounding, backend, W.shape[0],
-                  _conv_block, (W_key, b_key), f"W's filter {W.shape[2:]}")
+    x = x.rechunk({1: -1}) if len(x.chunks[1]) > 1 else x
+    FN, (OH, OW) = W.shape[0], spec.out_hw
+    if _whole_images(x):
+        # every chunk is whole images: the in-memory call pads them itself
+        return x.map_blocks(_conv_block, W_key, b_key, stride, dilation, groups, rounding,
+                            backend, pad=pad, dtype=dtype,
+                            chunks=(x.chunks[0], (FN,), (OH,), (OW,)),
+                            meta=np.empty((0, 0, 0, 0), dtype))
+    # Tiles are cut to whole windows, so their calls divide exactly: "floor" is
+    # the global size rule (checked above with the caller's rounding).
+    extent = (span(W.shape[2], dilation[0]), span(W.shape[3], dilation[1]))
+    return _tiled(x, extent, stride, pad, spec.out_hw, FN, _conv_block,
+                  (W_key, b_key, stride, dilation, groups, "floor", backend))
 
 
-MODES = ("max", "avg")
+MODES = POOL_MODES
 
 
-def pool2d(x: da.Array, pool_h: int, pool_w: int, stride=None, pad=0, mode: str = "max", *,
-           rounding: str = "floor", backend: str = "auto") -> da.Array:
+def pool2d(x: da.Array, pool_h: int, pool_w: int, stride: Pair | None = None, pad: Pair = 0,
+           mode: str = "max", *, ceil_mode: bool = False, count_include_pad: bool = True,
+           divisor_override: int | None = None, dilation: Pair = 1, rounding: str = "floor",
+           backend: str = "auto") -> da.Array:
     """``fastconv.pool2d`` over a dask array x: (N, C, H, W) -> (N, C, OH, OW), lazily.
 
     Chunking as in ``conv2d`` (N, H and W; C is merged into one chunk).
-    stride=None steps by the window, as ``fastconv.pool2d`` does. Max pooling
-    pads with -inf, average pooling with zeros, at the image border only.
+    stride=None steps by the window, as ``fastconv.pool2d`` does; pad is an
+    int or (h, w) pair. ceil_mode, count_include_pad, divisor_override and
+    dilation as ``fastconv.pool2d`` takes them (PyTorch's), checked before a
+    graph is built, with its messages; return_indices is not offered.
+
+    Chunks of whole images (chunked along N only) run the in-memory call with
+    every option as given. With H or W chunked, a max-pooling tile is padded
+    with -inf at the image border (padding never wins, whatever the dilation
+    or ceil_mode). An average's divisor can depend on where the border is
+    (count_include_pad=False, ceil_mode's clipped last window), so a tile that
+    reaches the border runs the in-memory call with the true padding and
+    options there, starting at a multiple of the stride, and keeps the outputs
+    that are its own (``_border_read``).
     """
     _check_dask_images(x)
-    window = as_pair((pool_h, pool_w), "(pool_h, pool_w)")
-    if stride is None:
-        stride = window
-    if min(window) < 1:
-        raise ValueError(f"pool window (pool_h, pool_w) must be >= 1, got {window}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    pad_hw = as_pair(pad, "pad")
-    if pad_hw[0] >= window[0] or pad_hw[1] >= window[1]:
-        raise ValueError(f"pad {pad_hw} must be smaller than the pool window {window}, or some "
-                         f"windows would hold padding only")
-    return _tiled(x, window, stride, pad, rounding, backend, x.shape[1],
-                  _pool_block, (window, mode), f"pool window {window}")
+    dtype = np.dtype(x.dtype)
+    # named errors for what the spec's cache could not even look up (a dict, say)
+    stride = None if stride is None else as_pair(stride, "stride")
+    check_rounding(rounding)
+    spec = pool_spec(x.shape, pool_h, pool_w, stride, as_pair(pad, "pad"), mode, dtype, rounding,
+                     ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                     divisor_override=divisor_override, dilation=dilation)
+    _check_backend(backend, spec)
+    x = x.rechunk({1: -1}) if len(x.chunks[1]) > 1 else x
+    window, (OH, OW) = spec.pool_hw, spec.out_hw
+    if _whole_images(x):
+        return x.map_blocks(_pool_block, window, spec.mode, spec.stride, spec.options, rounding,
+                            backend, pad=spec.pad, dtype=dtype,
+                            chunks=(x.chunks[0], (x.shape[1],), (OH,), (OW,)),
+                            meta=np.empty((0, 0, 0, 0), dtype))
+    pad = tuple((p, p) for p in spec.pad)
+    # Tile calls use "floor": their sizes are not the image's, which was checked above.
+    if spec.mode == "max":
+        # explicit -inf fill up to each window's end, ceil_mode's clipped ones included
+        args = (window, "max", spec.stride, dict(dilation=spec.dilation), "floor", backend)
+        return _tiled(x, spec.extent, spec.stride, pad, spec.out_hw, x.shape[1], _pool_block,
+                      args)
+    options = dict(ceil_mode=spec.ceil_mode, count_include_pad=spec.count_include_pad,
+                   divisor_override=spec.divisor_override)
+    args = (window, "avg", spec.stride, options, "floor", backend)
+    return _tiled(x, spec.extent, spec.stride, pad, spec.out_hw, x.shape[1], _pool_block, args,
+                  border=spec.pad)
 
 
 # ------------------------------------------------------------------ networks
