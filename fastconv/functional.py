@@ -15,8 +15,8 @@ import numpy as np
 
 from . import backends, tuner
 from .geometry import _as_int, resolve_padding
-from .spec import (FLOAT_DTYPES, POOL_MODES, ConvSpec, PoolSpec, check_return_indices, conv_spec,
-                   pool_spec, without_input_grad)
+from .spec import (FLOAT_DTYPES, PAD_FORMS, POOL_MODES, ConvSpec, PoolSpec, cache_key,
+                   check_return_indices, conv_spec, pool_spec, without_input_grad)
 
 MODES = POOL_MODES
 # an int, or an (h, w) pair
@@ -216,10 +216,20 @@ def lowered_conv_spec(x_shape, w_shape, stride: Pair = 1, pad: Padding = 0, dtyp
     # passes tuples, pays one cache look-up here and no Python-level checking.
     if isinstance(pad, list):
         pad = tuple(tuple(p) if isinstance(p, list) else p for p in pad)
-    return _lowered_conv_spec(tuple(x_shape), tuple(w_shape),
-                              tuple(stride) if isinstance(stride, list) else stride, pad,
-                              np.dtype(dtype), rounding,
-                              tuple(dilation) if isinstance(dilation, list) else dilation, groups)
+    try:
+        return _lowered_conv_spec(tuple(x_shape), tuple(w_shape),
+                                  tuple(stride) if isinstance(stride, list) else stride, pad,
+                                  np.dtype(dtype), rounding,
+                                  tuple(dilation) if isinstance(dilation, list) else dilation,
+                                  groups)
+    except TypeError:
+        # an unhashable argument never reaches the checks inside the cache: name it,
+        # or (an array, a nested list) make it hashable and look again
+        return _lowered_conv_spec(tuple(x_shape), tuple(w_shape), cache_key(stride, "stride"),
+                                  cache_key(pad, "pad", PAD_FORMS), np.dtype(dtype),
+                                  cache_key(rounding, "rounding", "'floor' or 'exact'"),
+                                  cache_key(dilation, "dilation"),
+                                  cache_key(groups, "groups", "an int"))
 
 
 @lru_cache(maxsize=512)

@@ -202,6 +202,30 @@ def check_groups(groups) -> int:
     return groups
 
 
+PAIR_FORMS = "an int or an (h, w) pair of ints"
+PAD_FORMS = "an int, an (h, w) pair, ((top, bottom), (left, right)), 'valid' or 'same'"
+
+
+def cache_key(value, name: str, forms: str = PAIR_FORMS):
+    """``value`` in a form the specs' caches can hash: NumPy arrays and lists (nested
+    too) become tuples; anything else unhashable is a TypeError naming ``name``.
+
+    The entry points call it only after a cache look-up failed on an unhashable
+    argument, so a layer that passes tuples never pays for it.
+    """
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        value = tuple(cache_key(v, name, forms) if isinstance(v, (list, tuple, np.ndarray))
+                      else v for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {forms}, got {value!r} "
+                        f"({type(value).__name__})") from None
+    return value
+
+
 def conv_spec(x_shape, w_shape, stride=1, pad=0, dtype="float32", rounding="floor", *,
               dilation=1, groups=1) -> ConvSpec:
     """The checked :class:`ConvSpec` for x: (N, C, H, W) and W: (FN, C // groups, FH, FW).
@@ -214,10 +238,19 @@ def conv_spec(x_shape, w_shape, stride=1, pad=0, dtype="float32", rounding="floo
     """
     # Lists become tuples (the cache needs hashable keys); the hot path, a layer
     # that passes tuples, pays one lookup and no Python-level checking.
-    return _conv_spec(tuple(x_shape), tuple(w_shape),
-                      tuple(stride) if isinstance(stride, list) else stride,
-                      tuple(pad) if isinstance(pad, list) else pad, np.dtype(dtype), rounding,
-                      tuple(dilation) if isinstance(dilation, list) else dilation, groups)
+    try:
+        return _conv_spec(tuple(x_shape), tuple(w_shape),
+                          tuple(stride) if isinstance(stride, list) else stride,
+                          tuple(pad) if isinstance(pad, list) else pad, np.dtype(dtype),
+                          rounding, tuple(dilation) if isinstance(dilation, list) else dilation,
+                          groups)
+    except TypeError:
+        # an unhashable argument never reaches the checks inside the cache: name it,
+        # or (an array, a nested list) make it hashable and look again
+        return _conv_spec(tuple(x_shape), tuple(w_shape), cache_key(stride, "stride"),
+                          cache_key(pad, "pad"), np.dtype(dtype),
+                          cache_key(rounding, "rounding", "'floor' or 'exact'"),
+                          cache_key(dilation, "dilation"), cache_key(groups, "groups", "an int"))
 
 
 def _flag(value, name: str) -> bool:
@@ -328,9 +361,17 @@ def pool_spec(x_shape, pool_h, pool_w, stride=None, pad=0, mode="max", dtype="fl
                           rounding, ceil_mode, count_include_pad, divisor_override,
                           tuple(dilation) if isinstance(dilation, list) else dilation)
     except TypeError:
-        # an unhashable option never reaches the checks inside the cache: name it here
-        check_pool_options(mode, ceil_mode, count_include_pad, divisor_override, dilation)
-        raise
+        # an unhashable option never reaches the checks inside the cache: name it here,
+        # or (an array, a nested list) make it hashable and look again
+        check_pool_options(cache_key(mode, "mode", f"one of {POOL_MODES}"),
+                           cache_key(ceil_mode, "ceil_mode", "True or False"),
+                           cache_key(count_include_pad, "count_include_pad", "True or False"),
+                           divisor_override, cache_key(dilation, "dilation"))
+        return _pool_spec(tuple(x_shape), cache_key(pool_h, "pool_h", "an int"),
+                          cache_key(pool_w, "pool_w", "an int"), cache_key(stride, "stride"),
+                          cache_key(pad, "pad"), mode, np.dtype(dtype),
+                          cache_key(rounding, "rounding", "'floor' or 'exact'"), ceil_mode,
+                          count_include_pad, divisor_override, cache_key(dilation, "dilation"))
 
 
 def batch_bucket(n: int) -> int:

@@ -137,3 +137,40 @@ def test_im2col_and_col2im_validate():
 def test_layers_refuse_bad_arguments_when_made(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# Arguments the specs' caches cannot hash: a dict is named, a NumPy array or a
+# nested list is taken as the tuple it holds.
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(pad={}), r"pad must be an int, an \(h, w\) pair, \(\(top, bottom\)"),
+    (dict(stride={}), r"stride must be an int or an \(h, w\) pair of ints, got \{\} \(dict\)"),
+    (dict(dilation={}), r"dilation must be an int or an \(h, w\) pair"),
+    (dict(groups={}), r"groups must be an int, got \{\}"),
+    (dict(pad=[{}, 1]), r"pad must be .*got \(\{\}, 1\)"),
+])
+def test_conv2d_names_an_unhashable_argument(kwargs, match):
+    x, W = np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3))
+    with pytest.raises(TypeError, match=match):
+        conv2d(x, W, backend="naive", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(pad={}), r"pad must be an int or an \(h, w\) pair of ints, got \{\}"),
+    (dict(stride={}), r"stride must be an int or an \(h, w\) pair"),
+    (dict(ceil_mode={}), r"ceil_mode must be True or False"),
+])
+def test_pool2d_names_an_unhashable_argument(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        pool2d(np.ones((1, 1, 6, 6)), 2, 2, backend="naive", **kwargs)
+
+
+def test_numpy_arrays_and_nested_lists_are_taken_as_tuples():
+    rng = np.random.default_rng(0)
+    x, W = rng.standard_normal((1, 2, 7, 6)), rng.standard_normal((3, 2, 3, 3))
+    want = conv2d(x, W, stride=(2, 1), pad=((1, 1), (0, 2)), backend="naive")
+    got = conv2d(x, W, stride=np.array([2, 1]), pad=((1, 1), [0, 2]), backend="naive")
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(conv2d(x, W, pad=np.array([1, 1]), backend="naive"),
+                                  conv2d(x, W, pad=(1, 1), backend="naive"))
+    np.testing.assert_array_equal(pool2d(x, 2, 2, stride=np.array([2, 2]), backend="naive"),
+                                  pool2d(x, 2, 2, stride=(2, 2), backend="naive"))
