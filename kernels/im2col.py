@@ -185,9 +185,13 @@ def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, col, s_im
                         run = xp[s0 + a:s0 + e]
                         for j in range(e - a):
                             seg[j] = run[j]
-                    else:
-                        for j in range(a, e):
-                            dst[q + j] = xp[s0 + j * sw]
+                    elif e > a:
+                        # a strided view under its own name: one name shared with the
+                        # contiguous views above would make them strided too
+                        seg_s = dst[q + a:q + e]
+                        run_s = xp[s0 + a * sw:s0 + (e - 1) * sw + 1:sw]
+                        for j in range(e - a):
+                            seg_s[j] = run_s[j]
 
 
 @jit(parallel=True)
@@ -228,9 +232,11 @@ def _col2im(dcol, s_img, s_row, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, 
                         dst = xp[s0 + a:s0 + e]
                         for j in range(e - a):
                             dst[j] += src[j]
-                    else:
-                        for j in range(a, e):
-                            xp[s0 + j * sw] += dcol[row + j]
+                    elif e > a:
+                        src_s = dcol[row + a:row + e]
+                        dst_s = xp[s0 + a * sw:s0 + (e - 1) * sw + 1:sw]
+                        for j in range(e - a):
+                            dst_s[j] += src_s[j]
         plane = dx[n0 + ii, c]
         for r in range(r_hi - r_lo):
             y = r_lo + r - ph
