@@ -286,3 +286,32 @@ def test_threads_calling_at_once_get_correct_results():
     done = subprocess.run([*PYTHON, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")
+
+
+# Bands of a dilated, horizontally strided convolution: the unroll and col2im
+# copy a band's rows into a local zero-bordered plane, whose first row, width
+# and strided runs depend on the band's first and last output rows.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("piece", ["one_image", "two_rows", "one_row", "three_positions",
+                                   "one_position"])
+def test_bands_of_a_dilated_strided_convolution_match_naive(dtype, piece, budget):
+    from fastconv.spec import conv_spec
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 2, 11, 13)).astype(dtype)
+    Wt = rng.standard_normal((3, 2, 3, 2)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype)
+    spec = conv_spec(x.shape, Wt.shape, (2, 3), (2, 1), dtype, dilation=(2, 3))
+    OH, OW = spec.out_hw
+    assert OH > 2 and OW > 2, spec.out_hw
+    rows = 2 * 3 * 2 + 1
+    entries = {"one_image": rows * OH * OW, "two_rows": 2 * rows * OW, "one_row": rows * OW,
+               "three_positions": 3 * rows, "one_position": 1}[piece]
+    budget(entries * np.dtype(dtype).itemsize)
+    dout = rng.standard_normal(spec.out_shape).astype(dtype)
+    got_out, cache = im2col.conv_forward(x, Wt, b, spec)
+    got = (got_out, *im2col.conv_backward(dout, cache))
+    want_out, ncache = naive.conv_forward(x, Wt, b, spec)
+    want = (want_out, *naive.conv_backward(dout, ncache))
+    for name, g, w in zip(("out", "dx", "dW", "db"), got, want):
+        assert_close(g, w, f"{name}, {piece}")
