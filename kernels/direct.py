@@ -61,7 +61,9 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ._jit import jit, one_launch_at_a_time
 from ._planes import _phases, _to_planes
@@ -75,6 +77,12 @@ KB = 4
 ACC_BYTES = 32 * 1024
 # Cells of the wide grid per dW pass: KB dout rows of this length stay in L1.
 DW_CHUNK = 1024
+# Bytes of the forward's register tile: KB filters x a strip of the wide grid,
+# eight AVX2 registers (16 float32 or 8 float64 cells per filter).
+TILE_BYTES = 256
+# Taps the forward sums per visit of a strip (whole channels, at least one):
+# the rows they read stay in L1 while the strips move along the band.
+CHUNK_TAPS = 64
 
 _workspace = Workspace()
 
@@ -239,7 +247,7 @@ GROUP = 3
 # compiled (each compiled helper costs about a second on first use).
 @lru_cache(maxsize=64)
 def _forward_ops(C, FH, FW, sh, sw, Wq, dh=1, dw=1):
-    """Tap table of the forward pass, ordered by channel; see _accumulate.
+    """Tap table of the forward geometry, ordered by channel (dW reads it); see _accumulate.
 
     Tap (c, fy, fx) is weight index (c*FH + fy)*FW + fx; it sits at (fy*dh,
     fx*dw) of the window and reads plane (c, fy*dh % sh, fx*dw % sw) at offset
@@ -270,18 +278,105 @@ def _forward_ops(C, FH, FW, sh, sw, Wq, dh=1, dw=1):
     return ops[:n].copy()
 
 
-@jit(parallel=True)
-def _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, RB, groups, step):
-    """xq: planes of x, wt: (groups * FNg/KB, C/groups*FH*FW, KB) -> out: (N, FN, OH, OW).
+@lru_cache(maxsize=64)
+def _forward_taps(C, FH, FW, sh, sw, Hq, Wq, dh=1, dw=1):
+    """(C*FH*FW,) uint64: where tap t = (c*FH + fy)*FW + fx of one group starts in
+    the group's planes laid end to end (Hq*Wq cells each).
 
-    ops: the tap table of one group; a block of filters of group g reads that
-    group's planes only (C/groups channels from plane g * planes-per-group).
+    The tap reads plane (c, fy*dh % sh, fx*dw % sw) at offset (fy*dh // sh)*Wq
+    + fx*dw // sw, as in ``_forward_ops``, one tap per entry, in weight order.
+    """
+    Ph = _phases(sh, dh * (FH - 1) + 1)
+    Pw = _phases(sw, dw * (FW - 1) + 1)
+    c, fy, fx = np.meshgrid(np.arange(C), np.arange(FH) * dh, np.arange(FW) * dw,
+                            indexing="ij")
+    plane = (c * Ph + fy % sh) * Pw + fx % sw
+    return (plane * (Hq * Wq) + (fy // sh) * Wq + fx // sw).astype(np.uint64).reshape(-1)
+
+
+@intrinsic
+def _register_tile(typingctx, like):
+    """A 1-D array of TILE_BYTES of ``like``'s dtype on the stack, not the heap: LLVM
+    sees all of it, so with constant indices it keeps every cell in a register."""
+    dtype = like.dtype
+    n = TILE_BYTES // (dtype.bitwidth // 8)
+    tile_type = types.Array(dtype, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        cell = context.get_value_type(dtype)
+        itemsize = cgutils.intp_t(context.get_abi_sizeof(cell))
+        tile = context.make_array(tile_type)(context, builder)
+        context.populate_array(tile, data=cgutils.alloca_once(builder, cell, size=n),
+                               shape=[cgutils.intp_t(n)], strides=[itemsize],
+                               itemsize=itemsize, meminfo=None)
+        return tile._getvalue()
+
+    return tile_type(like), codegen
+
+
+# Why faster than a pass over the accumulator per group of taps: the 4 x VW
+# tile stays in registers for a whole chunk of taps (64 multiply-adds per store
+# instead of 12 per load and store of the accumulator).
+@jit
+def _forward_strips(acc, src, taps, w, base, chunk):
+    """acc[r, m] += sum over taps t of w[t*KB + r] * src[taps[t] + base + m].
+
+    acc: (KB*Mp,), the (KB, Mp) accumulator flat, Mp a multiple of the strip
+    width VW; src: (planes*Hq*Wq,), one group's planes flat; taps: (T,) uint64
+    (``_forward_taps``); w: (T*KB,), one block's weights (``_weight_blocks``);
+    chunk: taps summed per visit of a strip. A strip of VW cells of all KB
+    rows lives in a register tile while it sums a chunk of taps in order, so
+    every cell adds its terms in the same order wherever its strip starts.
+    Indices are unsigned: Numba then emits no wrap-around for negative ones.
+    """
+    tile = _register_tile(acc)
+    vw = np.uint64(tile.size // KB)
+    kb = np.uint64(KB)
+    Mp = np.uint64(acc.size // KB)
+    T = np.uint64(taps.size)
+    ub = np.uint64(base)
+    for t0 in range(np.uint64(0), T, np.uint64(chunk)):
+        t1 = min(T, t0 + np.uint64(chunk))
+        for m0 in range(np.uint64(0), Mp, vw):
+            for r in range(kb):
+                for m in range(vw):
+                    tile[r * vw + m] = acc[r * Mp + m0 + m]
+            for t in range(t0, t1):
+                s = taps[t] + ub + m0
+                u0 = w[kb * t]
+                u1 = w[kb * t + np.uint64(1)]
+                u2 = w[kb * t + np.uint64(2)]
+                u3 = w[kb * t + np.uint64(3)]
+                for m in range(vw):
+                    p = src[s + m]
+                    tile[m] += u0 * p
+                    tile[vw + m] += u1 * p
+                    tile[np.uint64(2) * vw + m] += u2 * p
+                    tile[np.uint64(3) * vw + m] += u3 * p
+            for r in range(kb):
+                for m in range(vw):
+                    acc[r * Mp + m0 + m] = tile[r * vw + m]
+
+
+@jit(parallel=True)
+def _conv_forward(xq, wt, taps, b, FN, OH, OW, Wq, RB, groups, chunk):
+    """xq: planes of x (N, C*planes, Hq*Wq), wt: (groups * FNg/KB, C/groups*FH*FW, KB)
+    -> out: (N, FN, OH, OW).
+
+    taps: the tap offsets of one group (``_forward_taps``); a block of filters
+    of group g reads that group's planes only (C/groups channels from plane g *
+    planes-per-group). Each task computes its rows' wide grid rounded up to
+    whole strips; the planes hold enough spare rows for the last strip's reads.
+    Rows of a partial block have zero weights and are not written.
     """
     N = xq.shape[0]
     nblk = wt.shape[0]
     nkb = nblk // groups              # blocks per group
     FNg = FN // groups
     Pg = xq.shape[1] // groups        # planes per group
+    L = xq.shape[2]
+    T = wt.shape[1]
+    vw = TILE_BYTES // KB // xq.itemsize
     nrb = (OH + RB - 1) // RB
     out = np.empty((N, FN, OH, OW), dtype=xq.dtype)
     for task in prange(N * nblk * nrb):
@@ -292,10 +387,10 @@ def _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, RB, groups, step):
         i1 = min(OH, i0 + RB)
         k0 = g * FNg + (blk % nkb) * KB
         nb = min(KB, (g + 1) * FNg - k0)
-        acc = np.zeros((KB, (i1 - i0) * Wq), dtype=xq.dtype)
-        # np.int64(0), not 0: a literal 0 would compile a second _accumulate
-        _accumulate(acc, nb, xq[n], ops, np.int64(0), ops.shape[0], wt[blk], i0 * Wq, step,
-                    g * Pg)
+        Mp = -(-(i1 - i0) * Wq // vw) * vw
+        acc = np.zeros((KB, Mp), dtype=xq.dtype)
+        _forward_strips(acc.reshape(KB * Mp), xq[n].reshape(xq.shape[1] * L), taps,
+                        wt[blk].reshape(T * KB), g * Pg * L + i0 * Wq, chunk)
         for r in range(nb):
             bias = b[k0 + r]
             for i in range(i0, i1):
@@ -324,11 +419,14 @@ def conv_forward(x, W, b, spec):
                                      FN // C, sh, sw, ph, pw, OH, OW, Hq, Wq, Ph, Pw,
                                      min(H, r_end - ph), min(Wd, s_end - pw))
     else:
+        # the last strip of the wide grid runs up to VW - 1 cells past its end:
+        # spare rows of zeros to cover what its taps read there
+        Hq = OH + (EH - 1) // sh + -(-((EW - 1) // sw + TILE_BYTES // KB // x.itemsize) // Wq)
         xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, r_end, s_end, x.dtype.type(0), EH, EW)
         wt = _weight_blocks(W.reshape(FN, Cg * FH * FW), G)
-        ops = _forward_ops(Cg, FH, FW, sh, sw, Wq, dh, dw)
-        out = _conv_forward(xq, wt, ops, b, FN, OH, OW, Wq, _rows_per_block(Wq, x.itemsize),
-                            G, _tap_step(sw, dw))
+        out = _conv_forward(xq, wt, _forward_taps(Cg, FH, FW, sh, sw, Hq, Wq, dh, dw), b, FN,
+                            OH, OW, Wq, _rows_per_block(Wq, x.itemsize), G,
+                            max(1, CHUNK_TAPS // (FH * FW)) * FH * FW)
     # xq is already a copy; W is copied so that backward sees it as it was
     return out, ConvCache(xq, W.copy(), spec, Hq, Wq)
 
