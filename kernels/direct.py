@@ -11,9 +11,13 @@ what the output needs. Each plane is stored flat with row pitch Wq, and outputs
 are computed on a *wide* grid of the same pitch (Wq >= OW columns, the extra
 columns are thrown away), so a tap is one shift of one long contiguous run:
 ``acc[m] += w * plane[m + offset]`` for all output rows at once. That loop is
-what LLVM vectorises; it is blocked over four output channels and up to three
-taps per pass (one load of the input feeds four multiply-adds, one store of the
-accumulator carries twelve).
+what LLVM vectorises. The float32 forward turns it inside out: a tile of four
+output channels by a strip of 16 cells of the run (eight AVX2 registers)
+stays in registers while it sums a chunk of taps, in order, and is stored
+once per chunk (``_forward_strips``). dx and the float64 forward run it as
+passes over a four-channel accumulator, up to three taps per pass (one load
+of the input feeds four multiply-adds, one store of the accumulator carries
+twelve).
 
 - forward: out(n, k) = sum over (c, fy, fx) of W[k, c, fy, fx] * shifted x planes.
 - dx: the same correlation run backwards. Per phase (a, b) of dx, the taps with
@@ -60,12 +64,13 @@ import math
 from functools import lru_cache
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import jit, one_launch_at_a_time
+from ._jit import JIT_OPTIONS, jit, one_launch_at_a_time
 from ._planes import _phases, _to_planes
 from ._workspace import Workspace
 from .cpu_pooling import PoolCache, pool_backward, pool_forward  # noqa: F401  (this path's pooling)
@@ -77,12 +82,14 @@ KB = 4
 ACC_BYTES = 32 * 1024
 # Cells of the wide grid per dW pass: KB dout rows of this length stay in L1.
 DW_CHUNK = 1024
-# Bytes of the forward's register tile: KB filters x a strip of the wide grid,
-# eight AVX2 registers (16 float32 or 8 float64 cells per filter).
+# Bytes of the float32 forward's register tile: KB filters x a strip of 16
+# cells of the wide grid, eight AVX2 registers.
 TILE_BYTES = 256
-# Taps the forward sums per visit of a strip (whole channels, at least one):
-# the rows they read stay in L1 while the strips move along the band.
+# Taps the forward sums per visit of a strip: whole channels, at least one,
+# at most CHUNK_TAPS taps and CHUNK_BYTES of the input rows they read, so that
+# a row is still in L1 when the strip one output row further reads it again.
 CHUNK_TAPS = 64
+CHUNK_BYTES = 8 * 1024
 
 _workspace = Workspace()
 
@@ -247,7 +254,7 @@ GROUP = 3
 # compiled (each compiled helper costs about a second on first use).
 @lru_cache(maxsize=64)
 def _forward_ops(C, FH, FW, sh, sw, Wq, dh=1, dw=1):
-    """Tap table of the forward geometry, ordered by channel (dW reads it); see _accumulate.
+    """Tap table of the forward pass, ordered by channel; see _accumulate.
 
     Tap (c, fy, fx) is weight index (c*FH + fy)*FW + fx; it sits at (fy*dh,
     fx*dw) of the window and reads plane (c, fy*dh % sh, fx*dw % sw) at offset
@@ -314,20 +321,25 @@ def _register_tile(typingctx, like):
     return tile_type(like), codegen
 
 
-# Why faster than a pass over the accumulator per group of taps: the 4 x VW
-# tile stays in registers for a whole chunk of taps (64 multiply-adds per store
-# instead of 12 per load and store of the accumulator).
-@jit
+# Why faster than passes over the accumulator (``_accumulate``): the KB x VW
+# tile stays in registers for a chunk of taps, one store per up to 64 taps
+# instead of a load and a store of the accumulator per three taps.
+# fastconv's options less 'reassoc': with it LLVM may split a cell's sum over
+# the taps into partial sums, and the order of the terms would then depend on
+# the chunk length.
+@numba.njit(**dict(JIT_OPTIONS, fastmath={"contract", "nsz"}))
 def _forward_strips(acc, src, taps, w, base, chunk):
-    """acc[r, m] += sum over taps t of w[t*KB + r] * src[taps[t] + base + m].
+    """acc[r, m] = sum over taps t of w[t*KB + r] * src[taps[t] + base + m].
 
-    acc: (KB*Mp,), the (KB, Mp) accumulator flat, Mp a multiple of the strip
-    width VW; src: (planes*Hq*Wq,), one group's planes flat; taps: (T,) uint64
-    (``_forward_taps``); w: (T*KB,), one block's weights (``_weight_blocks``);
-    chunk: taps summed per visit of a strip. A strip of VW cells of all KB
-    rows lives in a register tile while it sums a chunk of taps in order, so
-    every cell adds its terms in the same order wherever its strip starts.
-    Indices are unsigned: Numba then emits no wrap-around for negative ones.
+    acc: (KB*Mp,), a (KB, Mp) accumulator flat, written (not read first), Mp a
+    multiple of the strip width VW (TILE_BYTES / KB / itemsize cells); src:
+    (planes*Hq*Wq,), one image's planes flat; taps: (T,) uint64 tap offsets
+    (``_forward_taps``); base: where the group's planes and the task's rows
+    start in src; w: (T*KB,), one block's weights (``_weight_blocks``); chunk:
+    taps summed per visit of a strip. Each cell adds its taps one by one in
+    tap order, wherever its strip starts and whatever the chunk: the result
+    does not depend on how rows are split into tasks. Indices are unsigned so
+    that Numba emits no wrap-around for negative ones in the inner loop.
     """
     tile = _register_tile(acc)
     vw = np.uint64(tile.size // KB)
@@ -340,7 +352,7 @@ def _forward_strips(acc, src, taps, w, base, chunk):
         for m0 in range(np.uint64(0), Mp, vw):
             for r in range(kb):
                 for m in range(vw):
-                    tile[r * vw + m] = acc[r * Mp + m0 + m]
+                    tile[r * vw + m] = acc[r * Mp + m0 + m] if t0 > 0 else 0
             for t in range(t0, t1):
                 s = taps[t] + ub + m0
                 u0 = w[kb * t]
@@ -360,8 +372,8 @@ def _forward_strips(acc, src, taps, w, base, chunk):
 
 @jit(parallel=True)
 def _conv_forward(xq, wt, taps, b, FN, OH, OW, Wq, RB, groups, chunk):
-    """xq: planes of x (N, C*planes, Hq*Wq), wt: (groups * FNg/KB, C/groups*FH*FW, KB)
-    -> out: (N, FN, OH, OW).
+    """The float32 forward. xq: planes of x (N, C*planes, Hq*Wq), wt: (groups * FNg/KB,
+    C/groups*FH*FW, KB) -> out: (N, FN, OH, OW).
 
     taps: the tap offsets of one group (``_forward_taps``); a block of filters
     of group g reads that group's planes only (C/groups channels from plane g *
@@ -388,9 +400,46 @@ def _conv_forward(xq, wt, taps, b, FN, OH, OW, Wq, RB, groups, chunk):
         k0 = g * FNg + (blk % nkb) * KB
         nb = min(KB, (g + 1) * FNg - k0)
         Mp = -(-(i1 - i0) * Wq // vw) * vw
-        acc = np.zeros((KB, Mp), dtype=xq.dtype)
+        acc = np.empty((KB, Mp), dtype=xq.dtype)
         _forward_strips(acc.reshape(KB * Mp), xq[n].reshape(xq.shape[1] * L), taps,
                         wt[blk].reshape(T * KB), g * Pg * L + i0 * Wq, chunk)
+        for r in range(nb):
+            bias = b[k0 + r]
+            for i in range(i0, i1):
+                row = acc[r, (i - i0) * Wq:(i - i0) * Wq + OW]
+                for j in range(OW):
+                    out[n, k0 + r, i, j] = row[j] + bias
+    return out
+
+
+@jit(parallel=True)
+def _conv_forward_passes(xq, wt, ops, b, FN, OH, OW, Wq, RB, groups, step):
+    """The float64 forward: passes of ``_accumulate`` over a (KB, rows*Wq) accumulator.
+
+    xq: planes of x, wt: (groups * FNg/KB, C/groups*FH*FW, KB) -> out: (N, FN, OH, OW);
+    ops: the tap table of one group (``_forward_ops``); a block of filters of
+    group g reads that group's planes only. (LLVM keeps no float64 register
+    tile of ``_forward_strips`` in registers: measured two to eight times slower.)
+    """
+    N = xq.shape[0]
+    nblk = wt.shape[0]
+    nkb = nblk // groups              # blocks per group
+    FNg = FN // groups
+    Pg = xq.shape[1] // groups        # planes per group
+    nrb = (OH + RB - 1) // RB
+    out = np.empty((N, FN, OH, OW), dtype=xq.dtype)
+    for task in prange(N * nblk * nrb):
+        n = task // (nblk * nrb)
+        blk = (task // nrb) % nblk
+        g = blk // nkb
+        i0 = (task % nrb) * RB
+        i1 = min(OH, i0 + RB)
+        k0 = g * FNg + (blk % nkb) * KB
+        nb = min(KB, (g + 1) * FNg - k0)
+        acc = np.zeros((KB, (i1 - i0) * Wq), dtype=xq.dtype)
+        # np.int64(0), not 0: a literal 0 would compile a second _accumulate
+        _accumulate(acc, nb, xq[n], ops, np.int64(0), ops.shape[0], wt[blk], i0 * Wq, step,
+                    g * Pg)
         for r in range(nb):
             bias = b[k0 + r]
             for i in range(i0, i1):
@@ -418,15 +467,23 @@ def conv_forward(x, W, b, spec):
                                      _depthwise_taps(FH, FW, sh, sw, dh, dw, Wq, Pw), b,
                                      FN // C, sh, sw, ph, pw, OH, OW, Hq, Wq, Ph, Pw,
                                      min(H, r_end - ph), min(Wd, s_end - pw))
-    else:
-        # the last strip of the wide grid runs up to VW - 1 cells past its end:
-        # spare rows of zeros to cover what its taps read there
+    elif x.dtype == np.float32:
+        # the register tile; the last strip of the wide grid runs up to VW - 1
+        # cells past its end: spare rows of zeros cover what its taps read there
         Hq = OH + (EH - 1) // sh + -(-((EW - 1) // sw + TILE_BYTES // KB // x.itemsize) // Wq)
         xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, r_end, s_end, x.dtype.type(0), EH, EW)
         wt = _weight_blocks(W.reshape(FN, Cg * FH * FW), G)
+        chunk = max(1, min(CHUNK_TAPS // (FH * FW),
+                           CHUNK_BYTES // (FH * _phases(sw, EW) * Wq * x.itemsize)))
         out = _conv_forward(xq, wt, _forward_taps(Cg, FH, FW, sh, sw, Hq, Wq, dh, dw), b, FN,
-                            OH, OW, Wq, _rows_per_block(Wq, x.itemsize), G,
-                            max(1, CHUNK_TAPS // (FH * FW)) * FH * FW)
+                            OH, OW, Wq, _rows_per_block(Wq, x.itemsize), G, chunk * FH * FW)
+    else:
+        # float64: passes over the accumulator (see _conv_forward_passes)
+        xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, r_end, s_end, x.dtype.type(0), EH, EW)
+        wt = _weight_blocks(W.reshape(FN, Cg * FH * FW), G)
+        ops = _forward_ops(Cg, FH, FW, sh, sw, Wq, dh, dw)
+        out = _conv_forward_passes(xq, wt, ops, b, FN, OH, OW, Wq, _rows_per_block(Wq, x.itemsize),
+                                   G, _tap_step(sw, dw))
     # xq is already a copy; W is copied so that backward sees it as it was
     return out, ConvCache(xq, W.copy(), spec, Hq, Wq)
 
