@@ -90,6 +90,9 @@ TILE_BYTES = 256
 # a row is still in L1 when the strip one output row further reads it again.
 CHUNK_TAPS = 64
 CHUNK_BYTES = 8 * 1024
+# Blocks of KB filters per forward task: the input rows of a chunk of taps,
+# read into L1 once, serve all of them (measured 5-15% faster than one block).
+BLOCKS_PER_TASK = 4
 
 _workspace = Workspace()
 
@@ -328,17 +331,17 @@ def _register_tile(typingctx, like):
 # the taps into partial sums, and the order of the terms would then depend on
 # the chunk length.
 @numba.njit(**dict(JIT_OPTIONS, fastmath={"contract", "nsz"}))
-def _forward_strips(acc, src, taps, w, base, chunk):
-    """acc[r, m] = sum over taps t of w[t*KB + r] * src[taps[t] + base + m].
+def _forward_strips(acc, src, taps, w, base, first):
+    """acc[r, m] (+)= sum over taps t of w[t*KB + r] * src[taps[t] + base + m]: one chunk of taps.
 
-    acc: (KB*Mp,), a (KB, Mp) accumulator flat, written (not read first), Mp a
-    multiple of the strip width VW (TILE_BYTES / KB / itemsize cells); src:
-    (planes*Hq*Wq,), one image's planes flat; taps: (T,) uint64 tap offsets
-    (``_forward_taps``); base: where the group's planes and the task's rows
-    start in src; w: (T*KB,), one block's weights (``_weight_blocks``); chunk:
-    taps summed per visit of a strip. Each cell adds its taps one by one in
-    tap order, wherever its strip starts and whatever the chunk: the result
-    does not depend on how rows are split into tasks. Indices are unsigned so
+    acc: (KB*Mp,), a (KB, Mp) accumulator flat, Mp a multiple of the strip
+    width VW (TILE_BYTES / KB / itemsize cells), overwritten when ``first``
+    and added to otherwise; src: (planes*Hq*Wq,), one image's planes flat;
+    taps: (T,) uint64 offsets of the chunk's taps (``_forward_taps``); base:
+    where the group's planes and the task's rows start in src; w: (T*KB,) the
+    chunk's weights of one block (``_weight_blocks``). Each cell adds its taps
+    one by one in tap order, wherever its strip starts, so results do not
+    depend on how rows, blocks and chunks are split. Indices are unsigned so
     that Numba emits no wrap-around for negative ones in the inner loop.
     """
     tile = _register_tile(acc)
@@ -347,68 +350,76 @@ def _forward_strips(acc, src, taps, w, base, chunk):
     Mp = np.uint64(acc.size // KB)
     T = np.uint64(taps.size)
     ub = np.uint64(base)
-    for t0 in range(np.uint64(0), T, np.uint64(chunk)):
-        t1 = min(T, t0 + np.uint64(chunk))
-        for m0 in range(np.uint64(0), Mp, vw):
-            for r in range(kb):
-                for m in range(vw):
-                    tile[r * vw + m] = acc[r * Mp + m0 + m] if t0 > 0 else 0
-            for t in range(t0, t1):
-                s = taps[t] + ub + m0
-                u0 = w[kb * t]
-                u1 = w[kb * t + np.uint64(1)]
-                u2 = w[kb * t + np.uint64(2)]
-                u3 = w[kb * t + np.uint64(3)]
-                for m in range(vw):
-                    p = src[s + m]
-                    tile[m] += u0 * p
-                    tile[vw + m] += u1 * p
-                    tile[np.uint64(2) * vw + m] += u2 * p
-                    tile[np.uint64(3) * vw + m] += u3 * p
-            for r in range(kb):
-                for m in range(vw):
-                    acc[r * Mp + m0 + m] = tile[r * vw + m]
+    for m0 in range(np.uint64(0), Mp, vw):
+        for r in range(kb):
+            for m in range(vw):
+                tile[r * vw + m] = 0 if first else acc[r * Mp + m0 + m]
+        for t in range(T):
+            s = taps[t] + ub + m0
+            u0 = w[kb * t]
+            u1 = w[kb * t + np.uint64(1)]
+            u2 = w[kb * t + np.uint64(2)]
+            u3 = w[kb * t + np.uint64(3)]
+            for m in range(vw):
+                p = src[s + m]
+                tile[m] += u0 * p
+                tile[vw + m] += u1 * p
+                tile[np.uint64(2) * vw + m] += u2 * p
+                tile[np.uint64(3) * vw + m] += u3 * p
+        for r in range(kb):
+            for m in range(vw):
+                acc[r * Mp + m0 + m] = tile[r * vw + m]
 
 
 @jit(parallel=True)
-def _conv_forward(xq, wt, taps, b, FN, OH, OW, Wq, RB, groups, chunk):
+def _conv_forward(xq, wt, taps, b, FN, OH, OW, Wq, RB, groups, chunk, bpt):
     """The float32 forward. xq: planes of x (N, C*planes, Hq*Wq), wt: (groups * FNg/KB,
     C/groups*FH*FW, KB) -> out: (N, FN, OH, OW).
 
-    taps: the tap offsets of one group (``_forward_taps``); a block of filters
-    of group g reads that group's planes only (C/groups channels from plane g *
-    planes-per-group). Each task computes its rows' wide grid rounded up to
-    whole strips; the planes hold enough spare rows for the last strip's reads.
-    Rows of a partial block have zero weights and are not written.
+    taps: the tap offsets of one group (``_forward_taps``); chunk: taps per
+    visit of a strip; bpt: blocks of KB filters per task. A task is (image,
+    up to bpt blocks of one group, band of RB output rows): for each chunk of
+    taps it runs ``_forward_strips`` for each of its blocks, so the chunk's
+    input rows, still in L1, serve all of them. Blocks of group g read that
+    group's planes only (C/groups channels from plane g * planes-per-group).
+    A task computes its rows' wide grid rounded up to whole strips; the planes
+    hold enough spare rows for the last strip's reads. Rows of a partial block
+    have zero weights and are not written.
     """
     N = xq.shape[0]
-    nblk = wt.shape[0]
-    nkb = nblk // groups              # blocks per group
+    nkb = wt.shape[0] // groups       # blocks per group
     FNg = FN // groups
     Pg = xq.shape[1] // groups        # planes per group
     L = xq.shape[2]
     T = wt.shape[1]
     vw = TILE_BYTES // KB // xq.itemsize
     nrb = (OH + RB - 1) // RB
+    ntb = (nkb + bpt - 1) // bpt      # tasks per group, image and band
     out = np.empty((N, FN, OH, OW), dtype=xq.dtype)
-    for task in prange(N * nblk * nrb):
-        n = task // (nblk * nrb)
-        blk = (task // nrb) % nblk
-        g = blk // nkb
+    for task in prange(N * groups * ntb * nrb):
+        n = task // (groups * ntb * nrb)
+        g = (task // (ntb * nrb)) % groups
+        b0 = (task // nrb) % ntb * bpt
+        b1 = min(nkb, b0 + bpt)
         i0 = (task % nrb) * RB
         i1 = min(OH, i0 + RB)
-        k0 = g * FNg + (blk % nkb) * KB
-        nb = min(KB, (g + 1) * FNg - k0)
         Mp = -(-(i1 - i0) * Wq // vw) * vw
-        acc = np.empty((KB, Mp), dtype=xq.dtype)
-        _forward_strips(acc.reshape(KB * Mp), xq[n].reshape(xq.shape[1] * L), taps,
-                        wt[blk].reshape(T * KB), g * Pg * L + i0 * Wq, chunk)
-        for r in range(nb):
-            bias = b[k0 + r]
-            for i in range(i0, i1):
-                row = acc[r, (i - i0) * Wq:(i - i0) * Wq + OW]
-                for j in range(OW):
-                    out[n, k0 + r, i, j] = row[j] + bias
+        acc = np.empty((b1 - b0, KB * Mp), dtype=xq.dtype)
+        src = xq[n].reshape(xq.shape[1] * L)
+        for t0 in range(0, T, chunk):
+            t1 = min(T, t0 + chunk)
+            for j in range(b1 - b0):
+                _forward_strips(acc[j], src, taps[t0:t1],
+                                wt[g * nkb + b0 + j, t0:t1].reshape((t1 - t0) * KB),
+                                g * Pg * L + i0 * Wq, t0 == 0)
+        for j in range(b1 - b0):
+            k0 = g * FNg + (b0 + j) * KB
+            for r in range(min(KB, (g + 1) * FNg - k0)):
+                bias = b[k0 + r]
+                for i in range(i0, i1):
+                    row = acc[j, r * Mp + (i - i0) * Wq:r * Mp + (i - i0) * Wq + OW]
+                    for jj in range(OW):
+                        out[n, k0 + r, i, jj] = row[jj] + bias
     return out
 
 
@@ -475,8 +486,13 @@ def conv_forward(x, W, b, spec):
         wt = _weight_blocks(W.reshape(FN, Cg * FH * FW), G)
         chunk = max(1, min(CHUNK_TAPS // (FH * FW),
                            CHUNK_BYTES // (FH * _phases(sw, EW) * Wq * x.itemsize)))
+        RB = _rows_per_block(Wq, x.itemsize)
+        # fewer blocks per task where there would be too few tasks to share out
+        # (the results do not depend on it)
+        tasks = N * wt.shape[0] * -(-OH // RB)
+        bpt = max(1, min(BLOCKS_PER_TASK, tasks // (8 * numba.get_num_threads())))
         out = _conv_forward(xq, wt, _forward_taps(Cg, FH, FW, sh, sw, Hq, Wq, dh, dw), b, FN,
-                            OH, OW, Wq, _rows_per_block(Wq, x.itemsize), G, chunk * FH * FW)
+                            OH, OW, Wq, RB, G, chunk * FH * FW, bpt)
     else:
         # float64: passes over the accumulator (see _conv_forward_passes)
         xq = _to_planes(x, sh, sw, ph, pw, Hq, Wq, r_end, s_end, x.dtype.type(0), EH, EW)

@@ -42,6 +42,9 @@ CASES = {
     "3x3, groups 2": ((2, 4, 9, 8), (6, 2, 3, 3), 1, 1, 1, 2),
     "1x7, stride 2, dilation 2, groups 2": ((1, 4, 9, 31), (6, 2, 1, 7), (1, 2), (0, 1), (1, 2),
                                             2),
+    # 18 filters per group: five blocks, the last with two rows; with four blocks
+    # per task, a task of four blocks and one of one in each group
+    "3x3, groups 2, blocks per task": ((4, 4, 9, 8), (36, 2, 3, 3), 1, 1, 1, 2),
     # 70 output rows of pitch 77: several row blocks per image, float64 twice as many
     "3x3, several row blocks": ((1, 2, 72, 77), (6, 2, 3, 3), 1, 0, 1, 1),
 }
@@ -79,12 +82,19 @@ def test_forward_matches_naive(case, dtype):
 
 
 @pytest.mark.parametrize("case", ["3x3, 77 cells, FN 5", "1x1, two chunks", "1x7",
-                                  "3x3, several row blocks"])
-def test_chunks_and_row_blocks_do_not_change_a_bit(case, monkeypatch):
+                                  "3x3, groups 2, blocks per task", "3x3, several row blocks"])
+def test_chunks_blocks_and_row_blocks_do_not_change_a_bit(case, monkeypatch):
     # each cell adds its taps one by one in tap order, whatever the chunk of taps
-    # per visit of a strip and wherever its strip starts
+    # per visit of a strip, the blocks a task holds and where its strip starts
     x, W, b, spec = _problem(case, np.float32)
-    out = direct.conv_forward(x, W, b, spec)[0]
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)     # as many blocks per task as there are tasks for
+        out = direct.conv_forward(x, W, b, spec)[0]
+    finally:
+        numba.set_num_threads(before)
+    monkeypatch.setattr(direct, "BLOCKS_PER_TASK", 1)
+    np.testing.assert_array_equal(direct.conv_forward(x, W, b, spec)[0], out)
     monkeypatch.setattr(direct, "CHUNK_TAPS", 1)   # one channel per chunk
     np.testing.assert_array_equal(direct.conv_forward(x, W, b, spec)[0], out)
     monkeypatch.setattr(direct, "CHUNK_TAPS", 10 ** 6)
