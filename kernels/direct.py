@@ -490,7 +490,7 @@ def conv_forward(x, W, b, spec):
         # fewer blocks per task where there would be too few tasks to share out
         # (the results do not depend on it)
         tasks = N * wt.shape[0] * -(-OH // RB)
-        bpt = max(1, min(BLOCKS_PER_TASK, tasks // (8 * numba.get_num_threads())))
+        bpt = max(1, min(BLOCKS_PER_TASK, tasks // (4 * numba.get_num_threads())))
         out = _conv_forward(xq, wt, _forward_taps(Cg, FH, FW, sh, sw, Hq, Wq, dh, dw), b, FN,
                             OH, OW, Wq, RB, G, chunk * FH * FW, bpt)
     else:
