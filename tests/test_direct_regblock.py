@@ -1,0 +1,186 @@
+"""The direct path's float32 forward loop: a register tile of four filters by a strip
+of 16 cells of the wide grid that sums a chunk of taps per store (float64 runs
+the passes over an accumulator that dx runs; the same cases cover it).
+
+What that loop adds to the path: strips that overrun the end of a task's wide
+grid (its length is rarely a multiple of the strip, sometimes shorter than
+one), planes with spare rows for what the last strip reads, chunks of taps
+that end inside a channel list, and filter blocks with unused rows. Expected
+values come from the naive path in float64 (it takes dilation and groups
+itself), compared with the TOLERANCES of tests/support.py.
+"""
+import os
+import subprocess
+import sys
+
+import llvmlite.binding
+import numba
+import numpy as np
+import pytest
+from support import assert_close
+
+from fastconv.kernels import direct, naive
+from fastconv.kernels._jit import JIT_OPTIONS
+from fastconv.spec import conv_spec
+
+DTYPES = [np.float32, np.float64]
+
+# (x shape, W shape, stride, pad, dilation, groups): what each case reaches
+CASES = {
+    # wide grid of 2*2 = 4 cells: shorter than one strip
+    "1x1, grid shorter than a strip": ((1, 1, 2, 2), (1, 1, 1, 1), 1, 0, 1, 1),
+    # 7 rows of pitch 11 = 77 cells: a multiple of neither strip width; FN = 5
+    "3x3, 77 cells, FN 5": ((2, 3, 7, 9), (5, 3, 3, 3), 1, 1, 1, 1),
+    # 1x1 over 70 channels: 64 taps per chunk, then a chunk of 6
+    "1x1, two chunks": ((2, 70, 5, 5), (9, 70, 1, 1), 1, 0, 1, 1),
+    "1x7": ((2, 4, 9, 17), (6, 4, 1, 7), 1, 0, 1, 1),
+    "7x1": ((2, 4, 17, 9), (6, 4, 7, 1), 1, 0, 1, 1),
+    "5x5, FN 16": ((3, 6, 14, 14), (16, 6, 5, 5), 1, 0, 1, 1),
+    "5x5, stride 2": ((2, 5, 13, 12), (7, 5, 5, 5), 2, 2, 1, 1),
+    "3x3, dilation 2": ((2, 3, 11, 10), (6, 3, 3, 3), 1, 2, 2, 1),
+    # three filters per group: every block is partial and must not cross groups
+    "3x3, groups 2": ((2, 4, 9, 8), (6, 2, 3, 3), 1, 1, 1, 2),
+    "1x7, stride 2, dilation 2, groups 2": ((1, 4, 9, 31), (6, 2, 1, 7), (1, 2), (0, 1), (1, 2),
+                                            2),
+    # 18 filters per group: five blocks, the last with two rows; with four blocks
+    # per task, a task of four blocks and one of one in each group
+    "3x3, groups 2, blocks per task": ((4, 4, 9, 8), (36, 2, 3, 3), 1, 1, 1, 2),
+    # 70 output rows of pitch 77: several row blocks per image, float64 twice as many
+    "3x3, several row blocks": ((1, 2, 72, 77), (6, 2, 3, 3), 1, 0, 1, 1),
+}
+
+
+def _problem(case, dtype, seed=0):
+    x_shape, w_shape, stride, pad, dilation, groups = CASES[case]
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    W = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    spec = conv_spec(x_shape, w_shape, stride, pad, dtype, dilation=dilation, groups=groups)
+    return x, W, b, spec
+
+
+def _naive(x, W, b, spec):
+    """The naive forward in float64 on the same values, cast back to x's dtype."""
+    x64, W64, b64 = (np.asarray(a, dtype=np.float64) for a in (x, W, b))
+    spec64 = conv_spec(x.shape, W.shape, spec.stride, spec.pad, np.float64,
+                       dilation=spec.dilation, groups=spec.groups)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return naive.conv_forward(x64, W64, b64, spec64)[0].astype(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_forward_matches_naive(case, dtype):
+    x, W, b, spec = _problem(case, dtype)
+    x_before, W_before = x.copy(), W.copy()
+    out = direct.conv_forward(x, W, b, spec)[0]
+    assert out.shape == (x.shape[0], W.shape[0], *spec.out_hw)
+    assert_close(out, _naive(x, W, b, spec), case)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(W, W_before)
+
+
+@pytest.mark.parametrize("case", ["3x3, 77 cells, FN 5", "1x1, two chunks", "1x7",
+                                  "3x3, groups 2, blocks per task", "3x3, several row blocks"])
+def test_chunks_blocks_and_row_blocks_do_not_change_a_bit(case, monkeypatch):
+    # each cell adds its taps one by one in tap order, whatever the chunk of taps
+    # per visit of a strip, the blocks a task holds and where its strip starts
+    x, W, b, spec = _problem(case, np.float32)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)     # as many blocks per task as there are tasks for
+        out = direct.conv_forward(x, W, b, spec)[0]
+    finally:
+        numba.set_num_threads(before)
+    monkeypatch.setattr(direct, "BLOCKS_PER_TASK", 1)
+    np.testing.assert_array_equal(direct.conv_forward(x, W, b, spec)[0], out)
+    monkeypatch.setattr(direct, "CHUNK_TAPS", 1)   # one channel per chunk
+    np.testing.assert_array_equal(direct.conv_forward(x, W, b, spec)[0], out)
+    monkeypatch.setattr(direct, "CHUNK_TAPS", 10 ** 6)
+    monkeypatch.setattr(direct, "CHUNK_BYTES", 10 ** 9)   # all taps in one chunk
+    np.testing.assert_array_equal(direct.conv_forward(x, W, b, spec)[0], out)
+    monkeypatch.setattr(direct, "ACC_BYTES", 1)    # one output row per task
+    np.testing.assert_array_equal(direct.conv_forward(x, W, b, spec)[0], out)
+
+
+def _same_cells(got, want, name):
+    for kind in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(kind(got), kind(want), err_msg=f"{name}: {kind.__name__}")
+    finite = np.isfinite(want)
+    assert_close(np.where(finite, got, 0), np.where(finite, want, 0), name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ["3x3, 77 cells, FN 5", "1x7", "7x1", "5x5, stride 2",
+                                  "3x3, dilation 2", "3x3, groups 2"])
+def test_nan_and_inf_land_where_naive_puts_them(case, dtype):
+    # what the strips read past a row's last output, past the grid's end, and the
+    # zero rows of a partial filter block must never reach an output cell
+    x, W, b, spec = _problem(case, dtype, seed=1)
+    rng = np.random.default_rng(2)
+    specials = np.array([np.nan, np.inf, -np.inf], dtype=dtype)
+    x_bad = x.copy()
+    hit = rng.random(x.shape) < 0.02
+    x_bad[hit] = rng.choice(specials, size=int(hit.sum()))
+    x_bad[..., -1] = np.nan            # the last column and row: some windows miss them
+    x_bad[..., -1, :] = np.inf
+    W_bad = W.copy()
+    W_bad[-1, 0, 0, -1] = np.inf       # the last filter: in a partial block when FN % 4 != 0
+    W_bad[0, -1, -1, 0] = np.nan
+    for name, xs, Ws in (("x", x_bad, W), ("W", x, W_bad)):
+        _same_cells(direct.conv_forward(xs, Ws, b, spec)[0], _naive(xs, Ws, b, spec),
+                    f"{case}, non-finite {name}")
+
+
+def test_strip_loop_compiles_to_vector_multiply_adds():
+    # the tile's cells stay in AVX2 registers: the tap loop is fused multiply-adds
+    # on ymm registers, eight per tap (a fresh compile: Numba cannot show the
+    # machine code it loaded from its cache); and its sums are right
+    features = llvmlite.binding.get_host_cpu_features()
+    if not (features.get("avx2") and features.get("fma")):
+        pytest.skip("the CPU has no AVX2 or FMA")
+    strips = numba.njit(**dict(JIT_OPTIONS, cache=False))(direct._forward_strips.py_func)
+    width = direct.TILE_BYTES // direct.KB // 4
+    acc = np.zeros(direct.KB * 2 * width, np.float32)
+    src = np.arange(3 * width + 5, dtype=np.float32)
+    taps = np.array([0, 1, 4], dtype=np.uint64)
+    w = np.arange(3 * direct.KB, dtype=np.float32)
+    strips(acc, src, taps, w, 1, 2)    # two strips, chunks of two taps then one
+    want = [[sum(w[t * direct.KB + r] * src[taps[t] + 1 + m] for t in range(3))
+             for m in range(2 * width)] for r in range(direct.KB)]
+    np.testing.assert_array_equal(acc.reshape(direct.KB, -1), np.array(want, np.float32))
+    fma = [line for line in strips.inspect_asm(strips.signatures[0]).splitlines()
+           if "vfmadd" in line and "ymm" in line]
+    assert len(fma) >= 8
+
+
+# With NUMBA_BOUNDSCHECK=1 every array read is checked: a strip that read past
+# the end of an image's planes would raise IndexError. A fresh process, its own
+# Numba cache (bounds-checked code must not reach the shared one).
+_BOUNDS = r"""
+import numpy as np
+from fastconv.kernels import direct, naive
+from fastconv.spec import conv_spec
+cases = [((1, 1, 2, 2), (1, 1, 1, 1), 1, 0, 1, 1), ((1, 2, 3, 5), (5, 2, 3, 1), 1, 0, 1, 1),
+         ((2, 2, 5, 19), (3, 2, 1, 7), (1, 2), 0, 1, 1), ((1, 4, 7, 9), (2, 2, 3, 3), 2, 2, 2, 2)]
+for dtype in (np.float32, np.float64):
+    for x_shape, w_shape, stride, pad, dilation, groups in cases:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(x_shape).astype(dtype)
+        W = rng.standard_normal(w_shape).astype(dtype)
+        b = np.zeros(w_shape[0], dtype)
+        spec = conv_spec(x_shape, w_shape, stride, pad, dtype, dilation=dilation, groups=groups)
+        got = direct.conv_forward(x, W, b, spec)[0]
+        want = naive.conv_forward(x, W, b, spec)[0]
+        assert np.allclose(got, want, rtol=1e-4, atol=1e-4), (x_shape, w_shape)
+print("ok")
+"""
+
+
+def test_strips_read_inside_the_planes(tmp_path):
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", _BOUNDS], capture_output=True, text=True,
+                          env=env, check=False, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
