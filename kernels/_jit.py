@@ -106,15 +106,19 @@ def warn_at_caller(message, category=CompileNotice):
                            registry=frame.f_globals.setdefault("__warningregistry__", {}))
 
 
-def jit(fn=None, *, parallel=False):
+def jit(fn=None, *, parallel=False, in_order=False):
     """``@jit`` / ``@jit(parallel=True)``: ``numba.njit`` with fastconv's options.
 
     A parallel kernel is wrapped in ``ParallelKernel`` and must be called from
-    Python, not from other compiled code.
+    Python, not from other compiled code. ``in_order=True`` (serial functions)
+    leaves 'reassoc' out of fastmath: LLVM then adds every sum's terms in the
+    order the code does, so a result does not depend on how its loop was split.
     """
     def wrap(f):
         if parallel:
             return ParallelKernel(f)
+        if in_order:
+            return numba.njit(**dict(JIT_OPTIONS, fastmath=JIT_OPTIONS["fastmath"] - {"reassoc"}))(f)
         return numba.njit(**JIT_OPTIONS)(f)
 
     return wrap(fn) if fn is not None else wrap

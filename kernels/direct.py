@@ -70,7 +70,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import JIT_OPTIONS, jit, one_launch_at_a_time
+from ._jit import jit, one_launch_at_a_time
 from ._planes import _phases, _to_planes
 from ._workspace import Workspace
 from .cpu_pooling import PoolCache, pool_backward, pool_forward  # noqa: F401  (this path's pooling)
@@ -321,10 +321,10 @@ def _register_tile(typingctx, like):
 # Why faster than passes over the accumulator (``_accumulate``): the KB x VW
 # tile stays in registers for a chunk of taps, one store per up to 64 taps
 # instead of a load and a store of the accumulator per three taps.
-# fastconv's options less 'reassoc': with it LLVM may split a cell's sum over
-# the taps into partial sums, and the order of the terms would then depend on
-# the chunk length.
-@numba.njit(**dict(JIT_OPTIONS, fastmath={"contract", "nsz"}))
+# in_order (no 'reassoc'): with it LLVM may split a cell's sum over the taps
+# into partial sums, and the order of the terms would then depend on the chunk
+# length.
+@jit(in_order=True)
 def _forward_strips(acc, src, taps, w, base, first):
     """acc[r, m] (+)= sum over taps t of w[t*KB + r] * src[taps[t] + base + m]: one chunk of taps.
 
