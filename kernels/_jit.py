@@ -38,10 +38,10 @@ class CompileNotice(UserWarning):
 
 
 # Rough compile times of a path's convolution kernels (forward and backward) on
-# this project's 2-core machine when idle, for the notice; about twice that on a
-# busy machine. Measured with bench/first_call.py and the README example
-# (2026-12): im2col 7-9 s, direct 20-25 s, CPU pooling 5-7 s, winograd ~8 s.
-COMPILE_SECONDS = {"im2col": 8, "direct": 22, "cpu_pooling": 6, "winograd": 8, "cuda": 10}
+# this project's 2-core machine, for the notice. Measured (2026-12-02, cold
+# Numba cache, the README example and `fastconv train`): im2col 7-10 s, direct
+# 19 s without dx and 31 s with it, CPU pooling 5-7 s, winograd 12 s.
+COMPILE_SECONDS = {"im2col": 9, "direct": 30, "cpu_pooling": 6, "winograd": 12, "cuda": 10}
 _noticed = set()
 
 
