@@ -81,6 +81,11 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    # the thread environment as the run starts: a Dask cluster started by a
+    # benchmark (distributed's Nanny) sets OMP/MKL/OPENBLAS_NUM_THREADS=1 in
+    # this process's environment for its workers, which the BLAS and Numba
+    # already running here never read
+    config._fastconv_env = {name: os.environ[name] for name in THREAD_ENV if name in os.environ}
     # runs before pytest-benchmark's own configure (which is trylast), so these apply
     if quick_mode(config):
         for name, value in QUICK_OPTIONS.items():
@@ -198,7 +203,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         quick=bool(quick_mode(config)),
         numba=numba.__version__, numpy=np.__version__,
         numba_threads=numba.get_num_threads(),
-        env={name: os.environ[name] for name in THREAD_ENV if name in os.environ},
+        env=(config._fastconv_env if hasattr(config, "_fastconv_env")
+             else {name: os.environ[name] for name in THREAD_ENV if name in os.environ}),
         blas=_blas_info(),
         sgemm_gflops=sgemm if sgemm is not None else measure_sgemm_gflops(),
         sgemm_size=SGEMM_SIZE,
