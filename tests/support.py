@@ -35,6 +35,17 @@ def assert_close(actual, expected, name=""):
                                err_msg=name)
 
 
+def assert_same_cells(actual, expected, name=""):
+    """Non-finite values cell by cell: nan, +inf and -inf in the same cells of actual and of
+    expected (cast to actual's dtype), the finite cells close (``assert_close``)."""
+    expected = np.asarray(expected).astype(actual.dtype)
+    for kind, test in (("nan", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+        np.testing.assert_array_equal(test(actual), test(expected), err_msg=f"{name}: {kind} cells")
+    finite = np.isfinite(expected)
+    if finite.any():
+        assert_close(actual[finite], expected[finite], name)
+
+
 def oracle_conv(x, W, b, stride, pad, dout):
     """(out, dx, dW, db) of the naive path run in float64 on the same values, cast back
     to x's dtype: a float32 oracle would carry rounding errors as large as the path's own."""

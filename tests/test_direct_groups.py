@@ -18,7 +18,7 @@ import numba
 import numpy as np
 import pytest
 from gradcheck import numerical_gradient, rel_error
-from support import assert_close
+from support import assert_close, assert_same_cells
 
 from fastconv.kernels import direct, naive
 from fastconv.spec import conv_spec
@@ -249,16 +249,6 @@ def _reach(x_mask, dout_mask, W, stride, pad, dilation, groups):
     return found[0] > 0, found[1] > 0
 
 
-def _assert_same_cells(actual, expected, name):
-    """nan, +inf and -inf in the same cells; the finite cells close."""
-    expected = expected.astype(actual.dtype)
-    for kind, test in (("nan", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
-        np.testing.assert_array_equal(test(actual), test(expected), err_msg=f"{name}: {kind}")
-    finite = np.isfinite(expected)
-    if finite.any():
-        assert_close(actual[finite], expected[finite], name)
-
-
 NONFINITE_CASES = {
     "general_dilated_grouped": ((2, 4, 11, 10), (4, 2, 3, 3), (1, 1), (1, 1), (2, 2), 2),
     "general_strided_dilated": ((1, 2, 12, 11), (3, 2, 3, 2), (2, 2), (1, 0), (2, 3), 1),
@@ -294,9 +284,9 @@ def test_nan_and_inf_in_x_reach_exactly_the_outputs_whose_taps_read_them(case, d
     assert_close(out[untouched], want[0].astype(dtype)[untouched], "out")
     # dx depends on dout and W only; dW at the taps has exactly the dense dW's terms
     full = oracle(x, W, b, stride, pad, dilation, groups, dout)
-    _assert_same_cells(got[1], want[1], "dx")
-    _assert_same_cells(got[2], full[2], "dW")
-    _assert_same_cells(got[3], full[3], "db")
+    assert_same_cells(got[1], want[1], "dx")
+    assert_same_cells(got[2], full[2], "dW")
+    assert_same_cells(got[3], full[3], "db")
 
 
 def test_inf_in_cells_between_the_taps_touches_nothing():
@@ -333,7 +323,7 @@ def test_non_finite_weights_match_the_dense_oracle_cell_by_cell(case, dtype):
         want = oracle(x, W, b, stride, pad, dilation, groups, dout)
     for name, g, w in zip(("out", "dx", "dW", "db"), got, want):
         assert g.dtype == dtype, name
-        _assert_same_cells(g, w, name)
+        assert_same_cells(g, w, name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -357,8 +347,8 @@ def test_non_finite_dout_reaches_exactly_the_x_cells_its_taps_read(case, dtype):
     # dW at the taps has exactly the dense dW's terms (padding zeros times -inf: nan)
     with np.errstate(invalid="ignore", over="ignore"):
         full = oracle(x, W, b, stride, pad, dilation, groups, dout)
-    _assert_same_cells(got[2], full[2], "dW")
-    _assert_same_cells(got[3], full[3], "db")
+    assert_same_cells(got[2], full[2], "dW")
+    assert_same_cells(got[3], full[3], "db")
 
 
 # ------------------------------------------------------ dtype and threads
