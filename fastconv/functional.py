@@ -16,7 +16,7 @@ import numpy as np
 from . import backends, tuner
 from .geometry import _as_int, resolve_padding
 from .spec import (FLOAT_DTYPES, PAD_FORMS, POOL_MODES, ConvSpec, PoolSpec, cache_key,
-                   check_return_indices, conv_spec, pool_spec, without_input_grad)
+                   check_flag, check_return_indices, conv_spec, pool_spec, without_input_grad)
 
 MODES = POOL_MODES
 # an int, or an (h, w) pair
@@ -166,8 +166,7 @@ def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pai
     returns None for dx (a network's first layer: nothing below it takes dx,
     which costs about as much as dW); "auto" then times that backward.
     """
-    if input_grad is not True and input_grad is not False:
-        raise TypeError(f"input_grad must be True or False, got {input_grad!r}")
+    input_grad = check_flag(input_grad, "input_grad")
     x = check_array(x, "x", (3, 4), "(N, C, H, W) or one image (C, H, W)")
     W = check_array(W, "W", 4, "(FN, C, FH, FW)")
     if b is None:
@@ -212,19 +211,14 @@ def lowered_conv_spec(x_shape, w_shape, stride: Pair = 1, pad: Padding = 0, dtyp
     before the kernel runs (then spec.x_shape is the padded shape), or None
     when the padding is symmetric and x runs as it is.
     """
-    # Lists become tuples (the cache needs hashable keys); a warmed layer, which
-    # passes tuples, pays one cache look-up here and no Python-level checking.
-    if isinstance(pad, list):
-        pad = tuple(tuple(p) if isinstance(p, list) else p for p in pad)
+    # A warmed layer, which passes tuples, pays one cache look-up here and no
+    # Python-level checking.
     try:
-        return _lowered_conv_spec(tuple(x_shape), tuple(w_shape),
-                                  tuple(stride) if isinstance(stride, list) else stride, pad,
-                                  np.dtype(dtype), rounding,
-                                  tuple(dilation) if isinstance(dilation, list) else dilation,
-                                  groups)
+        return _lowered_conv_spec(tuple(x_shape), tuple(w_shape), stride, pad, np.dtype(dtype),
+                                  rounding, dilation, groups)
     except TypeError:
         # an unhashable argument never reaches the checks inside the cache: name it,
-        # or (an array, a nested list) make it hashable and look again
+        # or (a list, an array) make it hashable and look again
         return _lowered_conv_spec(tuple(x_shape), tuple(w_shape), cache_key(stride, "stride"),
                                   cache_key(pad, "pad", PAD_FORMS), np.dtype(dtype),
                                   cache_key(rounding, "rounding", "'floor' or 'exact'"),

@@ -236,24 +236,22 @@ def conv_spec(x_shape, w_shape, stride=1, pad=0, dtype="float32", rounding="floo
     "exact" (see ``fastconv.conv_output_size``). Raises ValueError or
     TypeError naming the argument and the shapes.
     """
-    # Lists become tuples (the cache needs hashable keys); the hot path, a layer
-    # that passes tuples, pays one lookup and no Python-level checking.
+    # The hot path, a layer that passes tuples, pays one lookup and no Python-level
+    # checking.
     try:
-        return _conv_spec(tuple(x_shape), tuple(w_shape),
-                          tuple(stride) if isinstance(stride, list) else stride,
-                          tuple(pad) if isinstance(pad, list) else pad, np.dtype(dtype),
-                          rounding, tuple(dilation) if isinstance(dilation, list) else dilation,
-                          groups)
+        return _conv_spec(tuple(x_shape), tuple(w_shape), stride, pad, np.dtype(dtype), rounding,
+                          dilation, groups)
     except TypeError:
         # an unhashable argument never reaches the checks inside the cache: name it,
-        # or (an array, a nested list) make it hashable and look again
+        # or (a list, an array) make it hashable and look again
         return _conv_spec(tuple(x_shape), tuple(w_shape), cache_key(stride, "stride"),
                           cache_key(pad, "pad"), np.dtype(dtype),
                           cache_key(rounding, "rounding", "'floor' or 'exact'"),
                           cache_key(dilation, "dilation"), cache_key(groups, "groups", "an int"))
 
 
-def _flag(value, name: str) -> bool:
+def check_flag(value, name: str) -> bool:
+    """``value`` as a bool: True or False (NumPy's too), else a TypeError naming ``name``."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
     return bool(value)
@@ -270,8 +268,8 @@ def check_pool_options(mode, ceil_mode=False, count_include_pad=True, divisor_ov
     """
     if mode not in POOL_MODES:
         raise ValueError(f"mode must be one of {POOL_MODES}, got {mode!r}")
-    ceil_mode = _flag(ceil_mode, "ceil_mode")
-    count_include_pad = _flag(count_include_pad, "count_include_pad")
+    ceil_mode = check_flag(ceil_mode, "ceil_mode")
+    count_include_pad = check_flag(count_include_pad, "count_include_pad")
     if divisor_override is not None:
         divisor_override = _as_int(divisor_override, "divisor_override")
         if divisor_override < 1:
@@ -355,11 +353,8 @@ def pool_spec(x_shape, pool_h, pool_w, stride=None, pad=0, mode="max", dtype="fl
     avg_pool2d take them (see ``fastconv.pool2d``).
     """
     try:
-        return _pool_spec(tuple(x_shape), pool_h, pool_w,
-                          tuple(stride) if isinstance(stride, list) else stride,
-                          tuple(pad) if isinstance(pad, list) else pad, mode, np.dtype(dtype),
-                          rounding, ceil_mode, count_include_pad, divisor_override,
-                          tuple(dilation) if isinstance(dilation, list) else dilation)
+        return _pool_spec(tuple(x_shape), pool_h, pool_w, stride, pad, mode, np.dtype(dtype),
+                          rounding, ceil_mode, count_include_pad, divisor_override, dilation)
     except TypeError:
         # an unhashable option never reaches the checks inside the cache: name it here,
         # or (an array, a nested list) make it hashable and look again
