@@ -116,6 +116,19 @@ def _row_piece(i, OW, p0, p1):
     return max(0, p0 - i * OW), min(OW, p1 - i * OW)
 
 
+@jit
+def _band_plane(p0, p1, OW, W, FH, FW, sh, sw, pw, dh, dw):
+    """The local plane of a band of positions p0..p1 -> (i_first, i_last, r_lo, r_hi, Wp):
+    its output rows i_first..i_last read padded input rows r_lo..r_hi-1, each Wp cells
+    wide (the padded width); ``_unroll`` copies them out, ``_col2im`` adds into them."""
+    i_first = p0 // OW
+    i_last = (p1 - 1) // OW
+    r_lo = i_first * sh
+    r_hi = i_last * sh + (FH - 1) * dh + 1
+    Wp = max(W + 2 * pw, (OW - 1) * sw + (FW - 1) * dw + 1)
+    return i_first, i_last, r_lo, r_hi, Wp
+
+
 @jit(parallel=True)
 def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, col, s_img, s_row):
     """Unroll output positions p0..p1 (p = i*OW + j) of images n0..n0+n_imgs of
@@ -136,12 +149,7 @@ def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, col, s_im
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     K = C * FH * FW
     width = p1 - p0
-    i_first = p0 // OW
-    i_last = (p1 - 1) // OW
-    # padded rows r_lo..r_hi-1 hold every cell the band's windows read
-    r_lo = i_first * sh
-    r_hi = i_last * sh + (FH - 1) * dh + 1
-    Wp = max(W + 2 * pw, (OW - 1) * sw + (FW - 1) * dw + 1)
+    i_first, i_last, r_lo, r_hi, Wp = _band_plane(p0, p1, OW, W, FH, FW, sh, sw, pw, dh, dw)
     for t in prange(n_imgs * C + n_imgs):
         if t >= n_imgs * C:
             # the bias row of ones, one task per image
@@ -208,12 +216,7 @@ def _col2im(dcol, s_img, s_row, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, 
     on a par for 3x3 stride 1.
     """
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
-    i_first = p0 // OW
-    i_last = (p1 - 1) // OW
-    # padded rows r_lo..r_hi-1 hold every cell the band's windows read
-    r_lo = i_first * sh
-    r_hi = i_last * sh + (FH - 1) * dh + 1
-    Wp = max(W + 2 * pw, (OW - 1) * sw + (FW - 1) * dw + 1)
+    i_first, i_last, r_lo, r_hi, Wp = _band_plane(p0, p1, OW, W, FH, FW, sh, sw, pw, dh, dw)
     for t in prange(n_imgs * C):
         ii = t // C
         c = t - ii * C
