@@ -2,10 +2,23 @@
 
 One Layer interface (``forward``/``backward``, parameters ``W``/``b`` and
 gradients ``dW``/``db``, NCHW arrays) over compute paths: ``naive`` (the
-oracle), ``im2col``, ``direct`` and ``cuda``.
+oracle), ``im2col``, ``direct``, ``winograd`` (3x3 stride-1 convolutions) and
+``cuda``.
 """
 # The one definition of the version; pyproject.toml reads it from here.
 __version__ = "0.1.0"
+
+import os as _os
+
+# Before anything imports numpy: OpenBLAS reads this once, when numpy loads it.
+# By default its idle threads spin for about 0.1 s after every product, and on
+# a machine with as many threads as cores the spinners take the cores from the
+# Numba kernel that follows (measured: an 8x64x56x56 Winograd input transform
+# right after a product ran 1.9x slower; a ResNet-18 training step on the im2col
+# path 1.15x slower). 2**18 cycles (about 0.1 ms) still lets back-to-back
+# products find their threads awake. A value the program set is kept; when numpy
+# was imported before fastconv, only processes started later see it.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
 
 # Imported first for its side effect: it arranges Numba's threads, which must
 # happen before anything (even numba.get_num_threads()) starts the pool.

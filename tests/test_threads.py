@@ -15,11 +15,11 @@ import pytest
 from support import PYTHON
 
 
-def _run(code, env=None, timeout=600):
+def _run(code, env=None, timeout=600, unset=()):
     import os
     full_env = dict(os.environ)
-    full_env.pop("NUMBA_THREADING_LAYER", None)
-    full_env.pop("OMP_WAIT_POLICY", None)
+    for name in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY", *unset):
+        full_env.pop(name, None)
     full_env.update(env or {})
     return subprocess.run([*PYTHON, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, timeout=timeout, env=full_env)
@@ -127,3 +127,31 @@ def test_a_forked_child_may_run_fastconv_after_its_parent_did():
     """)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["ok", "tbb" if _tbb_installed() else "omp"]
+
+
+_BLAS_TIMEOUT = """
+    import ctypes
+    import fastconv
+    import numpy as np
+    from threadpoolctl import threadpool_info
+    blas = [lib for lib in threadpool_info() if lib["internal_api"] == "openblas"]
+    lib = ctypes.CDLL(blas[0]["filepath"]) if blas else None
+    if lib is None or not hasattr(lib, "openblas_thread_timeout"):
+        print("no-openblas")
+    else:
+        print(lib.openblas_thread_timeout(), fastconv.__name__)
+"""
+
+
+@pytest.mark.parametrize("program_value", [None, "7"])
+def test_openblas_threads_sleep_soon_after_a_product(program_value):
+    # OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when numpy loads it; fastconv sets it
+    # (when the program has not) before it imports numpy, so its threads stop
+    # spinning against the Numba kernels that follow a product
+    pytest.importorskip("threadpoolctl")
+    env = {} if program_value is None else {"OPENBLAS_THREAD_TIMEOUT": program_value}
+    done = _run(_BLAS_TIMEOUT, env=env, unset=("OPENBLAS_THREAD_TIMEOUT",))
+    assert done.returncode == 0, done.stderr[-3000:]
+    if done.stdout.split() == ["no-openblas"]:
+        pytest.skip("numpy's BLAS is not OpenBLAS")
+    assert done.stdout.split() == [program_value or "18", "fastconv"]
