@@ -15,8 +15,9 @@ import numpy as np
 
 from . import backends, tuner
 from .geometry import _as_int, resolve_padding
-from .spec import (FLOAT_DTYPES, PAD_FORMS, POOL_MODES, ConvSpec, PoolSpec, cache_key,
-                   check_flag, check_return_indices, conv_spec, pool_spec, without_input_grad)
+from .spec import (FLOAT_DTYPES, PAD_FORMS, POOL_MODES, ConvSpec, PoolSpec, as_forward_only,
+                   cache_key, check_flag, check_return_indices, conv_spec, pool_spec,
+                   without_input_grad)
 
 MODES = POOL_MODES
 # an int, or an (h, w) pair
@@ -166,7 +167,14 @@ def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pai
     returns None for dx (a network's first layer: nothing below it takes dx,
     which costs about as much as dW); "auto" then times that backward.
     """
-    input_grad = check_flag(input_grad, "input_grad")
+    return _conv_forward(x, W, b, stride, pad, rounding, backend, dilation, groups,
+                         check_flag(input_grad, "input_grad"), forward_only=False)
+
+
+def _conv_forward(x, W, b, stride, pad, rounding, backend, dilation, groups, input_grad,
+                  forward_only):
+    """conv_forward; ``forward_only=True`` (conv2d): the path keeps no cache, and so
+    copies neither x nor W, and the returned Saved holds None."""
     x = check_array(x, "x", (3, 4), "(N, C, H, W) or one image (C, H, W)")
     W = check_array(W, "W", 4, "(FN, C, FH, FW)")
     if b is None:
@@ -183,6 +191,8 @@ def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pai
                                      dilation, groups)
     if not input_grad:
         spec = without_input_grad(spec)
+    if forward_only:
+        spec = as_forward_only(spec)
     on_device = not isinstance(x, np.ndarray) or not isinstance(W, np.ndarray)
     if excess is not None:
         if on_device:
@@ -356,7 +366,9 @@ def conv2d(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None, stride: Pa
     """
     if flip:
         W = check_array(W, "W", 4, "(FN, C, FH, FW)")[:, :, ::-1, ::-1]
-    out, _ = conv_forward(x, W, b, stride, pad, rounding, backend, dilation, groups)
+    # no backward follows: the path keeps (and copies) nothing for one
+    out, _ = _conv_forward(x, W, b, stride, pad, rounding, backend, dilation, groups,
+                           input_grad=True, forward_only=True)
     return out
 
 

@@ -35,6 +35,8 @@ class ConvSpec:
     dilation: (h, w) pairs; out_hw: (OH, OW); dtype: float32 or float64.
     input_grad: whether backward computes dx; False for a network's first
     layer, which has no layer below to take it (dx costs about as much as dW).
+    forward_only: no backward will follow (``fastconv.conv2d``): the paths keep
+    nothing for one, so they copy neither x nor W, and return None as the cache.
     """
 
     x_shape: tuple[int, int, int, int]
@@ -46,6 +48,7 @@ class ConvSpec:
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
     input_grad: bool = True
+    forward_only: bool = False
 
     op = "conv"
 
@@ -192,6 +195,12 @@ def _conv_spec(x_shape, w_shape, stride, pad, dtype, rounding, dilation, groups)
 def without_input_grad(spec: ConvSpec) -> ConvSpec:
     """``spec`` with ``input_grad=False``: backward computes dW and db only."""
     return dataclasses.replace(spec, input_grad=False)
+
+
+@lru_cache(maxsize=512)
+def as_forward_only(spec: ConvSpec, only: bool = True) -> ConvSpec:
+    """``spec`` with ``forward_only=only`` (True: no cache is kept for a backward)."""
+    return dataclasses.replace(spec, forward_only=only)
 
 
 def check_groups(groups) -> int:

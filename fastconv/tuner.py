@@ -68,7 +68,8 @@ import numpy as np
 from . import backends, io, timing
 from .kernels._jit import warn_at_caller
 from .geometry import as_pair
-from .spec import POOL_DEFAULTS, ConvSpec, PoolSpec, batch_bucket, conv_spec, pool_spec
+from .spec import (POOL_DEFAULTS, ConvSpec, PoolSpec, as_forward_only, batch_bucket, conv_spec,
+                   pool_spec)
 
 ENV_CACHE_DIR = "FASTCONV_CACHE_DIR"
 ENV_AUTOTUNE = "FASTCONV_AUTOTUNE"
@@ -588,6 +589,10 @@ def choose(spec: ConvSpec | PoolSpec) -> str:
     The hot path: a spec met before in this process (with the same thread
     count) is one dictionary look-up.
     """
+    if spec.op == "conv" and spec.forward_only:
+        # one decision per problem: a forward-only call (conv2d) runs where the
+        # training call of the same problem runs, and is never timed on its own
+        spec = as_forward_only(spec, False)
     threads = numba.get_num_threads()
     path = _by_spec.get((spec, threads))
     if path is None:

@@ -9,7 +9,8 @@ by ``tests/test_kernel_contract.py``:
   and pooling", "3x3 stride-1 convolutions", ...);
 - ``supports(spec) -> bool``: whether it runs this ``ConvSpec``/``PoolSpec``;
   "auto" skips a path that does not, and asking for it is a ``ValueError``;
-- ``conv_forward(x, W, b, spec) -> (out, cache)``;
+- ``conv_forward(x, W, b, spec) -> (out, cache)``; cache is None, and nothing
+  is copied for a backward, when the spec's ``forward_only`` is True;
 - ``conv_backward(dout, cache) -> (dx, dW, db)``; dx is None, and its work
   skipped, when the spec's ``input_grad`` is False (a network's first layer);
 - ``pool_forward(x, spec) -> (out, cache)``;

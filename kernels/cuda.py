@@ -554,6 +554,8 @@ def _conv_forward(x, W, b, spec, kernel):
     _launch_conv_forward(out, xd, Wd, bd, spec.stride, spec.pad, kernel, spec.dilation,
                          spec.groups)
     (out,) = _returned((out,), device_call)
+    if spec.forward_only:
+        return out, None
     # backward must see x and W as they were: host inputs were copied over
     # already; device inputs, which the caller may change, are copied on the device
     return out, ConvCache(_private(x, xd), _private(W, Wd), spec)

@@ -494,6 +494,8 @@ def conv_forward(x, W, b, spec):
         ops = _forward_ops(Cg, FH, FW, sh, sw, Wq, dh, dw)
         out = _conv_forward_passes(xq, wt, ops, b, FN, OH, OW, Wq, _rows_per_block(Wq, x.itemsize),
                                    G, _tap_step(sw, dw))
+    if spec.forward_only:
+        return out, None
     # xq is already a copy; W is copied so that backward sees it as it was
     return out, ConvCache(xq, W.copy(), spec, Hq, Wq)
 

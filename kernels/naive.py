@@ -98,6 +98,8 @@ def conv_forward(x, W, b, spec):
                     rows, cols = _window(i, j, spec)
                     window = xp[n, chans, rows, cols]
                     out[n, filters, i, j] = w_rows[filters] @ window.reshape(-1) + b[filters]
+    if spec.forward_only:
+        return out, None
     # copies: backward must see x and W as they were, even if the caller changes them
     return out, ConvCache(x.copy(), W.copy(), spec)
 

@@ -413,10 +413,13 @@ def conv_forward(x, W, b, spec):
     """x: (N, C, H, W), W: (FN, C, 3, 3), b: (FN,) -> out: (N, FN, OH, OW), cache."""
     if not _fits(x, W, spec.field, x.dtype):
         out, inner = im2col.conv_forward(x, W, b, spec)
-        return out, _Fallback(inner, spec)
+        return out, None if spec.forward_only else _Fallback(inner, spec)
     m = _tile_for(spec.out_hw)
+    out = _correlate(x, W, b, spec.pad, spec.out_hw, m)
+    if spec.forward_only:
+        return out, None
     # copies: backward must see x and W as they were, even if the caller changes them
-    return _correlate(x, W, b, spec.pad, spec.out_hw, m), ConvCache(x.copy(), W.copy(), spec, m)
+    return out, ConvCache(x.copy(), W.copy(), spec, m)
 
 
 def _conv_dw(dout, x, pad, m):

@@ -9,7 +9,7 @@ from cuda_support import DTYPES, FORWARD_KERNELS, SIMULATOR, skip_without_cuda
 from support import assert_close
 
 from fastconv import conv_spec
-from fastconv.spec import without_input_grad
+from fastconv.spec import as_forward_only, without_input_grad
 from fastconv.kernels import cuda as kc
 from fastconv.kernels import naive
 
@@ -108,6 +108,17 @@ def test_backward_without_dx_launches_no_dx_kernel(case, monkeypatch):
     np.testing.assert_array_equal(dW, full[1])
     np.testing.assert_array_equal(db, full[2])
     assert_close(dW, oracle(x, W, b, *case[2:], dout)[2], "dW")
+
+
+@pytest.mark.parametrize("kernel", FORWARD_KERNELS)
+def test_forward_only_keeps_no_cache(kernel):
+    # fastconv.conv2d's spec: nothing is kept (or copied on the device) for a backward
+    x, W, b, spec, _ = arrays(CASES["grouped"], np.float32, seed=6)
+    out, cache = kc._conv_forward(x, W, b, as_forward_only(spec), kernel)
+    assert cache is None
+    out_kept, cache_kept = kc._conv_forward(x, W, b, spec, kernel)
+    assert cache_kept is not None
+    np.testing.assert_array_equal(out, out_kept)
 
 
 def test_tiled_forward_keeps_filter_tiles_within_a_group():

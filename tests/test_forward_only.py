@@ -1,0 +1,134 @@
+"""A forward with no backward after it: ``fastconv.conv2d`` keeps nothing for one.
+
+``conv_forward`` returns what its backward needs, and every path copies x and W
+into it (a backward must see them as they were). ``conv2d`` returns the output
+alone, so it runs the spec with ``forward_only=True``: the paths copy nothing
+and return None as the cache. Checked here: the output is bit for bit the one
+``conv_forward`` gives (and the float64 naive oracle's, within tolerance), the
+copies are really gone, and "auto" runs a forward-only call where it runs the
+training call of the same problem, without timing it again.
+"""
+import tracemalloc
+
+import numpy as np
+import pytest
+from support import PATHS, assert_close, oracle_conv, skip_unless_supported
+
+import fastconv
+from fastconv import backends, tuner
+from fastconv import functional as F
+from fastconv.spec import as_forward_only
+
+# (x shape, W shape, stride, pad, dilation, groups): the branches of each path's forward
+CASES = {
+    "3x3": ((2, 3, 9, 8), (4, 3, 3, 3), 1, 1, 1, 1),
+    "5x5_stride2": ((3, 2, 11, 10), (5, 2, 5, 5), 2, 2, 1, 1),
+    "1x1": ((2, 6, 12, 12), (3, 6, 1, 1), 1, 0, 1, 1),        # im2col: no unroll
+    "groups": ((2, 4, 8, 8), (6, 2, 3, 3), 1, 1, 1, 2),
+    "depthwise": ((2, 3, 8, 9), (6, 1, 3, 3), 1, 1, 1, 3),     # direct: its own kernels
+    "dilated": ((2, 2, 10, 10), (3, 2, 3, 3), 1, 2, 2, 1),
+    "unequal_pad": ((2, 2, 7, 7), (3, 2, 3, 3), 1, ((0, 1), (2, 0)), 1, 1),
+}
+
+
+def _problem(case, dtype, seed=0):
+    x_shape, w_shape, stride, pad, dilation, groups = CASES[case]
+    rng = np.random.default_rng(seed + sorted(CASES).index(case))
+    x = rng.standard_normal(x_shape).astype(dtype)
+    W = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    return x, W, b, dict(stride=stride, pad=pad, dilation=dilation, groups=groups)
+
+
+def _spec(x, W, kw):
+    return F.lowered_conv_spec(x.shape, W.shape, kw["stride"], kw["pad"], x.dtype,
+                               dilation=kw["dilation"], groups=kw["groups"])[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("path", PATHS)
+def test_conv2d_gives_the_forward_of_conv_forward(path, case, dtype):
+    x, W, b, kw = _problem(case, dtype)
+    skip_unless_supported(path, _spec(x, W, kw))
+    x_before, W_before = x.copy(), W.copy()
+    out = fastconv.conv2d(x, W, b, backend=path, **kw)
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(W, W_before)
+    # the same arithmetic, whether or not a cache is kept beside it
+    np.testing.assert_array_equal(out, F.conv_forward(x, W, b, backend=path, **kw)[0])
+    assert out.dtype == np.dtype(dtype)
+    if case != "unequal_pad" and kw["dilation"] == kw["groups"] == 1:
+        expected = oracle_conv(x, W, b, kw["stride"], kw["pad"], np.zeros_like(out))[0]
+        assert_close(out, expected, "out")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("path", PATHS)
+def test_every_path_keeps_no_cache_for_a_forward_only_spec(path, case):
+    x, W, b, kw = _problem(case, np.float32, seed=5)
+    spec = _spec(x, W, kw)
+    skip_unless_supported(path, spec)
+    if case == "unequal_pad":
+        x = np.pad(x, ((0, 0), (0, 0), (0, 1), (2, 0)))      # what the entry point adds
+    module = backends.get_path(path)
+    out, cache = module.conv_forward(x, W, b, as_forward_only(spec))
+    assert cache is None
+    out_kept, cache_kept = module.conv_forward(x, W, b, spec)
+    assert cache_kept is not None
+    np.testing.assert_array_equal(out, out_kept)
+
+
+def test_winograd_fallback_keeps_no_cache_either():
+    # a nan in x sends the winograd path to im2col: forward-only there too
+    if "winograd" not in PATHS:
+        pytest.skip("the winograd path is not tested in this run")
+    x, W, b, kw = _problem("3x3", np.float32, seed=2)
+    x[0, 1, 3, 4] = np.nan
+    module = backends.get_path("winograd")
+    out, cache = module.conv_forward(x, W, b, as_forward_only(_spec(x, W, kw)))
+    assert cache is None
+    np.testing.assert_array_equal(out, F.conv_forward(x, W, b, backend="im2col", **kw)[0])
+
+
+@pytest.mark.parametrize("path", [p for p in ("naive", "im2col", "winograd") if p in PATHS])
+def test_forward_only_copies_neither_x_nor_W(path):
+    # conv_forward's cache holds copies of x and W: what a call leaves allocated,
+    # its result held, is at least their bytes more than what conv2d leaves
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 8, 40, 40)).astype(np.float32)
+    W = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    fastconv.conv2d(x, W, b, pad=1, backend=path)       # compile, and fill scratch buffers
+    F.conv_forward(x, W, b, 1, 1, backend=path)
+
+    def held(call):
+        tracemalloc.start()
+        try:
+            result = call()            # noqa: F841 (held while the memory is read)
+            return tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+
+    kept = held(lambda: F.conv_forward(x, W, b, 1, 1, backend=path))
+    only = held(lambda: fastconv.conv2d(x, W, b, pad=1, backend=path))
+    assert kept - only >= x.nbytes + W.nbytes, (kept, only)
+
+
+def test_auto_runs_a_forward_only_call_on_the_training_calls_decision(monkeypatch):
+    x, W, b, kw = _problem("3x3", np.float32, seed=4)
+    spec = _spec(x, W, kw)
+    asked = []
+
+    def decide(spec_asked):
+        asked.append(spec_asked)
+        return tuner.Decision("naive", "chosen by this test", "static", tuner.spec_key(spec_asked))
+
+    monkeypatch.setattr(tuner, "decide_spec", decide)
+    monkeypatch.setattr(tuner, "_by_spec", {})
+    assert tuner.choose(as_forward_only(spec)) == "naive"
+    assert tuner.choose(spec) == "naive"
+    # one decision for both: the forward-only call asked for the training call's
+    assert asked == [spec]
+    assert tuner.spec_key(as_forward_only(spec)) == tuner.spec_key(spec)
+    assert as_forward_only(as_forward_only(spec), False) == spec
