@@ -12,7 +12,7 @@ such layer, and at inference it folds into the conv's weights and bias anyway;
 every conv carries a bias instead.
 
 - **forward**: the network's forward pass on a batch (fastconv: its ``Convolution``,
-  ``Pooling`` and ``Relu`` layers, residual sums in NumPy; torch under ``no_grad``);
+  ``Pooling`` and ``Relu`` layers, residual sums in NumPy; both under ``no_grad``);
 - **train_step**: forward, backward through every layer (``dout`` fixed, the
   gradient of ``mean(out * G)`` for a random G) and a plain SGD update of every
   weight and bias.
@@ -312,7 +312,8 @@ def _fastconv_runner(path, size, x, dout):
     opt = fastconv.SGD(lr=LR)
 
     def forward():
-        return net.forward(x), None
+        with fastconv.no_grad():        # as torch's: nothing kept for a backward
+            return net.forward(x), None
 
     def train_step():
         out = net.forward(x)

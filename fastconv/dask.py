@@ -79,7 +79,7 @@ import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import backends
-from .functional import Padding, Pair, check_backend, lowered_conv_spec
+from .functional import Padding, Pair, check_backend, lowered_conv_spec, no_grad
 from .functional import conv2d as _conv2d
 from .functional import pool2d as _pool2d
 from .geometry import as_pair, check_dilation, check_rounding, resolve_padding, span
@@ -613,7 +613,8 @@ def _predict_block(block, blob, upto, batch_size):
     so two tasks on one worker never share layer caches)."""
     _enter_task()
     network = load_network(blob)
-    return _in_batches(lambda xb: _forward(network, xb, upto), block, batch_size)
+    with no_grad():                 # inference: no copies kept for a backward
+        return _in_batches(lambda xb: _forward(network, xb, upto), block, batch_size)
 
 
 def _batch_chunked(x, network):

@@ -8,6 +8,8 @@ checks again.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -51,6 +53,33 @@ class Saved(NamedTuple):
     spec: ConvSpec | PoolSpec
     restore: Restore | None = None
     excess: tuple | None = None
+
+
+# -------------------------------------------------------------- no_grad
+
+_grad_mode = threading.local()
+
+
+def grad_enabled() -> bool:
+    """False inside :func:`no_grad` (in this thread)."""
+    return getattr(_grad_mode, "enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Forwards inside keep nothing for a backward, like ``torch.no_grad()``.
+
+    ``conv_forward`` (and so ``Convolution.forward``) then copies neither x nor
+    W for a backward; a backward of such a forward raises RuntimeError. For
+    inference and evaluation (``Network.evaluate`` runs under it). Per thread;
+    contexts nest.
+    """
+    previous = grad_enabled()
+    _grad_mode.enabled = False
+    try:
+        yield
+    finally:
+        _grad_mode.enabled = previous
 
 
 def is_device_array(a) -> bool:
@@ -168,7 +197,7 @@ def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pai
     which costs about as much as dW); "auto" then times that backward.
     """
     return _conv_forward(x, W, b, stride, pad, rounding, backend, dilation, groups,
-                         check_flag(input_grad, "input_grad"), forward_only=False)
+                         check_flag(input_grad, "input_grad"), forward_only=not grad_enabled())
 
 
 def _conv_forward(x, W, b, stride, pad, rounding, backend, dilation, groups, input_grad,
@@ -327,6 +356,9 @@ def conv_backward(dout: np.ndarray, saved: Saved,
                   ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """dout: (N, FN, OH, OW) -> (dx, dW, db) on the path forward used; dx is None when
     forward ran with ``input_grad=False``."""
+    if saved.cache is None:
+        raise RuntimeError("conv_backward: the forward ran under fastconv.no_grad(), which "
+                           "keeps nothing for a backward; run it outside no_grad()")
     dout = _check_dout(dout, saved)
     dx, dW, db = backends.get_path(saved.path).conv_backward(dout, saved.cache)
     if dx is not None and saved.excess is not None:

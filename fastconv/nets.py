@@ -14,7 +14,7 @@ from collections import Counter, OrderedDict
 import numpy as np
 
 from . import io
-from .functional import check_backend
+from .functional import check_backend, no_grad
 from .geometry import conv_output_size
 from .layers import (INIT_GAINS, Affine, Convolution, Dropout, Pooling, Relu,  # noqa: F401
                      Sigmoid, SoftmaxWithLoss, init_std)
@@ -104,7 +104,8 @@ class Network:
         total_loss, correct = 0.0, 0
         for i in range(0, len(x), batch_size):
             xb, tb = x[i:i + batch_size], labels[i:i + batch_size]
-            scores = self.predict(xb)
+            with no_grad():             # no backward follows: keep no copies for one
+                scores = self.predict(xb)
             total_loss += float(self.last_layer.forward(scores, tb)) * len(xb)
             correct += int(np.sum(scores.argmax(axis=1) == tb))
         return total_loss / len(x), correct / len(x)

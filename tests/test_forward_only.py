@@ -1,4 +1,5 @@
-"""A forward with no backward after it: ``fastconv.conv2d`` keeps nothing for one.
+"""A forward with no backward after it: ``fastconv.conv2d`` and forwards under
+``fastconv.no_grad()`` keep nothing for one.
 
 ``conv_forward`` returns what its backward needs, and every path copies x and W
 into it (a backward must see them as they were). ``conv2d`` returns the output
@@ -6,8 +7,11 @@ alone, so it runs the spec with ``forward_only=True``: the paths copy nothing
 and return None as the cache. Checked here: the output is bit for bit the one
 ``conv_forward`` gives (and the float64 naive oracle's, within tolerance), the
 copies are really gone, and "auto" runs a forward-only call where it runs the
-training call of the same problem, without timing it again.
+training call of the same problem, without timing it again. ``no_grad()`` does
+the same for ``conv_forward`` and the layers (per thread, like torch's), and a
+network's evaluation runs under it.
 """
+import threading
 import tracemalloc
 
 import numpy as np
@@ -132,3 +136,58 @@ def test_auto_runs_a_forward_only_call_on_the_training_calls_decision(monkeypatc
     assert asked == [spec]
     assert tuner.spec_key(as_forward_only(spec)) == tuner.spec_key(spec)
     assert as_forward_only(as_forward_only(spec), False) == spec
+
+
+# ------------------------------------------------------------------ no_grad
+
+def test_under_no_grad_a_layer_keeps_nothing_and_its_backward_says_why():
+    x, W, b, _ = _problem("3x3", np.float32, seed=7)
+    layer = fastconv.Convolution(W, b, stride=1, pad=1, backend="im2col")
+    out = layer.forward(x)
+    with fastconv.no_grad():
+        out_no_grad = layer.forward(x)
+    assert layer._saved.cache is None
+    np.testing.assert_array_equal(out_no_grad, out)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        layer.backward(np.ones_like(out))
+    layer.forward(x)                    # outside no_grad: a backward as always
+    dx = layer.backward(np.ones_like(out))
+    assert dx.shape == x.shape
+
+
+def test_no_grad_is_per_thread_nests_and_is_undone_by_an_error():
+    assert F.grad_enabled()
+    with fastconv.no_grad():
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(F.grad_enabled()))
+        other.start()
+        other.join()
+        assert seen == [True]
+        with fastconv.no_grad():
+            assert not F.grad_enabled()
+        assert not F.grad_enabled()
+    assert F.grad_enabled()
+    with pytest.raises(ZeroDivisionError):
+        with fastconv.no_grad():
+            1 / 0
+    assert F.grad_enabled()
+
+
+def test_network_evaluation_keeps_no_copies_and_gives_the_same_figures():
+    net = fastconv.SimpleConvNet(input_dim=(1, 10, 10), hidden_size=8, seed=3,
+                                 conv_param={"filter_num": 4, "filter_size": 3},
+                                 backend="im2col")
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((12, 1, 10, 10)).astype(np.float32)
+    t = rng.integers(0, 10, 12)
+    loss, accuracy = net.evaluate(x, t, batch_size=5)
+    conv = next(layer for layer in net.layers.values()
+                if isinstance(layer, fastconv.Convolution))
+    assert conv._saved.cache is None
+    # the same figures from forwards that keep their caches
+    scores = np.concatenate([net.predict(x[i:i + 5]) for i in range(0, 12, 5)])
+    assert accuracy == np.mean(scores.argmax(axis=1) == t)
+    expected = sum(float(net.last_layer.forward(net.predict(x[i:i + 5]), t[i:i + 5])) * len(x[i:i + 5])
+                   for i in range(0, 12, 5)) / 12
+    assert loss == pytest.approx(expected, rel=1e-6)
+    assert conv._saved.cache is not None
