@@ -26,7 +26,7 @@ from .kernels import _jit  # noqa: F401, E402
 from . import datasets  # noqa: E402
 from .backends import available_backends  # noqa: E402
 from .explain import explain  # noqa: E402
-from .functional import col2im, conv2d, im2col, no_grad, pool2d  # noqa: E402
+from .functional import col2im, conv2d, enable_grad, im2col, no_grad, pool2d  # noqa: E402
 from .geometry import conv_output_size  # noqa: E402
 from .layers import (Affine, Convolution, Dropout, Layer, Pooling, Relu, Sigmoid,  # noqa: E402
                      SoftmaxWithLoss)
@@ -40,7 +40,7 @@ from .warmup import CompileNotice, autotune_network, warmup  # noqa: E402
 __all__ = [
     "Affine", "Convolution", "Dropout", "Layer", "Pooling", "Relu", "Sigmoid",
     "SoftmaxWithLoss", "available_backends", "col2im", "conv2d", "conv_output_size",
-    "im2col", "no_grad", "pool2d", "ConvSpec", "PoolSpec", "conv_spec", "pool_spec",
+    "im2col", "no_grad", "enable_grad", "pool2d", "ConvSpec", "PoolSpec", "conv_spec", "pool_spec",
     "autotune", "clear_cache", "explain", "warmup", "autotune_network", "CompileNotice",
     "datasets", "LeNet", "SimpleConvNet", "SGD", "Momentum", "AdaGrad", "Adam", "Trainer",
 ]

@@ -66,20 +66,29 @@ def grad_enabled() -> bool:
 
 
 @contextlib.contextmanager
+def _grad_mode_set(enabled):
+    previous = grad_enabled()
+    _grad_mode.enabled = enabled
+    try:
+        yield
+    finally:
+        _grad_mode.enabled = previous
+
+
 def no_grad():
     """Forwards inside keep nothing for a backward, like ``torch.no_grad()``.
 
     ``conv_forward`` (and so ``Convolution.forward``) then copies neither x nor
     W for a backward; a backward of such a forward raises RuntimeError. For
     inference and evaluation (``Network.evaluate`` runs under it). Per thread;
-    contexts nest.
+    contexts nest (:func:`enable_grad` undoes it inside).
     """
-    previous = grad_enabled()
-    _grad_mode.enabled = False
-    try:
-        yield
-    finally:
-        _grad_mode.enabled = previous
+    return _grad_mode_set(False)
+
+
+def enable_grad():
+    """Inside :func:`no_grad`: forwards keep what a backward needs again (``torch.enable_grad``)."""
+    return _grad_mode_set(True)
 
 
 def is_device_array(a) -> bool:
@@ -195,6 +204,7 @@ def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pai
     input_grad=False: the backward of this call computes dW and db only and
     returns None for dx (a network's first layer: nothing below it takes dx,
     which costs about as much as dW); "auto" then times that backward.
+    Under :func:`no_grad`, ``saved`` holds nothing and cannot feed a backward.
     """
     return _conv_forward(x, W, b, stride, pad, rounding, backend, dilation, groups,
                          check_flag(input_grad, "input_grad"), forward_only=not grad_enabled())
@@ -202,8 +212,8 @@ def conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: Pai
 
 def _conv_forward(x, W, b, stride, pad, rounding, backend, dilation, groups, input_grad,
                   forward_only):
-    """conv_forward; ``forward_only=True`` (conv2d): the path keeps no cache, and so
-    copies neither x nor W, and the returned Saved holds None."""
+    """conv_forward; ``forward_only=True`` (conv2d, no_grad): the path keeps no cache,
+    and so copies neither x nor W, and the returned Saved holds None."""
     x = check_array(x, "x", (3, 4), "(N, C, H, W) or one image (C, H, W)")
     W = check_array(W, "W", 4, "(FN, C, FH, FW)")
     if b is None:

@@ -191,3 +191,24 @@ def test_network_evaluation_keeps_no_copies_and_gives_the_same_figures():
                    for i in range(0, 12, 5)) / 12
     assert loss == pytest.approx(expected, rel=1e-6)
     assert conv._saved.cache is not None
+
+
+def test_enable_grad_inside_no_grad_keeps_caches_again():
+    x, W, b, kw = _problem("3x3", np.float32, seed=9)
+    with fastconv.no_grad():
+        with fastconv.enable_grad():
+            assert F.grad_enabled()
+            out, saved = F.conv_forward(x, W, b, backend="im2col", **kw)
+        assert not F.grad_enabled()
+    dx, dW, db = F.conv_backward(np.ones_like(out), saved)
+    assert dx.shape == x.shape
+
+
+def test_warmup_and_compare_run_their_backward_inside_no_grad():
+    # both run a backward of their own: a caller's no_grad() must not break them
+    from fastconv.compare import compare
+
+    with fastconv.no_grad():
+        fastconv.warmup([((2, 3, 8, 8), (4, 3, 3, 3))], paths=["im2col"])
+        rows = compare(N=2, C=2, H=6, W=6, K=3, FH=3, FW=3, repeat=1, paths=["im2col"])
+    assert rows[0]["max_rel_diff"] < 1e-5
