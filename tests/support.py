@@ -136,3 +136,36 @@ def pool_through_entry(x, dout, spec, path):
                             return_indices=want, **spec.options)
     out, indices, saved = result if want else (result[0], None, result[1])
     return out, F.pool_backward(dout, saved), indices
+
+
+# Convolutions that reach the branches of each path's forward and backward:
+# (x shape, W shape, stride, pad, dilation, groups)
+CONV_BRANCHES = {
+    "3x3": ((2, 3, 9, 8), (4, 3, 3, 3), 1, 1, 1, 1),
+    "5x5_stride2": ((3, 2, 11, 10), (5, 2, 5, 5), 2, 2, 1, 1),
+    "1x1": ((2, 6, 16, 17), (3, 6, 1, 1), 1, 0, 1, 1),        # im2col: no unroll (>= 256 columns)
+    "groups": ((2, 4, 8, 8), (6, 2, 3, 3), 1, 1, 1, 2),
+    "depthwise": ((2, 3, 8, 9), (6, 1, 3, 3), 1, 1, 1, 3),     # direct: its own kernels
+    "dilated": ((2, 2, 10, 10), (3, 2, 3, 3), 1, 2, 2, 1),
+    "unequal_pad": ((2, 2, 7, 7), (3, 2, 3, 3), 1, ((0, 1), (2, 0)), 1, 1),
+}
+
+
+def conv_branch(case, dtype, seed=0):
+    """x, W, b (seeded random values) and the keywords (stride, pad, dilation, groups)
+    of ``CONV_BRANCHES[case]``; the spec the kernels run for them is ``lowered_spec``."""
+    x_shape, w_shape, stride, pad, dilation, groups = CONV_BRANCHES[case]
+    rng = np.random.default_rng([seed, sorted(CONV_BRANCHES).index(case)])
+    x = rng.standard_normal(x_shape).astype(dtype)
+    W = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    return x, W, b, dict(stride=stride, pad=pad, dilation=dilation, groups=groups)
+
+
+def lowered_spec(x, W, kw):
+    """The spec the kernels run for ``conv_forward(x, W, b, **kw)`` (unequal padding
+    lowered as the entry point lowers it)."""
+    from fastconv import functional as F
+
+    return F.lowered_conv_spec(x.shape, W.shape, kw["stride"], kw["pad"], x.dtype,
+                               dilation=kw["dilation"], groups=kw["groups"])[0]

@@ -16,45 +16,23 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from support import PATHS, assert_close, oracle_conv, skip_unless_supported
+from support import (CONV_BRANCHES, PATHS, assert_close, conv_branch, lowered_spec, oracle_conv,
+                     skip_unless_supported)
 
 import fastconv
 from fastconv import backends, tuner
 from fastconv import functional as F
 from fastconv.spec import as_forward_only
 
-# (x shape, W shape, stride, pad, dilation, groups): the branches of each path's forward
-CASES = {
-    "3x3": ((2, 3, 9, 8), (4, 3, 3, 3), 1, 1, 1, 1),
-    "5x5_stride2": ((3, 2, 11, 10), (5, 2, 5, 5), 2, 2, 1, 1),
-    "1x1": ((2, 6, 12, 12), (3, 6, 1, 1), 1, 0, 1, 1),        # im2col: no unroll
-    "groups": ((2, 4, 8, 8), (6, 2, 3, 3), 1, 1, 1, 2),
-    "depthwise": ((2, 3, 8, 9), (6, 1, 3, 3), 1, 1, 1, 3),     # direct: its own kernels
-    "dilated": ((2, 2, 10, 10), (3, 2, 3, 3), 1, 2, 2, 1),
-    "unequal_pad": ((2, 2, 7, 7), (3, 2, 3, 3), 1, ((0, 1), (2, 0)), 1, 1),
-}
-
-
-def _problem(case, dtype, seed=0):
-    x_shape, w_shape, stride, pad, dilation, groups = CASES[case]
-    rng = np.random.default_rng(seed + sorted(CASES).index(case))
-    x = rng.standard_normal(x_shape).astype(dtype)
-    W = rng.standard_normal(w_shape).astype(dtype)
-    b = rng.standard_normal(w_shape[0]).astype(dtype)
-    return x, W, b, dict(stride=stride, pad=pad, dilation=dilation, groups=groups)
-
-
-def _spec(x, W, kw):
-    return F.lowered_conv_spec(x.shape, W.shape, kw["stride"], kw["pad"], x.dtype,
-                               dilation=kw["dilation"], groups=kw["groups"])[0]
+CASES = CONV_BRANCHES
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("path", PATHS)
 def test_conv2d_gives_the_forward_of_conv_forward(path, case, dtype):
-    x, W, b, kw = _problem(case, dtype)
-    skip_unless_supported(path, _spec(x, W, kw))
+    x, W, b, kw = conv_branch(case, dtype)
+    skip_unless_supported(path, lowered_spec(x, W, kw))
     x_before, W_before = x.copy(), W.copy()
     out = fastconv.conv2d(x, W, b, backend=path, **kw)
     np.testing.assert_array_equal(x, x_before)
@@ -70,8 +48,8 @@ def test_conv2d_gives_the_forward_of_conv_forward(path, case, dtype):
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("path", PATHS)
 def test_every_path_keeps_no_cache_for_a_forward_only_spec(path, case):
-    x, W, b, kw = _problem(case, np.float32, seed=5)
-    spec = _spec(x, W, kw)
+    x, W, b, kw = conv_branch(case, np.float32, seed=5)
+    spec = lowered_spec(x, W, kw)
     skip_unless_supported(path, spec)
     if case == "unequal_pad":
         x = np.pad(x, ((0, 0), (0, 0), (0, 1), (2, 0)))      # what the entry point adds
@@ -87,10 +65,10 @@ def test_winograd_fallback_keeps_no_cache_either():
     # a nan in x sends the winograd path to im2col: forward-only there too
     if "winograd" not in PATHS:
         pytest.skip("the winograd path is not tested in this run")
-    x, W, b, kw = _problem("3x3", np.float32, seed=2)
+    x, W, b, kw = conv_branch("3x3", np.float32, seed=2)
     x[0, 1, 3, 4] = np.nan
     module = backends.get_path("winograd")
-    out, cache = module.conv_forward(x, W, b, as_forward_only(_spec(x, W, kw)))
+    out, cache = module.conv_forward(x, W, b, as_forward_only(lowered_spec(x, W, kw)))
     assert cache is None
     np.testing.assert_array_equal(out, F.conv_forward(x, W, b, backend="im2col", **kw)[0])
 
@@ -120,8 +98,8 @@ def test_forward_only_copies_neither_x_nor_W(path):
 
 
 def test_auto_runs_a_forward_only_call_on_the_training_calls_decision(monkeypatch):
-    x, W, b, kw = _problem("3x3", np.float32, seed=4)
-    spec = _spec(x, W, kw)
+    x, W, b, kw = conv_branch("3x3", np.float32, seed=4)
+    spec = lowered_spec(x, W, kw)
     asked = []
 
     def decide(spec_asked):
@@ -141,7 +119,7 @@ def test_auto_runs_a_forward_only_call_on_the_training_calls_decision(monkeypatc
 # ------------------------------------------------------------------ no_grad
 
 def test_under_no_grad_a_layer_keeps_nothing_and_its_backward_says_why():
-    x, W, b, _ = _problem("3x3", np.float32, seed=7)
+    x, W, b, _ = conv_branch("3x3", np.float32, seed=7)
     layer = fastconv.Convolution(W, b, stride=1, pad=1, backend="im2col")
     out = layer.forward(x)
     with fastconv.no_grad():
@@ -194,7 +172,7 @@ def test_network_evaluation_keeps_no_copies_and_gives_the_same_figures():
 
 
 def test_enable_grad_inside_no_grad_keeps_caches_again():
-    x, W, b, kw = _problem("3x3", np.float32, seed=9)
+    x, W, b, kw = conv_branch("3x3", np.float32, seed=9)
     with fastconv.no_grad():
         with fastconv.enable_grad():
             assert F.grad_enabled()
@@ -212,3 +190,10 @@ def test_warmup_and_compare_run_their_backward_inside_no_grad():
         fastconv.warmup([((2, 3, 8, 8), (4, 3, 3, 3))], paths=["im2col"])
         rows = compare(N=2, C=2, H=6, W=6, K=3, FH=3, FW=3, repeat=1, paths=["im2col"])
     assert rows[0]["max_rel_diff"] < 1e-5
+
+
+def test_the_1x1_case_reaches_the_im2col_branch_without_unroll():
+    from fastconv.kernels import im2col
+
+    x, W, b, kw = conv_branch("1x1", np.float32)
+    assert im2col.plan(lowered_spec(x, W, kw))["unrolls"] is False

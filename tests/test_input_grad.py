@@ -7,45 +7,22 @@ match the float64 naive oracle).
 """
 import numpy as np
 import pytest
-from support import PATHS, assert_close, oracle_conv, skip_unless_supported
+from support import (CONV_BRANCHES, PATHS, assert_close, conv_branch, lowered_spec, oracle_conv,
+                     skip_unless_supported)
 
 import fastconv
 from fastconv import backends
 from fastconv import functional as F
 
-# (x shape, W shape, stride, pad, dilation, groups): the branches of each path's backward
-CASES = {
-    "3x3": ((2, 3, 9, 8), (4, 3, 3, 3), 1, 1, 1, 1),
-    "5x5_stride2": ((3, 2, 11, 10), (5, 2, 5, 5), 2, 2, 1, 1),
-    "1x1": ((2, 6, 5, 7), (3, 6, 1, 1), 1, 0, 1, 1),          # im2col: no unroll
-    "groups": ((2, 4, 8, 8), (6, 2, 3, 3), 1, 1, 1, 2),
-    "depthwise": ((2, 3, 8, 9), (6, 1, 3, 3), 1, 1, 1, 3),     # direct: its own kernels
-    "dilated": ((2, 2, 10, 10), (3, 2, 3, 3), 1, 2, 2, 1),
-    "unequal_pad": ((2, 2, 7, 7), (3, 2, 3, 3), 1, ((0, 1), (2, 0)), 1, 1),
-}
-
-
-def _problem(case, dtype):
-    x_shape, w_shape, stride, pad, dilation, groups = CASES[case]
-    rng = np.random.default_rng(abs(hash(case)) % 2**32)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    W = rng.standard_normal(w_shape).astype(dtype)
-    b = rng.standard_normal(w_shape[0]).astype(dtype)
-    return x, W, b, dict(stride=stride, pad=pad, dilation=dilation, groups=groups)
-
-
-def _spec(x, W, kw):
-    """The spec the kernels run (unequal padding lowered as the entry point lowers it)."""
-    return F.lowered_conv_spec(x.shape, W.shape, kw["stride"], kw["pad"], x.dtype,
-                               dilation=kw["dilation"], groups=kw["groups"])[0]
+CASES = CONV_BRANCHES
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("path", PATHS)
 def test_without_dx_the_weight_gradients_are_unchanged(path, case, dtype):
-    x, W, b, kw = _problem(case, dtype)
-    skip_unless_supported(path, _spec(x, W, kw))
+    x, W, b, kw = conv_branch(case, dtype)
+    skip_unless_supported(path, lowered_spec(x, W, kw))
     out_full, saved_full = F.conv_forward(x, W, b, backend=path, **kw)
     out, saved = F.conv_forward(x, W, b, backend=path, input_grad=False, **kw)
     np.testing.assert_array_equal(out, out_full)
@@ -77,8 +54,8 @@ DX_KERNELS = {
 @pytest.mark.parametrize("case", ["3x3", "1x1", "depthwise"])
 @pytest.mark.parametrize("path", [p for p in PATHS if p in DX_KERNELS])
 def test_without_dx_its_kernels_do_not_run(path, case, monkeypatch):
-    x, W, b, kw = _problem(case, np.float32)
-    skip_unless_supported(path, _spec(x, W, kw))
+    x, W, b, kw = conv_branch(case, np.float32)
+    skip_unless_supported(path, lowered_spec(x, W, kw))
     out, saved = F.conv_forward(x, W, b, backend=path, input_grad=False, **kw)
     _, saved_full = F.conv_forward(x, W, b, backend=path, **kw)
     module = backends.get_path(path)
@@ -98,7 +75,7 @@ def test_without_dx_its_kernels_do_not_run(path, case, monkeypatch):
 
 @pytest.mark.parametrize("value", [None, 0, 1, "no", np.array([True])])
 def test_input_grad_must_be_a_bool(value):
-    x, W, b, kw = _problem("3x3", np.float64)
+    x, W, b, kw = conv_branch("3x3", np.float64)
     with pytest.raises(TypeError, match="input_grad"):
         F.conv_forward(x, W, b, backend="naive", input_grad=value, **kw)
 
@@ -121,7 +98,7 @@ def test_unbatched_and_float16_input_without_dx(path):
 
 @pytest.mark.parametrize("path", PATHS)
 def test_layer_without_input_grad_returns_none_and_the_same_gradients(path):
-    x, W, b, kw = _problem("3x3", np.float64)
+    x, W, b, kw = conv_branch("3x3", np.float64)
     layers = [fastconv.Convolution(W, b, 1, 1, backend=path) for _ in range(2)]
     layers[1].needs_input_grad = False
     dout = np.cos(layers[0].forward(x))
