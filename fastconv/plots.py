@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from .functional import no_grad
 from .layers import Dropout
 
 
@@ -90,14 +91,34 @@ def plot_feature_maps(network, x, path, layer="Conv1", title=None, ncols=None):
     if layer not in network.layers:
         raise ValueError(f"network has no layer {layer!r}; layers: {list(network.layers)}")
     out = x
-    for name, lay in network.layers.items():
-        out = lay.forward(out, False) if isinstance(lay, Dropout) else lay.forward(out)
-        if name == layer:
-            break
+    # a picture of one image: keep nothing for a backward, and time no paths
+    with no_grad():
+        for name, lay in network.layers.items():
+            out = _forward_on_last_path(lay, out)
+            if name == layer:
+                break
     if out.ndim != 4:
         raise ValueError(f"layer {layer!r} outputs shape {out.shape}, not feature maps")
     return _draw_grid(tile_images(out[0], ncols, gap=2), title or f"{layer} feature maps", path,
                       inches_per_pixel=0.05)
+
+
+def _forward_on_last_path(layer, x):
+    """layer.forward(x), on the path the layer ran last when its backend is "auto".
+
+    One image is a new batch size, for which "auto" would time (and perhaps
+    compile) every candidate path first: seconds, for a picture.
+    """
+    if isinstance(layer, Dropout):
+        return layer.forward(x, False)
+    backend = getattr(layer, "backend", None)
+    if backend != "auto" or getattr(layer, "path", None) is None:
+        return layer.forward(x)
+    layer.backend = layer.path
+    try:
+        return layer.forward(x)
+    finally:
+        layer.backend = backend
 
 
 def moving_average(values, window):

@@ -67,6 +67,29 @@ def test_feature_maps_and_curves(tmp_path):
         plot_history({k: [] for k in history}, tmp_path / "c.png")
 
 
+def test_feature_maps_of_one_image_run_where_the_layers_ran_without_timing(tmp_path, monkeypatch):
+    # "auto" layers that ran on a batch: the one-image forward of the picture is a
+    # new batch size, but it reuses their paths instead of timing candidates
+    from fastconv import tuner
+
+    net = SimpleConvNet(input_dim=(1, 12, 12), conv_param={"filter_num": 4}, seed=0)
+    x = np.random.default_rng(2).random((5, 1, 12, 12)).astype(np.float32)
+    decided = []
+
+    def decide(spec):
+        decided.append(spec.x_shape[0])
+        return tuner.Decision("naive", "chosen by this test", "static", tuner.spec_key(spec))
+
+    monkeypatch.setattr(tuner, "decide_spec", decide)
+    monkeypatch.setattr(tuner, "_by_spec", {})
+    scores = net.predict(x)
+    assert decided == [5, 5] and net.layers["Conv1"].path == "naive"
+    read_png(plot_feature_maps(net, x[0], tmp_path / "maps.png"))
+    assert decided == [5, 5]                    # nothing decided for the batch of one
+    assert net.layers["Conv1"].backend == "auto"
+    np.testing.assert_array_equal(net.predict(x), scores)
+
+
 def test_moving_average_is_a_trailing_mean():
     np.testing.assert_allclose(moving_average([1.0, 2.0, 3.0, 4.0], 2), [1.0, 1.5, 2.5, 3.5])
     np.testing.assert_allclose(moving_average([4.0, 0.0, 2.0], 5), [4.0, 2.0, 2.0])
