@@ -87,7 +87,10 @@ def no_grad():
 
 
 def enable_grad():
-    """Inside :func:`no_grad`: forwards keep what a backward needs again (``torch.enable_grad``)."""
+    """Inside :func:`no_grad`: forwards keep what a backward needs again (``torch.enable_grad``).
+
+    A ``with`` block, or a decorator (``@enable_grad()``) for a function that
+    runs backwards of its own."""
     return _grad_mode_set(True)
 
 
