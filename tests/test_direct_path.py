@@ -8,7 +8,7 @@ own float32 rounding does not count against the path under test.
 import numba
 import numpy as np
 import pytest
-from support import assert_close, conv_kernel, oracle_conv, pool_kernel
+from support import assert_close, assert_same_cells, conv_kernel, oracle_conv, pool_kernel
 
 from fastconv.geometry import output_hw
 from fastconv.kernels import direct, naive
@@ -145,9 +145,10 @@ def test_large_images_span_row_blocks_and_dw_chunks(dtype):
     _assert_conv_matches(x, W, b, (1, 1), (0, 0))
 
 
-def test_row_block_size_does_not_change_a_bit(monkeypatch):
+@pytest.mark.parametrize("C", [3, 5])      # dx in passes, dx on the register tile
+def test_row_block_size_does_not_change_a_bit(C, monkeypatch):
     rng = np.random.default_rng(5)
-    x, W, b = _random_conv(rng, 2, 3, 30, 21, 6, 3, 4, np.float32)
+    x, W, b = _random_conv(rng, 2, C, 30, 21, 6, 3, 4, np.float32)
     out_hw = output_hw(x.shape[2:], W.shape[2:], (2, 1), (1, 2), "floor")
     out, cache = conv_kernel(direct, x, W, b, (2, 1), (1, 2), out_hw)
     dout = rng.standard_normal(out.shape).astype(np.float32)
@@ -186,6 +187,70 @@ def test_scratch_buffer_never_reaches_the_caller():
         np.testing.assert_array_equal(a, k)
 
 
+# ------------------------------------------------------- dx on the register tile
+
+def _spy(monkeypatch, name):
+    """Count the calls of direct.<name> (still running it)."""
+    kernel, calls = getattr(direct, name), []
+
+    def counted(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    monkeypatch.setattr(direct, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, pad, dilation, groups", [
+    ((3, 6, 14, 14), (16, 6, 5, 5), 1, 0, 1, 1),            # LeNet's second layer
+    ((2, 5, 13, 12), (6, 5, 3, 3), 1, 1, 1, 1),             # a partial block of dx channels
+    ((2, 4, 13, 11), (8, 4, 5, 5), 2, 2, 1, 1),             # four phases
+    ((2, 4, 20, 20), (7, 4, 3, 3), 3, 0, 1, 1),             # stride 3: phases of one tap
+    ((2, 6, 30, 33), (10, 6, 3, 3), (2, 1), 1, (2, 3), 1),  # dilated
+    ((2, 8, 9, 9), (6, 4, 3, 3), 1, 1, 1, 2),               # grouped
+    ((2, 4, 17, 17), (5, 4, 1, 7), 1, (0, 3), 1, 1),        # 1x7
+    ((2, 4, 17, 17), (5, 4, 7, 1), 1, (3, 0), 1, 1),        # 7x1
+    ((1, 4, 40, 3), (3, 4, 2, 2), 1, 0, 1, 1),              # rows narrower than a strip
+    ((1, 4, 5, 5), (4, 4, 3, 3), 4, 0, 1, 1),               # stride beyond the window
+])
+def test_float32_dx_runs_on_the_register_tile(x_shape, w_shape, stride, pad, dilation, groups,
+                                              monkeypatch):
+    from fastconv import functional as F
+
+    rng = np.random.default_rng(list(x_shape + w_shape))
+    x, W, b = (rng.standard_normal(s).astype(np.float32) for s in (x_shape, w_shape,
+                                                                    w_shape[:1]))
+    kw = dict(stride=stride, pad=pad, dilation=dilation, groups=groups)
+    strips, passes = _spy(monkeypatch, "_conv_dx_strips"), _spy(monkeypatch, "_conv_dx")
+    out, saved = F.conv_forward(x, W, b, backend="direct", **kw)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    dx = F.conv_backward(dout, saved)[0]
+    assert (len(strips), len(passes)) == (1, 0)
+    _, oracle = F.conv_forward(*(a.astype(np.float64) for a in (x, W, b)), backend="naive", **kw)
+    assert_close(dx, F.conv_backward(dout.astype(np.float64), oracle)[0].astype(np.float32),
+                 "dx")
+    # the strips' overreach (past the rows, into the next plane) never lands in dx
+    dout[:, :, -1, -1] = np.nan
+    dx_nan = F.conv_backward(dout, saved)[0]
+    assert_same_cells(dx_nan, F.conv_backward(dout.astype(np.float64), oracle)[0], "dx")
+
+
+@pytest.mark.parametrize("dtype, channels, weight", [
+    (np.float64, 5, 1.0),        # no register tile in float64
+    (np.float32, 3, 1.0),        # fewer channels than a block
+    (np.float32, 5, np.inf),     # a weight that is not finite: the terms of the naive path only
+])
+def test_dx_runs_passes_where_the_tile_does_not_pay_or_is_not_exact(dtype, channels, weight,
+                                                                     monkeypatch):
+    rng = np.random.default_rng(11)
+    x, W, b = _random_conv(rng, 2, channels, 9, 8, 6, 3, 3, dtype)
+    W[1, 0, 1, 2] *= weight
+    strips, passes = _spy(monkeypatch, "_conv_dx_strips"), _spy(monkeypatch, "_conv_dx")
+    got, want = _conv_both(x, W, b, (1, 1), (1, 1))
+    assert (len(strips), len(passes)) == (0, 1)
+    assert_same_cells(got[1], want[1], "dx")
+
+
 # ------------------------------------------------------------------- threads
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 threads")
@@ -213,10 +278,12 @@ def test_results_do_not_depend_on_the_thread_count(dtype):
 def test_float32_compiles_natively():
     # the kernels are compiled for float32 itself: no float64 copy on the way in
     rng = np.random.default_rng(9)
-    x, W, b = _random_conv(rng, 1, 2, 6, 6, 3, 3, 3, np.float32)
-    out, cache = conv_kernel(direct, x, W, b, (1, 1), (0, 0), (4, 4))
-    direct.conv_backward(out, cache)
-    for kernel in (direct._conv_forward, direct._conv_dx, direct._conv_dw):
+    for C in (2, 4):                 # dx in passes, dx on the register tile
+        x, W, b = _random_conv(rng, 1, C, 6, 6, 3, 3, 3, np.float32)
+        out, cache = conv_kernel(direct, x, W, b, (1, 1), (0, 0), (4, 4))
+        direct.conv_backward(out, cache)
+    for kernel in (direct._conv_forward, direct._conv_dx, direct._conv_dx_strips,
+                   direct._conv_dw):
         float_args = [{a.dtype for a in sig if isinstance(a, numba.types.Array)
                        and a.dtype in (numba.float32, numba.float64)} for sig in kernel.signatures]
         assert {numba.float32} in float_args, kernel

@@ -46,7 +46,7 @@ def test_without_dx_the_weight_gradients_are_unchanged(path, case, dtype):
 # The functions that compute dx on each path: with input_grad=False none may run.
 DX_KERNELS = {
     "im2col": ["_col2im"],
-    "direct": ["_conv_dx", "_depthwise_dx"],
+    "direct": ["_conv_dx", "_conv_dx_strips", "_depthwise_dx"],
     "winograd": ["_correlate"],
 }
 
