@@ -23,6 +23,50 @@ def _phases(stride, window):
     return min(stride, window)
 
 
+# Why the copy runs as slices: an element loop over the plane's row with the
+# source at an offset (``x[h, v*sw + b - pw]``) and a bounds test per cell
+# compiles to scalar code (Numba adds a wrap-around test to every index it
+# cannot prove non-negative); three runs (fill, copy, fill), each a loop that
+# indexes a slice from 0, let LLVM vectorise the copy.
+@jit
+def _fill_planes(x_c, planes, p0, sh, sw, ph, pw, Hq, Wq, h_end, w_end, Ph, Pw, fill):
+    """x_c: (H, W), one channel -> planes[p0 .. p0 + Ph*Pw - 1], each (Hq*Wq,) flat.
+
+    Plane p0 + a*Pw + b, row u, column v holds padded pixel (u*sh + a, v*sw + b),
+    that is x_c[u*sh + a - ph, v*sw + b - pw]; cells outside x_c, and at rows
+    >= h_end or columns >= w_end of x_c, hold ``fill``.
+    """
+    for a in range(Ph):
+        for bq in range(Pw):
+            plane = planes[p0 + a * Pw + bq]
+            # the columns v of this phase that hold x: 0 <= v*sw + bq - pw < w_end
+            v_lo = min(Wq, (pw - bq + sw - 1) // sw) if pw > bq else 0
+            v_hi = min(Wq, (pw + w_end - 1 - bq) // sw + 1) if pw + w_end - 1 >= bq else 0
+            v_hi = max(v_lo, v_hi)
+            w0 = v_lo * sw + bq - pw
+            for u in range(Hq):
+                h = u * sh + a - ph
+                row = plane[u * Wq:(u + 1) * Wq]
+                if h < 0 or h >= h_end:
+                    row[:] = fill
+                    continue
+                row[:v_lo] = fill
+                row[v_hi:] = fill
+                if v_hi == v_lo:
+                    continue
+                seg = row[v_lo:v_hi]
+                if sw == 1:
+                    run = x_c[h, w0:w0 + v_hi - v_lo]
+                    for v in range(v_hi - v_lo):
+                        seg[v] = run[v]
+                else:
+                    # a strided view under its own name: one name shared with the
+                    # contiguous view above would make that one strided too
+                    run_s = x_c[h, w0:w0 + (v_hi - v_lo - 1) * sw + 1:sw]
+                    for v in range(v_hi - v_lo):
+                        seg[v] = run_s[v]
+
+
 @jit(parallel=True)
 def _to_planes(x, sh, sw, ph, pw, Hq, Wq, r_end, s_end, fill, FH, FW):
     """x: (N, C, H, W) -> (N, C*Ph*Pw, Hq*Wq): padded x split into the stride phases an
@@ -32,6 +76,7 @@ def _to_planes(x, sh, sw, ph, pw, Hq, Wq, r_end, s_end, fill, FH, FW):
     (u*sh + a, v*sw + b). Cells outside x, and cells at padded row >= r_end or
     column >= s_end (which no window reads: floor rounding dropped them), hold
     ``fill``, so what the wide grid's spare columns read is always harmless.
+    One (image, channel) per task (``_fill_planes``).
     """
     N, C, H, W = x.shape
     Ph = _phases(sh, FH)
@@ -43,16 +88,5 @@ def _to_planes(x, sh, sw, ph, pw, Hq, Wq, r_end, s_end, fill, FH, FW):
     for task in prange(N * C):
         n = task // C
         c = task % C
-        for a in range(Ph):
-            for bq in range(Pw):
-                plane = xq[n, c * P + a * Pw + bq]
-                for u in range(Hq):
-                    h = u * sh + a - ph
-                    row = plane[u * Wq:(u + 1) * Wq]
-                    if h < 0 or h >= h_end:
-                        row[:] = fill
-                        continue
-                    for v in range(Wq):
-                        w = v * sw + bq - pw
-                        row[v] = x[n, c, h, w] if 0 <= w < w_end else fill
+        _fill_planes(x[n, c], xq[n], c * P, sh, sw, ph, pw, Hq, Wq, h_end, w_end, Ph, Pw, fill)
     return xq

@@ -71,7 +71,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import jit, one_launch_at_a_time
-from ._planes import _phases, _to_planes
+from ._planes import _fill_planes, _phases, _to_planes
 from ._workspace import Workspace
 from .cpu_pooling import PoolCache, pool_backward, pool_forward  # noqa: F401  (this path's pooling)
 
@@ -526,31 +526,6 @@ def _depthwise_taps(FH, FW, sh, sw, dh, dw, Wq, Pw):
 
 
 @jit
-def _fill_planes(x_c, xq_n, p0, sh, sw, ph, pw, Hq, Wq, h_end, w_end, Ph, Pw):
-    """x_c: (H, W), one channel -> planes p0..p0+Ph*Pw-1 of xq_n, laid out as ``_to_planes``
-    lays them out (zeros outside x and at rows >= h_end, columns >= w_end)."""
-    zero = xq_n.dtype.type(0)
-    for a in range(Ph):
-        for bq in range(Pw):
-            plane = xq_n[p0 + a * Pw + bq]
-            # the columns v of this phase that hold x: 0 <= v*sw + bq - pw < w_end
-            v_lo = (pw - bq + sw - 1) // sw if pw > bq else 0
-            v_hi = min(Wq, (pw + w_end - 1 - bq) // sw + 1) if pw + w_end - 1 >= bq else 0
-            v_hi = max(v_lo, v_hi)
-            for u in range(Hq):
-                h = u * sh + a - ph
-                row = plane[u * Wq:(u + 1) * Wq]
-                if h < 0 or h >= h_end:
-                    row[:] = zero
-                    continue
-                src = x_c[h]
-                row[:v_lo] = zero
-                for v in range(v_lo, v_hi):
-                    row[v] = src[v * sw + bq - pw]
-                row[v_hi:] = zero
-
-
-@jit
 def _depthwise_row(orow, bias, w, xq_n, p0, taps, base):
     """orow[j] = bias + sum over taps t of w[t] * xq_n[p0 + plane_t, base + offset_t + j]."""
     OW = orow.shape[0]
@@ -613,7 +588,8 @@ def _depthwise_forward(x, wd, taps, b, m, sh, sw, ph, pw, OH, OW, Hq, Wq, Ph, Pw
         n = task // C
         c = task % C
         xq_n = xq[n]
-        _fill_planes(x[n, c], xq_n, c * P, sh, sw, ph, pw, Hq, Wq, h_end, w_end, Ph, Pw)
+        _fill_planes(x[n, c], xq_n, c * P, sh, sw, ph, pw, Hq, Wq, h_end, w_end, Ph, Pw,
+                     x.dtype.type(0))
         for j in range(m):
             k = c * m + j
             w = wd[k]
