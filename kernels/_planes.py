@@ -23,11 +23,13 @@ def _phases(stride, window):
     return min(stride, window)
 
 
-# Why the copy runs as slices: an element loop over the plane's row with the
-# source at an offset (``x[h, v*sw + b - pw]``) and a bounds test per cell
-# compiles to scalar code (Numba adds a wrap-around test to every index it
-# cannot prove non-negative); three runs (fill, copy, fill), each a loop that
-# indexes a slice from 0, let LLVM vectorise the copy.
+# Why the copy is fast: each row is a fill, a copy and a fill, the copy one
+# loop with unsigned indices. An index Numba cannot prove non-negative (the
+# source at an offset, ``x[h, v*sw + b - pw]``) gets a wrap-around test, and
+# with a bounds test per cell the loop stays scalar; unsigned indices need no
+# test, and build no view per row, which on maps of a few cells costs more
+# than the copy. Measured against the cell loop: 0.34x the time on a ResNet-18
+# stage-1 input, 0.6-0.67x on LeNet's and SimpleConvNet's small maps.
 @jit
 def _fill_planes(x_c, planes, p0, sh, sw, ph, pw, Hq, Wq, h_end, w_end, Ph, Pw, fill):
     """x_c: (H, W), one channel -> planes[p0 .. p0 + Ph*Pw - 1], each (Hq*Wq,) flat.
@@ -50,21 +52,18 @@ def _fill_planes(x_c, planes, p0, sh, sw, ph, pw, Hq, Wq, h_end, w_end, Ph, Pw, 
                 if h < 0 or h >= h_end:
                     row[:] = fill
                     continue
-                row[:v_lo] = fill
-                row[v_hi:] = fill
+                if v_lo > 0:
+                    row[:v_lo] = fill
+                if v_hi < Wq:
+                    row[v_hi:] = fill
                 if v_hi == v_lo:
                     continue
-                seg = row[v_lo:v_hi]
-                if sw == 1:
-                    run = x_c[h, w0:w0 + v_hi - v_lo]
-                    for v in range(v_hi - v_lo):
-                        seg[v] = run[v]
-                else:
-                    # a strided view under its own name: one name shared with the
-                    # contiguous view above would make that one strided too
-                    run_s = x_c[h, w0:w0 + (v_hi - v_lo - 1) * sw + 1:sw]
-                    for v in range(v_hi - v_lo):
-                        seg[v] = run_s[v]
+                src = x_c[h]
+                lo = np.uint64(v_lo)
+                first = np.uint64(w0)
+                step = np.uint64(sw)
+                for v in range(np.uint64(v_hi - v_lo)):
+                    row[lo + v] = src[first + v * step]
 
 
 @jit(parallel=True)
