@@ -64,23 +64,33 @@ def _max_pool(xq, C, PH, PW, sh, sw, dh, dw, OH, OW, Wq, H, W, ph, pw, inside, a
             kk = np.int32(k)
             for m in range(M):
                 v = src[m]
-                # strictly greater keeps the first maximum; nan wins as in np.argmax
-                if v > best[m] or (v != v and best[m] == best[m]):
-                    best[m] = v
-                    where[m] = kk
+                b = best[m]
+                # strictly greater keeps the first maximum; nan wins as in np.argmax.
+                # Selects, not an if: branch-free, so LLVM vectorises the loop
+                # (& and |, not the short-circuit and/or, which branch), and random
+                # data costs no mispredicted branches: measured 0.6x the time
+                take = (v > b) | ((v != v) & (b == b))
+                best[m] = v if take else b
+                where[m] = kk if take else where[m]
         if inside:
             # the measured common case (2x2, no padding): one table lookup per output
             for i in range(OH):
                 corner = i * sh * W
-                for j in range(OW):
-                    out[n, c, i, j] = best[i * Wq + j]
-                    arg[n, c, i, j] = corner + j * sw + tap_at[where[i * Wq + j]]
+                orow = out[n, c, i]
+                arow = arg[n, c, i]
+                at = np.uint64(i * Wq)          # unsigned: no wrap-around test
+                for j in range(np.uint64(OW)):
+                    orow[j] = best[at + j]
+                    arow[j] = corner + j * sw + tap_at[where[at + j]]
             continue
         for i in range(OH):
             h0 = i * sh - ph
+            orow = out[n, c, i]
+            arow = arg[n, c, i]
+            at = np.uint64(i * Wq)
             for j in range(OW):
                 w0 = j * sw - pw
-                k = where[i * Wq + j]
+                k = where[at + np.uint64(j)]
                 h = h0 + tap_y[k]
                 w = w0 + tap_x[k]
                 if h < 0 or h >= H or w < 0 or w >= W:
@@ -88,8 +98,8 @@ def _max_pool(xq, C, PH, PW, sh, sw, dh, dw, OH, OW, Wq, H, W, ph, pw, inside, a
                     # cells are all -inf: padding never wins, the first input cell does
                     h = h0 if h0 >= 0 else h0 + (-h0 + dh - 1) // dh * dh
                     w = w0 if w0 >= 0 else w0 + (-w0 + dw - 1) // dw * dw
-                out[n, c, i, j] = best[i * Wq + j]
-                arg[n, c, i, j] = h * W + w
+                orow[j] = best[at + np.uint64(j)]
+                arow[j] = h * W + w
     return out
 
 
