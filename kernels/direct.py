@@ -412,8 +412,9 @@ def _conv_forward(xq, wt, taps, b, FN, OH, OW, Wq, RB, groups, chunk, bpt):
                 bias = b[k0 + r]
                 for i in range(i0, i1):
                     row = acc[j, r * Mp + (i - i0) * Wq:r * Mp + (i - i0) * Wq + OW]
+                    orow = out[n, k0 + r, i]
                     for jj in range(OW):
-                        out[n, k0 + r, i, jj] = row[jj] + bias
+                        orow[jj] = row[jj] + bias
     return out
 
 
