@@ -90,7 +90,7 @@ backward). With one Numba and one BLAS thread: ResNet-18 stage 1 (8x64x56x56,
 0.84, stage 3 (8x256x14x14) 0.88 / 0.99, stage 4 (8x512x7x7) 1.20 / 1.37,
 the VGG-16 block at batch 1 (1x64x224x224) 0.84 / 0.90, a 3x3 layer at batch
 1 (1x128x28x28) 0.97 / 1.20; against PyTorch's CPU convolution 1.1 to 1.9.
-The products need 2.25x fewer FLOPs than im2col's (F(4x4)), but at C = 64
+The products need 4x fewer multiply-adds than im2col's (F(4x4)), but at C = 64
 to 512 their reduction is short, and the transforms, loops over every tile
 of every channel, take more than half of the time. With two threads each,
 while other work loaded the machine, this path measured 1.2 to 20 times
