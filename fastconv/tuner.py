@@ -28,8 +28,9 @@ Where the choices live:
     the user cache directory: ``$XDG_CACHE_HOME/fastconv`` or
     ``~/.cache/fastconv`` (``~/Library/Caches/fastconv`` on macOS,
     ``%LOCALAPPDATA%\\fastconv\\Cache`` on Windows). ``<namespace>`` names the
-    CPU model and the Numba, NumPy and fastconv versions: a choice measured on
-    another CPU or with other compiled code is never reused. Each file is
+    CPU model, the Numba, NumPy and fastconv versions and a digest of the
+    kernels' source: a choice measured on another CPU or with other compiled
+    code is never reused. Each file is
     written to a temporary name and moved into place with ``os.replace``, so a
     reader in another process sees the old file or the new one, never half of
     one; two processes measuring the same key at once both write a complete
@@ -168,9 +169,12 @@ def _cpu_details():
 def namespace():
     """The directory name that keeps choices apart per CPU and compiled-code versions.
 
-    It reads ``<cpu model>-<digest>_numba-<v>_numpy-<v>_fastconv-<v>``; the
-    digest covers the model name, the machine type and the CPU name and
-    features LLVM targets.
+    It reads ``<cpu model>-<digest>_numba-<v>_numpy-<v>_fastconv-<v>-<kernels>``;
+    the first digest covers the model name, the machine type and the CPU name
+    and features LLVM targets; ``<kernels>`` is a digest of the compute
+    kernels' source (``kernels_digest``), so that an install of changed
+    kernels under an unchanged version number (from a clone, say) measures
+    again instead of reusing choices made for the old code.
     """
     return _namespace(cpu_model(), _fastconv_version())
 
@@ -181,7 +185,26 @@ def _namespace(model, fastconv_version):
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", model).strip("-")[:48] or "cpu"
     digest = hashlib.sha1(f"{model}|{platform.machine()}|{_cpu_details()}".encode()).hexdigest()[:8]
     return (f"{slug}-{digest}_numba-{numba.__version__}_numpy-{np.__version__}"
-            f"_fastconv-{fastconv_version}")
+            f"_fastconv-{fastconv_version}-{kernels_digest()}")
+
+
+def kernels_digest(folder=None):
+    """8 hex digits of SHA-1 over the ``.py`` files of ``folder`` (default: the
+    installed ``fastconv.kernels``, read once per process), by name and content,
+    in name order."""
+    if folder is None:
+        return _installed_kernels_digest()
+    h = hashlib.sha1()
+    for path in sorted(Path(folder).glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:8]
+
+
+@lru_cache(maxsize=None)
+def _installed_kernels_digest():
+    from . import kernels
+
+    return kernels_digest(Path(kernels.__file__).parent)
 
 
 def _fastconv_version():

@@ -8,6 +8,7 @@ import textwrap
 import threading
 import types
 import warnings
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -81,10 +82,29 @@ def test_cache_dir_follows_env_then_xdg_then_home(tmp_path, monkeypatch):
 def test_namespace_names_cpu_and_versions(monkeypatch):
     ns = at.namespace()
     assert f"numba-{numba.__version__}" in ns and f"numpy-{np.__version__}" in ns
-    assert f"fastconv-{fastconv.__version__}" in ns
+    assert f"fastconv-{fastconv.__version__}-{at.kernels_digest()}" in ns
     assert at.cache_dir().name == ns
     monkeypatch.setattr(at, "cpu_model", lambda: "Some Other CPU @ 3.0GHz")
     assert at.namespace() != ns and "Some-Other-CPU" in at.namespace()
+
+
+def test_kernels_digest_follows_the_kernels_source(tmp_path):
+    # an install of changed kernels under the same version number must not
+    # reuse choices measured for the old code: the namespace carries a digest
+    # of the kernels' source, name and content
+    import fastconv.kernels
+
+    installed = Path(fastconv.kernels.__file__).parent
+    copy = tmp_path / "kernels"
+    copy.mkdir()
+    for path in installed.glob("*.py"):
+        (copy / path.name).write_bytes(path.read_bytes())
+    assert at.kernels_digest(str(copy)) == at.kernels_digest()
+    (copy / "direct.py").write_bytes((copy / "direct.py").read_bytes() + b"\n")
+    changed = at.kernels_digest(str(copy))
+    assert changed != at.kernels_digest() and len(changed) == 8
+    (copy / "direct.py").rename(copy / "direct2.py")
+    assert at.kernels_digest(str(copy)) not in (changed, at.kernels_digest())
 
 
 def test_key_holds_every_field():
