@@ -846,6 +846,35 @@ def _all_finite(a):
 
 
 @jit
+def _phase_rows(phase, rb, Pw, sh, sw, ph, pw, H, W, Wq, RB):
+    """Where dx phase ``phase`` (a, b = divmod(phase, Pw)), row block rb, lands in dx:
+    (a, b, u0, u1, v_lo, v_hi). Cell (u, v) of the phase's grid (row pitch Wq) is
+    dx cell (u*sh + a - ph, v*sw + b - pw); rows u0..u1-1 and columns v_lo..v_hi-1
+    are those inside dx (u0 >= u1: the block holds no dx row)."""
+    a = phase // Pw
+    bq = phase % Pw
+    u_lo = (ph - a + sh - 1) // sh if ph > a else 0
+    u_hi = (ph + H - 1 - a) // sh + 1 if ph + H - 1 >= a else 0
+    u0 = u_lo + rb * RB
+    u1 = min(u_hi, u0 + RB)
+    v_lo = (pw - bq + sw - 1) // sw if pw > bq else 0
+    v_hi = min(Wq, (pw + W - 1 - bq) // sw + 1) if pw + W - 1 >= bq else 0
+    return a, bq, u0, u1, v_lo, v_hi
+
+
+@jit
+def _store_phase_rows(dx_n, acc, nb, c0, a, bq, u0, u1, v_lo, v_hi, sh, sw, ph, pw, Wq):
+    """dx_n[c0 + r] at the cells of rows u0..u1-1 of phase (a, bq) (``_phase_rows``)
+    = acc[r, (u - u0)*Wq + v], for the block's nb channels; acc: (KB, >= (u1-u0)*Wq)."""
+    for r in range(nb):
+        for u in range(u0, u1):
+            h = u * sh + a - ph
+            row = acc[r, (u - u0) * Wq:(u - u0 + 1) * Wq]
+            for v in range(v_lo, v_hi):
+                dx_n[c0 + r, h, v * sw + bq - pw] = row[v]
+
+
+@jit
 def _dx_block(dx_n, dp_n, wt_cb, ops, starts, phase, rb, c0, nb, sh, sw, Pw, ph, pw, Wq, RB,
               within, Ty, Tx, OH, OW, step, p0):
     """dx of one image, channels c0..c0+nb-1 (one block), one phase, one block of rows.
@@ -856,16 +885,9 @@ def _dx_block(dx_n, dp_n, wt_cb, ops, starts, phase, rb, c0, nb, sh, sw, Pw, ph,
     (``_accumulate_within``), needed when a weight is not finite.
     """
     C, H, W = dx_n.shape
-    a = phase // Pw
-    bq = phase % Pw
-    u_lo = (ph - a + sh - 1) // sh if ph > a else 0
-    u_hi = (ph + H - 1 - a) // sh + 1 if ph + H - 1 >= a else 0
-    u0 = u_lo + rb * RB
-    u1 = min(u_hi, u0 + RB)
+    a, bq, u0, u1, v_lo, v_hi = _phase_rows(phase, rb, Pw, sh, sw, ph, pw, H, W, Wq, RB)
     if u0 >= u1:
         return
-    v_lo = (pw - bq + sw - 1) // sw if pw > bq else 0
-    v_hi = min(Wq, (pw + W - 1 - bq) // sw + 1) if pw + W - 1 >= bq else 0
     acc = np.zeros((KB, (u1 - u0) * Wq), dtype=dp_n.dtype)
     if within:
         _accumulate_within(acc, nb, dp_n, ops, starts[phase], starts[phase + 1], wt_cb, u0 * Wq,
@@ -873,12 +895,7 @@ def _dx_block(dx_n, dp_n, wt_cb, ops, starts, phase, rb, c0, nb, sh, sw, Pw, ph,
     else:
         _accumulate(acc, nb, dp_n, ops, starts[phase], starts[phase + 1], wt_cb, u0 * Wq, step,
                     p0)
-    for r in range(nb):
-        for u in range(u0, u1):
-            h = u * sh + a - ph
-            row = acc[r, (u - u0) * Wq:(u - u0 + 1) * Wq]
-            for v in range(v_lo, v_hi):
-                dx_n[c0 + r, h, v * sw + bq - pw] = row[v]
+    _store_phase_rows(dx_n, acc, nb, c0, a, bq, u0, u1, v_lo, v_hi, sh, sw, ph, pw, Wq)
 
 
 def _dx_row_blocks(H, sh, RB):
@@ -986,16 +1003,10 @@ def _conv_dx_strips(dp, wtp, taps, starts, C, H, W, sh, sw, ph, pw, Wq, RB, nrb,
         g = blk // ncb
         c0 = g * Cg + (blk % ncb) * KB
         nb = min(KB, (g + 1) * Cg - c0)
-        a = phase // Pw
-        bq = phase % Pw
-        u_lo = (ph - a + sh - 1) // sh if ph > a else 0
-        u_hi = (ph + H - 1 - a) // sh + 1 if ph + H - 1 >= a else 0
-        u0 = u_lo + (task % nrb) * RB
-        u1 = min(u_hi, u0 + RB)
+        a, bq, u0, u1, v_lo, v_hi = _phase_rows(phase, task % nrb, Pw, sh, sw, ph, pw, H, W, Wq,
+                                                RB)
         if u0 >= u1:
             continue
-        v_lo = (pw - bq + sw - 1) // sw if pw > bq else 0
-        v_hi = min(Wq, (pw + W - 1 - bq) // sw + 1) if pw + W - 1 >= bq else 0
         Mp = -(-(u1 - u0) * Wq // vw) * vw
         acc = np.zeros(KB * Mp, dtype=dp.dtype)
         src = dp[n].reshape(dp.shape[1] * L)
@@ -1005,12 +1016,8 @@ def _conv_dx_strips(dp, wtp, taps, starts, C, H, W, sh, sw, ph, pw, Wq, RB, nrb,
             t1 = min(t_hi, t0 + chunk)
             _forward_strips(acc, src, taps[t0:t1], wtp[blk, t0:t1].reshape((t1 - t0) * KB),
                             g * Kg * L + u0 * Wq, t0 == t_lo)
-        for r in range(nb):
-            for u in range(u0, u1):
-                h = u * sh + a - ph
-                row = acc[r * Mp + (u - u0) * Wq:r * Mp + (u - u0 + 1) * Wq]
-                for v in range(v_lo, v_hi):
-                    dx[n, c0 + r, h, v * sw + bq - pw] = row[v]
+        _store_phase_rows(dx[n], acc.reshape(KB, Mp), nb, c0, a, bq, u0, u1, v_lo, v_hi, sh, sw,
+                          ph, pw, Wq)
     return dx
 
 
