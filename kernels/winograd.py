@@ -83,23 +83,28 @@ Gradients (g rotated means flipped in both directions):
   ``(a*a, FN, tiles) x (a*a, tiles, C)``, and the back-transform runs once.
 - db: the sum of dout over images and positions.
 
-Speed, measured on the shared 2-core development machine (float32, median of
-5 interleaved runs, time of this path over time of the other, forward /
-backward). With one Numba and one BLAS thread: ResNet-18 stage 1 (8x64x56x56,
-64 filters, pad 1) 0.98 / 0.96 against im2col, stage 2 (8x128x28x28) 0.74 /
-0.84, stage 3 (8x256x14x14) 0.88 / 0.99, stage 4 (8x512x7x7) 1.20 / 1.37,
-the VGG-16 block at batch 1 (1x64x224x224) 0.84 / 0.90, a 3x3 layer at batch
-1 (1x128x28x28) 0.97 / 1.20; against PyTorch's CPU convolution 1.1 to 1.9.
-The products need 4x fewer multiply-adds than im2col's (F(4x4)), but at C = 64
-to 512 their reduction is short, and the transforms, loops over every tile
-of every channel, take more than half of the time. With two threads each,
-while other work loaded the machine, this path measured 1.2 to 20 times
-slower than im2col on these layers (two runs of 7 rounds; such runs scatter
-widely). Each multi-threaded BLAS call then pays milliseconds of thread
-hand-over (numpy's sgemm of the im2col product of the 3x3 layer at
-batch 1: 39 ms with two threads, 4.7 ms with one), and this path makes a*a + 1
-BLAS calls per convolution where im2col makes one per chunk of images.
-"auto" measures the candidates, so it picks this path only where it wins.
+Speed (float32, 2 Numba and 2 BLAS threads, one full ``pytest bench`` run on
+the shared 2-core development machine, time of this path over time of the
+other, forward / backward): against im2col, ResNet-18 stage 1 (8x64x56x56, 64
+filters, pad 1) 0.86 / 0.91, stage 2 (8x128x28x28) 1.12 / 1.12, stage 3
+(8x256x14x14) 0.77 / 1.02, stage 4 (8x512x7x7) 1.31 / 1.15, the VGG-16 block
+at batch 1 (1x64x224x224) 0.58 / 0.70, a 3x3 layer at batch 1 (1x128x28x28)
+1.54 / 1.54; against PyTorch's CPU convolution 0.60 / 0.79 on the VGG block,
+0.9 to 1.45 on the others. "auto" measures the candidates, so it picks this
+path only where it wins.
+
+Where the time goes (stage 1 forward, medians of 7 calls): the input
+transform 6.7 ms, the products 7.4 ms, the output transform 4.8 ms. The
+products need 4x fewer multiply-adds than im2col's (F(4x4)), but BLAS runs
+a*a separate products with a short reduction (C = 64) at about 62 GFLOP/s,
+and the transformed input and products (14 MB each) pass through memory. On
+a band of tiles small enough to stay in cache, the same products on the
+direct path's register tile measured 112 GFLOP/s (1.8x); but the transforms
+of such a band, whose rows are then one tile row (14 tiles) long, took 2.9x
+and 3.9x as long as these whole-plane ones, which is why the stages stay
+separate. The transforms gather every tile's columns, 4 apart in the NCHW
+rows; a layout split by column phase or blocked over channels would make
+those runs contiguous.
 
 Non-finite values: Winograd mixes the values of a whole tile, so a nan or inf
 in x would spread to outputs of its tile that the naive path leaves finite. To
