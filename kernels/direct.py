@@ -1192,8 +1192,7 @@ def conv_backward(dout, cache):
         # slower with 3 channels), finite weights (a zero border times a weight
         # must add nothing). Its last strip reads up to VW - 1 cells past the
         # last plane: spare rows of zeros.
-        strips = (need_dx and dout.dtype == np.float32 and Cg >= KB
-                  and bool(np.isfinite(W).all()))
+        strips = need_dx and dout.dtype == np.float32 and Cg >= KB and _all_finite(W)
         if strips:
             Hd += -(-(TILE_BYTES // KB // dout.itemsize) // Wq)
         # dout in bordered planes: read by the general dx loops and the general dW
