@@ -118,6 +118,24 @@ def _row_piece(i, OW, p0, p1):
     return max(0, p0 - i * OW), min(OW, p1 - i * OW)
 
 
+# Why the order: prange hands each thread one run of consecutive tasks, and
+# consecutive tasks should touch neighbouring memory. Image-major order with
+# images side by side made every thread sweep the whole unrolled matrix once
+# per image, a short stretch of each row at a time. Channel-major there,
+# measured (8 images side by side): unroll 1.5-2.2x and col2im 1.5-2.7x faster
+# on ResNet's 28x28 and 14x14 3x3 layers and on the 1x7 layer, on a par on the
+# 7x1 and on LeNet's second layer.
+@jit
+def _task(t, n_imgs, C, s_img, s_row):
+    """Task t of an unroll or col2im over n_imgs images x C channels -> (image, channel):
+    channel-major when the images sit side by side (s_img < s_row), else image-major."""
+    if s_img < s_row:
+        c = t // n_imgs
+        return t - c * n_imgs, c
+    ii = t // C
+    return ii, t - ii * C
+
+
 @jit
 def _band_plane(p0, p1, OW, W, FH, FW, sh, sw, pw, dh, dw):
     """The local plane of a band of positions p0..p1 -> (i_first, i_last, r_lo, r_hi, Wp):
@@ -147,6 +165,10 @@ def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, col, s_im
     padding logic is paid once per input row instead of once per (tap, output
     row); measured 1.3-2.9x faster than per-(tap, row) copying on the layer
     suite, most on small maps (7x7 to 17x17) whose rows are a few cells long.
+
+    Task order follows the layout (``_task``): with images side by side the
+    tasks of one channel's images are neighbours, so they fill neighbouring
+    stretches of the same rows.
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     K = C * FH * FW
@@ -160,8 +182,7 @@ def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, col, s_im
             for m in range(width):
                 ones[m] = 1
             continue
-        ii = t // C
-        c = t - ii * C
+        ii, c = _task(t, n_imgs, C, s_img, s_row)
         src = x[n0 + ii, c]
         xp = np.empty((r_hi - r_lo) * Wp, dtype=x.dtype)
         for r in range(r_hi - r_lo):
@@ -208,16 +229,15 @@ def _col2im(dcol, s_img, s_row, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, 
     tasks ever add into one element: the task adds its unrolled rows, tap by
     tap in a fixed order, into a zero-bordered local plane (the layout
     ``_unroll`` reads from), then adds that plane's interior to dx. Results
-    are race-free and bit-reproducible. dx must hold zeros (or the sum of
-    earlier bands) on entry. Why faster than gathering pixel by pixel: no
+    are race-free and bit-reproducible; tasks run in ``_unroll``'s order. dx must
+    hold zeros (or the sum of earlier bands) on entry. Why faster than gathering pixel by pixel: no
     bounds tests per (tap, row), measured 1.2-3.5x on 5x5 and strided layers,
     on a par for 3x3 stride 1.
     """
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     i_first, i_last, r_lo, r_hi, Wp = _band_plane(p0, p1, OW, W, FH, FW, sh, sw, pw, dh, dw)
     for t in prange(n_imgs * C):
-        ii = t // C
-        c = t - ii * C
+        ii, c = _task(t, n_imgs, C, s_img, s_row)
         xp = np.zeros((r_hi - r_lo) * Wp, dtype=dx.dtype)
         for fy in range(FH):
             for fx in range(FW):

@@ -251,6 +251,56 @@ def test_dx_runs_passes_where_the_tile_does_not_pay_or_is_not_exact(dtype, chann
     assert_same_cells(got[1], want[1], "dx")
 
 
+# ---------------------------------------------------------- the transposed forward
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, pad, dilation, groups", [
+    ((2, 5, 17, 17), (6, 5, 1, 7), 1, 0, 1, 1),                 # Inception's 1x7
+    ((2, 4, 17, 17), (5, 4, 1, 7), 1, (0, 3), 1, 1),            # the same, padded to 17x17
+    ((2, 6, 20, 14), (8, 3, 2, 5), (2, 1), (1, 0), (1, 2), 2),  # stride, dilation, groups
+    ((2, 6, 9, 40), (8, 3, 1, 5), (1, 2), (0, 1), (1, 3), 2),   # stride across, pad across
+])
+def test_a_forward_that_wastes_its_wide_grid_runs_transposed_bit_for_bit(
+        x_shape, w_shape, stride, pad, dilation, groups):
+    from fastconv import functional as F
+    from fastconv.spec import conv_spec
+
+    rng = np.random.default_rng(list(x_shape + w_shape))
+    x, W, b = (rng.standard_normal(s).astype(np.float32) for s in (x_shape, w_shape,
+                                                                    w_shape[:1]))
+    kw = dict(stride=stride, pad=pad, dilation=dilation, groups=groups)
+    assert direct.plan(conv_spec(x.shape, W.shape, **kw))["transposed_forward"]
+    x_in = x.copy()
+    out = F.conv2d(x, W, b, backend="direct", **kw)
+    np.testing.assert_array_equal(x, x_in)
+    out_saved, saved = F.conv_forward(x, W, b, backend="direct", **kw)
+    np.testing.assert_array_equal(out_saved, out)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    want, oracle = F.conv_forward(*(a.astype(np.float64) for a in (x, W, b)), backend="naive",
+                                  **kw)
+    assert_close(out, want.astype(np.float32), "out")
+    # backward runs on the problem as given, from the planes forward kept
+    for name, g, w in zip(("dx", "dW", "db"), F.conv_backward(dout, saved),
+                          F.conv_backward(dout.astype(np.float64), oracle)):
+        assert_close(g, w.astype(np.float32), name)
+
+    # The same cells from a problem that keeps its layout: x widened on the right
+    # (its right padding written out as zeros) until the grid wastes too little
+    # to transpose. Each cell sums the same taps in the same order: the same bits.
+    pw = pad[1] if isinstance(pad, tuple) else pad
+    wide = np.concatenate([x, np.zeros(x.shape[:3] + (pw,), np.float32),
+                           rng.standard_normal(x.shape[:3] + (80,)).astype(np.float32)], axis=3)
+    wide_kw = dict(kw, pad=(pad[0] if isinstance(pad, tuple) else pad, pw))
+    assert not direct.plan(conv_spec(wide.shape, W.shape, **wide_kw))["transposed_forward"]
+    wide_out = F.conv2d(wide, W, b, backend="direct", **wide_kw)
+    np.testing.assert_array_equal(wide_out[..., :out.shape[3]], out)
+
+    # nan and inf land where the naive path puts them
+    x[0, 1, 3, 4], x[1, 0, 5, 2], W[2, 1, 0, 1] = np.nan, np.inf, -np.inf
+    assert_same_cells(F.conv2d(x, W, b, backend="direct", **kw),
+                      F.conv2d(*(a.astype(np.float64) for a in (x, W, b)), backend="naive",
+                               **kw), "out")
+
+
 # ------------------------------------------------------------------- threads
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 threads")
