@@ -494,9 +494,10 @@ def _transposes(spec):
     """
     if spec.op != "conv" or spec.dtype != np.float32 or _is_depthwise(spec):
         return False
-    (sh, sw), (ph, pw), (OH, OW) = spec.stride, spec.pad, spec.out_hw
-    H, W = spec.x_shape[2:]
-    return LESS * OH * -(-(W + 2 * pw) // sw) >= MORE * OW * -(-(H + 2 * ph) // sh)
+    OH, OW = spec.out_hw
+    Wq = _plane_geometry(spec, strips=False)[1]
+    Wq_t = _plane_geometry(_transposed(spec), strips=False)[1]
+    return LESS * OH * Wq >= MORE * OW * Wq_t
 
 
 def _swap(pair):
@@ -514,7 +515,7 @@ def _transposed(spec):
 @one_launch_at_a_time
 def conv_forward(x, W, b, spec):
     """x: (N, C, H, W), W: (FN, C/groups, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache."""
-    N, C, H, Wd = x.shape
+    _, C, H, Wd = x.shape
     FN, Cg, FH, FW = W.shape
     (sh, sw), (ph, pw), (OH, OW) = spec.stride, spec.pad, spec.out_hw
     (dh, dw), G = spec.dilation, spec.groups
@@ -589,7 +590,7 @@ def _forward_f32(xq, W, b, spec, Hq, Wq, swapped=False):
     N = xq.shape[0]
     FN, Cg = W.shape[:2]
     FH, FW = spec.filter_hw
-    (sh, sw), (dh, dw), OH = spec.stride, spec.dilation, spec.out_hw[0]
+    (sh, sw), (dh, dw), (OH, OW) = spec.stride, spec.dilation, spec.out_hw
     G = spec.groups
     taps = _forward_taps(Cg, FH, FW, sh, sw, Hq, Wq, dh, dw)
     if swapped:
@@ -603,8 +604,7 @@ def _forward_f32(xq, W, b, spec, Hq, Wq, swapped=False):
     # (the results do not depend on it)
     tasks = N * wt.shape[0] * -(-OH // RB)
     bpt = max(1, min(BLOCKS_PER_TASK, tasks // (4 * numba.get_num_threads())))
-    return _conv_forward(xq, wt, taps, b, FN, OH, spec.out_hw[1], Wq, RB, G, chunk * FH * FW,
-                         bpt, swapped)
+    return _conv_forward(xq, wt, taps, b, FN, OH, OW, Wq, RB, G, chunk * FH * FW, bpt, swapped)
 
 
 # ----------------------------------------------------------------- depthwise

@@ -229,10 +229,10 @@ def _col2im(dcol, s_img, s_row, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, 
     tasks ever add into one element: the task adds its unrolled rows, tap by
     tap in a fixed order, into a zero-bordered local plane (the layout
     ``_unroll`` reads from), then adds that plane's interior to dx. Results
-    are race-free and bit-reproducible; tasks run in ``_unroll``'s order. dx must
-    hold zeros (or the sum of earlier bands) on entry. Why faster than gathering pixel by pixel: no
-    bounds tests per (tap, row), measured 1.2-3.5x on 5x5 and strided layers,
-    on a par for 3x3 stride 1.
+    are race-free and bit-reproducible; tasks run in ``_unroll``'s order. dx
+    must hold zeros (or the sum of earlier bands) on entry. Why faster than
+    gathering pixel by pixel: no bounds tests per (tap, row), measured
+    1.2-3.5x on 5x5 and strided layers, on a par for 3x3 stride 1.
     """
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     i_first, i_last, r_lo, r_hi, Wp = _band_plane(p0, p1, OW, W, FH, FW, sh, sw, pw, dh, dw)
