@@ -73,10 +73,9 @@ from typing import NamedTuple
 import numba
 import numpy as np
 from numba import prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import jit, one_launch_at_a_time
+from ._jit import jit, one_launch_at_a_time, stack_array
 from ._planes import _fill_planes, _phases, _to_planes
 from ._workspace import Workspace
 from .cpu_pooling import PoolCache, pool_backward, pool_forward  # noqa: F401  (this path's pooling)
@@ -310,20 +309,12 @@ def _forward_taps(C, FH, FW, sh, sw, Hq, Wq, dh=1, dw=1):
 def _register_tile(typingctx, like):
     """A 1-D array of TILE_BYTES of ``like``'s dtype on the stack, not the heap: LLVM
     sees all of it, so with constant indices it keeps every cell in a register."""
-    dtype = like.dtype
-    n = TILE_BYTES // (dtype.bitwidth // 8)
-    tile_type = types.Array(dtype, 1, "C")
+    cells = TILE_BYTES // (like.dtype.bitwidth // 8)
 
     def codegen(context, builder, signature, args):
-        cell = context.get_value_type(dtype)
-        itemsize = cgutils.intp_t(context.get_abi_sizeof(cell))
-        tile = context.make_array(tile_type)(context, builder)
-        context.populate_array(tile, data=cgutils.alloca_once(builder, cell, size=n),
-                               shape=[cgutils.intp_t(n)], strides=[itemsize],
-                               itemsize=itemsize, meminfo=None)
-        return tile._getvalue()
+        return stack_array(context, builder, like.dtype, cells)
 
-    return tile_type(like), codegen
+    return types.Array(like.dtype, 1, "C")(like), codegen
 
 
 # Why faster than passes over the accumulator (``_accumulate``): the KB x VW

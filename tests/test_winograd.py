@@ -65,6 +65,33 @@ def test_tile_rule_and_plan(out_hw, m):
     assert p["V_shape"] == (a * a, 5, tiles) and p["M_shape"] == (a * a, 6, tiles)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, pad", [((2, 3, 13, 9), (1, 1)), ((1, 2, 8, 8), (0, 0)),
+                                        ((1, 2, 22, 17), (2, 0)), ((2, 1, 9, 11), (-1, 3)),
+                                        ((1, 1, 3, 4), (1, 2))])
+def test_f4_input_kernel_is_bt_d_b_of_every_tile(shape, pad, dtype):
+    """The F(4x4) input kernel (tiles in vector lanes on row-phase planes) against
+    B^T d B computed by NumPy in float64 on every 6x6 tile cut from the padded input:
+    every tile and every channel written, each value right, the dtype kept."""
+    N, C, H, W = shape
+    ph, pw = pad
+    th, tw = winograd._tiles((H + 2 * ph - 2, W + 2 * pw - 2), 4)
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(dtype)
+    BT = winograd.TRANSFORMS[4]["BT"]
+    V = np.full((36, C, N * th * tw), np.nan, dtype)
+    winograd._input_transform_f4(x, BT.astype(dtype), ph, pw, th, tw, V)
+    # the padded input, zeros around it, as far as the last tiles reach
+    xp = np.zeros((N, C, 4 * th + 2 + abs(ph), 4 * tw + 2 + abs(pw)))
+    r0, c0 = max(ph, 0), max(pw, 0)
+    body = x[:, :, max(-ph, 0):, max(-pw, 0):]
+    xp[:, :, r0:r0 + body.shape[2], c0:c0 + body.shape[3]] = body[:, :, :xp.shape[2] - r0,
+                                                                   :xp.shape[3] - c0]
+    tiles = np.stack([xp[:, :, 4 * ty:4 * ty + 6, 4 * tx:4 * tx + 6]
+                      for ty in range(th) for tx in range(tw)], axis=2)
+    expected = np.einsum("ai,nctij,bj->abcnt", BT, tiles, BT).reshape(36, C, -1)
+    assert_close(V, expected.astype(dtype), "V")
+
+
 @pytest.mark.parametrize("m", [2, 4])
 def test_both_tiles_match_the_oracle_whatever_the_rule_picks(m, monkeypatch):
     monkeypatch.setattr(winograd, "_tile_for", lambda out_hw: m)
