@@ -41,9 +41,9 @@ class CompileNotice(UserWarning):
 # Rough compile times of a path's convolution kernels (forward and backward) on
 # this project's 2-core machine, for the notice. Measured (2026-12-02, cold
 # Numba cache, the README example and `fastconv train`): im2col 7-10 s, direct
-# 19 s without dx and 31 s with it, CPU pooling 5-7 s, winograd 12 s (19 s
-# with the F(4x4) input kernel, measured 2026-12-02 on the same machine).
-COMPILE_SECONDS = {"im2col": 9, "direct": 30, "cpu_pooling": 6, "winograd": 19, "cuda": 10}
+# 19 s without dx and 31 s with it, CPU pooling 5-7 s, winograd 12 s (19-22 s
+# with its F(4x4) transform kernels, measured 2026-12-02 on the same machine).
+COMPILE_SECONDS = {"im2col": 9, "direct": 30, "cpu_pooling": 6, "winograd": 20, "cuda": 10}
 _noticed = set()
 
 
@@ -108,23 +108,19 @@ def warn_at_caller(message, category=CompileNotice):
                            registry=frame.f_globals.setdefault("__warningregistry__", {}))
 
 
-def jit(fn=None, *, parallel=False, in_order=False, inline=False):
+def jit(fn=None, *, parallel=False, in_order=False):
     """``@jit`` / ``@jit(parallel=True)``: ``numba.njit`` with fastconv's options.
 
     A parallel kernel is wrapped in ``ParallelKernel`` and must be called from
     Python, not from other compiled code. ``in_order=True`` (serial functions)
     leaves 'reassoc' out of fastmath: LLVM then adds every sum's terms in the
     order the code does, so a result does not depend on how its loop was split.
-    ``inline=True``: Numba pastes the function into its callers before LLVM sees
-    them, so a loop that calls it is one body that LLVM can vectorise.
     """
     def wrap(f):
         if parallel:
             return ParallelKernel(f)
         if in_order:
             return numba.njit(**dict(JIT_OPTIONS, fastmath=JIT_OPTIONS["fastmath"] - {"reassoc"}))(f)
-        if inline:
-            return numba.njit(inline="always", **JIT_OPTIONS)(f)
         return numba.njit(**JIT_OPTIONS)(f)
 
     return wrap(fn) if fn is not None else wrap

@@ -104,19 +104,23 @@ of such a band, whose rows are then one tile row (14 tiles) long, took 2.9x
 and 3.9x as long as these whole-plane ones, which is why the stages stay
 separate.
 
-The F(4x4) input transform has a kernel of its own (``_input_transform_f4``):
-with the rows of a plane in row-phase order, every tile finds its 36 samples
-at one stride from the last tile's, so 64 tiles are transformed side by side
-in vector lanes, their values in registers from load to store. Measured
-against the general kernel (2 threads, paired in one process, the machine
-shared and loaded): the transform alone 0.45x the time (8x128x28x28) to
-0.75x (8x64x56x56, where writing the 14 MB of V is a good part of it); whole
-layers, forward / backward, ResNet-18 stage 1 0.89 / 0.93, stage 2 0.81 /
-0.81, a 3x3 layer at batch 1 0.92 / 0.92, the VGG-16 block 0.99 / 0.99. It
-costs about 8 s more of first compile (19 s for the path against 12 s). The
-output transform written the same way was not faster (0.6-0.75x on 28x28 maps,
-1.05-1.25x on 56x56 and 224x224: its 36 runs of products come from memory
-and, read side by side, defeat the prefetcher), so it stays general.
+F(4x4) has transform kernels of its own (``_input_transform_f4``,
+``_output_transform_f4``); F(2x2) and the dout transform of dW keep the
+general loops. With a plane's rows in row-phase order, every tile finds its
+36 samples one stride from the last tile's, so 64 tiles are transformed side
+by side in vector lanes, a tile's values in registers from load to store.
+The output transform first copies a band's 36 runs of products one run after
+another (read side by side straight from memory, they defeated the
+prefetcher: 1.05-1.25x the general kernel's time on 56x56 and 224x224 maps).
+Measured against the general kernels (2 threads, paired in one process, the
+machine shared and loaded): the input transform alone 0.45x the time
+(8x128x28x28) to 0.77x (1x64x224x224); whole layers, forward / backward, with
+both new kernels: ResNet-18 stage 1 (8x64x56x56) 0.75 / 0.81, stage 2
+(8x128x28x28) 0.64 / 0.71, a 3x3 layer at batch 1 (1x128x28x28) 0.82 / 0.88,
+the VGG-16 block at batch 1 0.90 / 0.90. The price is first compile: 8-10
+s more for the path (float32, forward and backward), once per machine.
+Transforming image by image instead of the whole batch at once (V and the
+products in cache) was slower: 1.03-1.31x on the ResNet-18 stages.
 
 Non-finite values: Winograd mixes the values of a whole tile, so a nan or inf
 in x would spread to outputs of its tile that the naive path leaves finite. To
@@ -358,7 +362,7 @@ def _lane_block(typingctx, like):
     return types.Array(like.dtype, 1, "C")(like), codegen
 
 
-@jit(inline=True)
+@jit
 def _bt4(d, two, four, five):
     """B^T of F(4x4, 3x3) times the six samples of tuple d (a row or a column of a
     tile): the rows of B^T above, their shared terms computed once. two, four,
@@ -372,14 +376,14 @@ def _bt4(d, two, four, five):
     return (four * d0 - five * d2 + d4, a + b, a - b, c + e, c - e, four * d1 - five * d3 + d5)
 
 
-@jit(inline=True)
+@jit
 def _column(Y, rows, at):
     """The six samples Y[rows[i] + at], i = 0..5: one column of a tile."""
     return (Y[rows[0] + at], Y[rows[1] + at], Y[rows[2] + at],
             Y[rows[3] + at], Y[rows[4] + at], Y[rows[5] + at])
 
 
-@jit(inline=True)
+@jit
 def _put(blk, xi, p, v):
     """Row xi of a transformed tile, v = (six values), into lane p of the block."""
     lanes = np.uint64(LANES)
@@ -390,6 +394,49 @@ def _put(blk, xi, p, v):
     blk[k + np.uint64(3) * lanes] = v[3]
     blk[k + np.uint64(4) * lanes] = v[4]
     blk[k + np.uint64(5) * lanes] = v[5]
+
+
+@jit
+def _bt4_plane(Y, rows, th, tw, two, four, five, ds, first, step):
+    """B^T d B of every tile of one plane, held in Y in ``_input_transform_f4``'s
+    layout, into ds: value 6*xi + nu of tile t at ds[first + (6*xi + nu)*step + t].
+
+    A function of its own, compiled once outside Numba's parallel passes (which
+    took seconds over its long unrolled body); its stack block is its own, so
+    LLVM knows that the lanes' stores cannot touch Y.
+    """
+    Kp = tw + 1
+    Pw = th * Kp
+    blk = _lane_block(Y)
+    for p0 in range(0, Pw, LANES):
+        count = min(LANES, Pw - p0)
+        # all LANES lanes, past the grid's end too (they read Y's spare zeros and are
+        # not stored): a constant trip count needs no scalar remainder loop
+        for p in range(np.uint64(LANES)):
+            q = np.uint64(4) * (np.uint64(p0) + p)
+            # B^T d: the six columns, each combined over its rows
+            c0 = _bt4(_column(Y, rows, q), two, four, five)
+            c1 = _bt4(_column(Y, rows, q + np.uint64(1)), two, four, five)
+            c2 = _bt4(_column(Y, rows, q + np.uint64(2)), two, four, five)
+            c3 = _bt4(_column(Y, rows, q + np.uint64(3)), two, four, five)
+            c4 = _bt4(_column(Y, rows, q + np.uint64(4)), two, four, five)
+            c5 = _bt4(_column(Y, rows, q + np.uint64(5)), two, four, five)
+            # (B^T d) B: each row xi combined over its columns
+            _put(blk, 0, p, _bt4((c0[0], c1[0], c2[0], c3[0], c4[0], c5[0]), two, four, five))
+            _put(blk, 1, p, _bt4((c0[1], c1[1], c2[1], c3[1], c4[1], c5[1]), two, four, five))
+            _put(blk, 2, p, _bt4((c0[2], c1[2], c2[2], c3[2], c4[2], c5[2]), two, four, five))
+            _put(blk, 3, p, _bt4((c0[3], c1[3], c2[3], c3[3], c4[3], c5[3]), two, four, five))
+            _put(blk, 4, p, _bt4((c0[4], c1[4], c2[4], c3[4], c4[4], c5[4]), two, four, five))
+            _put(blk, 5, p, _bt4((c0[5], c1[5], c2[5], c3[5], c4[5], c5[5]), two, four, five))
+        # the block's real tiles: wide p = ty*Kp + tx (tx < tw) is tile ty*tw + tx = p - ty
+        for ty in range(p0 // Kp, (p0 + count - 1) // Kp + 1):
+            a = max(p0, ty * Kp)
+            e = min(p0 + count, ty * Kp + tw)
+            for k in range(36):
+                d0 = np.uint64(first + k * step + a - ty)
+                b0 = np.uint64(k * LANES + a - p0)
+                for v in range(np.uint64(max(0, e - a))):
+                    ds[d0 + v] = blk[b0 + v]
 
 
 # Why faster than ``_tile_transform`` (0.45-0.77x its time on the 28x28, 56x56 and
@@ -420,7 +467,6 @@ def _input_transform_f4(src, BT, ph, pw, th, tw, dst):
     P = dst.shape[2]
     Kp = tw + 1
     Wr = 4 * Kp
-    Pw = th * Kp
     Hp = 4 * th + 2
     r_lo = min(Hp, max(0, ph))
     r_hi = max(r_lo, min(Hp, H + ph))
@@ -435,40 +481,13 @@ def _input_transform_f4(src, BT, ph, pw, th, tw, dst):
     for t in prange(N * C):
         n = t // C
         c = t - n * C
-        Y = np.zeros(4 * (th + 1) * Wr, dtype=src.dtype)
+        Y = np.zeros(4 * (th + 1) * Wr + 4 * LANES, dtype=src.dtype)
         for r in range(r_lo, r_hi):
             s0 = np.uint64(((n * C + c) * H + r - ph) * W - pw)
             y0 = np.uint64(((r % 4) * (th + 1) + r // 4) * Wr)
             for v in range(np.uint64(c_lo), np.uint64(c_hi)):
                 Y[y0 + v] = xs[s0 + v]
-        blk = _lane_block(Y)
-        for p0 in range(0, Pw, LANES):
-            count = min(LANES, Pw - p0)
-            for p in range(np.uint64(count)):
-                q = np.uint64(4) * (np.uint64(p0) + p)
-                # B^T d: the six columns, each combined over its rows
-                c0 = _bt4(_column(Y, rows, q), two, four, five)
-                c1 = _bt4(_column(Y, rows, q + np.uint64(1)), two, four, five)
-                c2 = _bt4(_column(Y, rows, q + np.uint64(2)), two, four, five)
-                c3 = _bt4(_column(Y, rows, q + np.uint64(3)), two, four, five)
-                c4 = _bt4(_column(Y, rows, q + np.uint64(4)), two, four, five)
-                c5 = _bt4(_column(Y, rows, q + np.uint64(5)), two, four, five)
-                # (B^T d) B: each row xi combined over its columns
-                _put(blk, 0, p, _bt4((c0[0], c1[0], c2[0], c3[0], c4[0], c5[0]), two, four, five))
-                _put(blk, 1, p, _bt4((c0[1], c1[1], c2[1], c3[1], c4[1], c5[1]), two, four, five))
-                _put(blk, 2, p, _bt4((c0[2], c1[2], c2[2], c3[2], c4[2], c5[2]), two, four, five))
-                _put(blk, 3, p, _bt4((c0[3], c1[3], c2[3], c3[3], c4[3], c5[3]), two, four, five))
-                _put(blk, 4, p, _bt4((c0[4], c1[4], c2[4], c3[4], c4[4], c5[4]), two, four, five))
-                _put(blk, 5, p, _bt4((c0[5], c1[5], c2[5], c3[5], c4[5], c5[5]), two, four, five))
-            # the block's real tiles: wide p = ty*Kp + tx (tx < tw) is tile ty*tw + tx = p - ty
-            for ty in range(p0 // Kp, (p0 + count - 1) // Kp + 1):
-                a = max(p0, ty * Kp)
-                e = min(p0 + count, ty * Kp + tw)
-                for k in range(36):
-                    d0 = np.uint64((k * C + c) * P + n * T + a - ty)
-                    b0 = np.uint64(k * LANES + a - p0)
-                    for v in range(np.uint64(max(0, e - a))):
-                        ds[d0 + v] = blk[b0 + v]
+        _bt4_plane(Y, rows, th, tw, two, four, five, ds, c * P + n * T, C * P)
 
 
 @jit(parallel=True)
@@ -524,6 +543,132 @@ def _output_transform(Mt, AT, th, tw, b, out):
                 orow[x] = frow[x] + bias
 
 
+@jit
+def _at4(mm, two, four, eight):
+    """A^T of F(4x4, 3x3) times the six products of tuple mm (a row or a column of
+    a transformed tile): the rows of A^T above, their shared sums computed once;
+    two, four, eight in the data's dtype (see ``_bt4``)."""
+    m0, m1, m2, m3, m4, m5 = mm
+    a = m1 + m2
+    b = m1 - m2
+    c = m3 + m4
+    e = m3 - m4
+    return (m0 + a + c, b + two * e, a + four * c, b + eight * e + m5)
+
+
+@jit
+def _products(loc, at, stride):
+    """loc[at + nu*stride], nu = 0..5: row xi of a tile's 6x6 products (at = xi*6*stride + lane)."""
+    return (loc[at], loc[at + stride], loc[at + np.uint64(2) * stride],
+            loc[at + np.uint64(3) * stride], loc[at + np.uint64(4) * stride],
+            loc[at + np.uint64(5) * stride])
+
+
+@jit
+def _put4(blk, j, p, v):
+    """Column j of an output block, v = (cells (0, j) .. (3, j)), into lane p: cell (i, j)
+    at blk[(4i + j)*LANES + p]."""
+    lanes = np.uint64(LANES)
+    k = np.uint64(j) * lanes + p
+    blk[k] = v[0]
+    blk[k + np.uint64(4) * lanes] = v[1]
+    blk[k + np.uint64(8) * lanes] = v[2]
+    blk[k + np.uint64(12) * lanes] = v[3]
+
+
+@jit
+def _at4_band(loc, band, count, row_block, two, four, eight, full):
+    """A^T M A of the ``count`` tiles of a band into ``full``: loc holds product
+    (xi, nu) of tile p at loc[(6*xi + nu)*band + p]; output cell (i, j) of tile p
+    goes to full[i*row_block + 4p + j] (``_output_transform_f4``'s layout).
+
+    A function of its own for the same reasons as ``_bt4_plane``.
+    """
+    ub = np.uint64(band)
+    lanes = np.uint64(LANES)
+    blk = _lane_block(loc)
+    for p0 in range(0, count, LANES):
+        # all LANES lanes, past the band's end too (see ``_bt4_plane``)
+        for p in range(lanes):
+            at = np.uint64(p0) + p
+            # M A: each row xi of the products combined over its columns
+            r0 = _at4(_products(loc, at, ub), two, four, eight)
+            r1 = _at4(_products(loc, at + np.uint64(6) * ub, ub), two, four, eight)
+            r2 = _at4(_products(loc, at + np.uint64(12) * ub, ub), two, four, eight)
+            r3 = _at4(_products(loc, at + np.uint64(18) * ub, ub), two, four, eight)
+            r4 = _at4(_products(loc, at + np.uint64(24) * ub, ub), two, four, eight)
+            r5 = _at4(_products(loc, at + np.uint64(30) * ub, ub), two, four, eight)
+            # A^T (M A): column j, cells (i, j) at blk[(4i + j)*LANES + p]
+            _put4(blk, 0, p, _at4((r0[0], r1[0], r2[0], r3[0], r4[0], r5[0]), two, four, eight))
+            _put4(blk, 1, p, _at4((r0[1], r1[1], r2[1], r3[1], r4[1], r5[1]), two, four, eight))
+            _put4(blk, 2, p, _at4((r0[2], r1[2], r2[2], r3[2], r4[2], r5[2]), two, four, eight))
+            _put4(blk, 3, p, _at4((r0[3], r1[3], r2[3], r3[3], r4[3], r5[3]), two, four, eight))
+        for i in range(4):
+            f0 = np.uint64(i * row_block + 4 * p0)
+            b0 = np.uint64(4 * i) * lanes
+            for p in range(np.uint64(min(LANES, count - p0))):
+                q = f0 + np.uint64(4) * p
+                full[q] = blk[b0 + p]
+                full[q + np.uint64(1)] = blk[b0 + lanes + p]
+                full[q + np.uint64(2)] = blk[b0 + np.uint64(2) * lanes + p]
+                full[q + np.uint64(3)] = blk[b0 + np.uint64(3) * lanes + p]
+
+
+# Tiles per band of the F(4x4) output transform: the band's 36 runs of products
+# are copied run by run (streams the prefetcher follows) into a buffer that then
+# stays in L2 (72 KiB in float32) while the lanes read it across runs.
+BAND_TILES = 512
+
+
+# Why faster than ``_output_transform`` (the module docstring has the figures):
+# A^T M A of a tile stays in registers, LANES tiles side by side in vector lanes,
+# instead of a pass over memory per coefficient of A^T and a scatter of every
+# output value one at a time.
+@jit(parallel=True)
+def _output_transform_f4(Mt, AT, th, tw, b, out):
+    """out[n, k] = A^T M A of F(4x4, 3x3) per tile, plus b[k], cut to (OH, OW): what
+    ``_output_transform`` computes for m = 4, with the sums grouped as in ``_at4``.
+
+    Mt: (36, FN, N*th*tw); AT: (4, 6) in out's dtype; out: (N, FN, OH, OW). One
+    (image, filter) map per iteration, which writes out[n, k] only. The map's
+    tiles go in bands of whole tile rows (about BAND_TILES tiles): the band's
+    products are copied into ``loc``, transformed LANES tiles at a time into a
+    stack block, stored 4 apart into ``full`` (output row 4*ty + i of the band at
+    (i*rows + ty)*4*tw, so that tile p's cells are at 4p + j), whose rows then
+    go to out with the bias.
+    """
+    N, FN, OH, OW = out.shape
+    T = th * tw
+    P = Mt.shape[2]
+    Ms = Mt.reshape(36 * FN * P)
+    rows = max(1, BAND_TILES // tw)          # tile rows per band
+    band = rows * tw
+    two, four, eight = AT[1, 3], AT[2, 3], AT[3, 3]
+    W4 = 4 * tw
+    for t in prange(N * FN):
+        n = t // FN
+        k = t - n * FN
+        loc = np.empty(36 * band + LANES, dtype=out.dtype)
+        loc[36 * band:] = 0             # what the spare lanes of the last block read
+        full = np.empty(16 * band, dtype=out.dtype)
+        bias = b[k]
+        ub = np.uint64(band)
+        for ty0 in range(0, th, rows):
+            ty1 = min(th, ty0 + rows)
+            count = (ty1 - ty0) * tw
+            for kk in range(36):
+                s0 = np.uint64((kk * FN + k) * P + n * T + ty0 * tw)
+                l0 = np.uint64(kk) * ub
+                for v in range(np.uint64(count)):
+                    loc[l0 + v] = Ms[s0 + v]
+            _at4_band(loc, band, count, (ty1 - ty0) * W4, two, four, eight, full)
+            for y in range(4 * ty0, min(OH, 4 * ty1)):
+                orow = out[n, k, y]
+                f0 = np.uint64(((y % 4) * (ty1 - ty0) + y // 4 - ty0) * W4)
+                for x in range(np.uint64(OW)):
+                    orow[x] = full[f0 + x] + bias
+
+
 # ------------------------------------------------------------------ the path
 
 def _fits(a, b, length, dtype):
@@ -565,7 +710,10 @@ def _correlate(x, W, b, pad, out_hw, m):
     Mt = _workspace.get(a * a * FN * P, x.dtype, slot=2).reshape(a * a, FN, P)
     np.matmul(U, V, out=Mt)
     out = np.empty((N, FN, *out_hw), dtype=x.dtype)
-    _output_transform(Mt, AT, th, tw, b, out)
+    if m == 4:
+        _output_transform_f4(Mt, AT, th, tw, b, out)
+    else:
+        _output_transform(Mt, AT, th, tw, b, out)
     return out
 
 

@@ -92,6 +92,26 @@ def test_f4_input_kernel_is_bt_d_b_of_every_tile(shape, pad, dtype):
     assert_close(V, expected.astype(dtype), "V")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, fn, out_hw", [(2, 3, (28, 28)), (1, 2, (7, 9)), (2, 1, (13, 5)),
+                                           (1, 2, (40, 256))])
+def test_f4_output_kernel_is_at_m_a_of_every_tile(n, fn, out_hw, dtype):
+    """The F(4x4) output kernel (tiles in vector lanes, maps in bands of tile rows;
+    (40, 256) takes two bands, the second one partial) against A^T M A computed by
+    NumPy in float64 per tile, cut to the map and plus the bias."""
+    th, tw = winograd._tiles(out_hw, 4)
+    rng = np.random.default_rng(sum(out_hw))
+    Mt = rng.standard_normal((36, fn, n * th * tw)).astype(dtype)
+    b = rng.standard_normal(fn).astype(dtype)
+    AT = winograd.TRANSFORMS[4]["AT"]
+    out = np.full((n, fn, *out_hw), np.nan, dtype)
+    winograd._output_transform_f4(Mt, AT.astype(dtype), th, tw, b, out)
+    M = Mt.astype(np.float64).reshape(6, 6, fn, n, th, tw)
+    Y = np.einsum("ia,abknyx,jb->knyixj", AT, M, AT).reshape(fn, n, 4 * th, 4 * tw)
+    expected = Y.transpose(1, 0, 2, 3)[:, :, :out_hw[0], :out_hw[1]] + b[:, None, None]
+    assert_close(out, expected.astype(dtype), "out")
+
+
 @pytest.mark.parametrize("m", [2, 4])
 def test_both_tiles_match_the_oracle_whatever_the_rule_picks(m, monkeypatch):
     monkeypatch.setattr(winograd, "_tile_for", lambda out_hw: m)
