@@ -68,7 +68,7 @@ by 1/sqrt(9C), the four ResNet-18 stages at batch 1-2, C = 64 to 512):
 F(2x2) errs by 3e-7 to 7e-7 (forward, dx and dW alike, about as much as the
 im2col path's 2e-7 to 5e-7); F(4x4) by 4e-6 to 8e-6 forward, 8e-6 to 1.5e-5
 for dx and 2e-6 to 9e-6 for dW: 10 to 30 times more, still below 1e-4.
-``_tile_for`` says which one runs.
+``_tile_for`` and ``_dw_tile_for`` say which one runs.
 
 Gradients (g rotated means flipped in both directions):
 
@@ -199,7 +199,7 @@ class ConvCache(NamedTuple):
     x: np.ndarray
     W: np.ndarray
     spec: object
-    tile: int              # m of F(m x m, 3x3) used forward (and for dW)
+    tile: int              # m of F(m x m, 3x3) used forward (dW has its own rule)
 
 
 class _Fallback(NamedTuple):
@@ -215,16 +215,31 @@ def supports(spec):
 
 
 def _tile_for(out_hw):
-    """m of F(m x m, 3x3) for output maps of ``out_hw`` = (OH, OW): 2 or 4.
+    """m of F(m x m, 3x3) for the correlations (forward, and dx) with output maps of
+    ``out_hw`` = (OH, OW): 2 or 4.
 
     F(4x4) needs 36 products per 16 outputs (2.25 per output), F(2x2) 16 per 4
     (4 per output), but a 4x4 tile wastes the part that hangs over the map's
-    edge, its transforms cost more per tile, and small maps give few tiles
-    per matrix product. Measured (float32, one thread, median of 5 interleaved
-    runs, forward / backward, F(4x4) time over F(2x2) time): 224x224 maps
-    (VGG-16 block, batch 1) 0.72 / 0.77; 56x56 (ResNet-18 stage 1) 1.01 /
-    0.97; 28x28 (stage 2) 0.78 / 1.02; 14x14 (stage 3) 1.59 / 1.31; 7x7
-    (stage 4) 1.20 / 1.35. Rule: F(4x4) when both sides are at least 20.
+    edge and its transforms cost more per tile. With the F(4x4) transforms in
+    vector lanes, F(4x4) is the faster one from 7x7 maps up. Measured (float32,
+    2 threads, paired in one process, median of 11 rounds, forward / dx,
+    F(4x4) time over F(2x2) time): 7x7 maps (8x512, ResNet-18 stage 4) 0.89 /
+    0.87; 14x14 (8x256, stage 3) 0.90 / 0.90; 16x16 (8x64) 0.66 / 0.59; 18x18
+    (8x128) 0.78 / 0.86; 28x28 (8x128, stage 2) 0.64 / 0.77. Below 7 the edge
+    waste grows (a 6x6 map is 4 tiles of F(4x4), 56% of their outputs thrown
+    away) and F(2x2) keeps those.
+    """
+    return 4 if min(out_hw) >= 7 else 2
+
+
+def _dw_tile_for(out_hw):
+    """m of F(m x m, 3x3) for dW of a layer with output maps of ``out_hw``: 2 or 4.
+
+    dW transforms dout with the general loop (``_tile_transform``), and there
+    F(4x4) pays off on large maps only. Measured as in ``_tile_for``, dW F(4x4)
+    time over F(2x2) time: 7x7 1.51, 14x14 1.17, 16x16 1.15, 18x18 0.98,
+    28x28 0.85 (batch 8) and 0.75 (batch 1). Rule: F(4x4) when both sides are
+    at least 20.
     """
     return 4 if min(out_hw) >= 20 else 2
 
@@ -239,8 +254,8 @@ def plan(spec):
     Returns a dict: ``method``, ``tile`` ("F(4x4,3x3)" or "F(2x2,3x3)"),
     ``m`` and ``alpha`` (output block and input tile side), ``tiles_per_image``,
     ``tiles`` (whole batch), ``U_shape`` (a*a, FN, C), ``V_shape`` (a*a, C,
-    tiles), ``M_shape`` (a*a, FN, tiles), ``dx_tile`` (m used for dx), and
-    ``fallback`` (when im2col runs instead). Pooling and unsupported specs get
+    tiles), ``M_shape`` (a*a, FN, tiles), ``dx_tile`` and ``dW_tile`` (m used
+    for dx and for dW), and ``fallback`` (when im2col runs instead). Pooling and unsupported specs get
     a dict saying so.
     """
     if not supports(spec):
@@ -257,6 +272,7 @@ def plan(spec):
             "tiles_per_image": th * tw, "tiles": tiles,
             "U_shape": (a * a, FN, C), "V_shape": (a * a, C, tiles),
             "M_shape": (a * a, FN, tiles), "dx_tile": _tile_for(spec.x_shape[2:]),
+            "dW_tile": _dw_tile_for(spec.out_hw),
             "fallback": "im2col, for a call whose operands hold nan or inf (or values "
                         "near overflow)"}
 
@@ -758,7 +774,7 @@ def conv_backward(dout, cache):
     """
     if isinstance(cache, _Fallback):
         return im2col.conv_backward(dout, cache.inner)
-    x, W, spec, m = cache
+    x, W, spec, _ = cache
     if not (_fits(dout, W, W.shape[0] * 9, x.dtype)
             and _fits(dout, x, x.shape[0] * dout.shape[2] * dout.shape[3], x.dtype)):
         return im2col.conv_backward(dout, im2col.ConvCache(x, W, spec))
@@ -770,6 +786,6 @@ def conv_backward(dout, cache):
         W_rot = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         no_bias = np.zeros(W.shape[1], dtype=x.dtype)
         dx = _correlate(dout, W_rot, no_bias, (2 - ph, 2 - pw), (H, Wd), _tile_for((H, Wd)))
-    dW = _conv_dw(dout, x, spec.pad, m)
+    dW = _conv_dw(dout, x, spec.pad, _dw_tile_for(spec.out_hw))
     db = dout.sum(axis=(0, 2, 3))
     return dx, dW, db

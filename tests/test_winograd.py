@@ -53,14 +53,14 @@ def test_1d_transforms_compute_a_3_tap_correlation(m):
                                    rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("out_hw, m", [((56, 56), 4), ((20, 31), 4), ((19, 40), 2),
-                                        ((7, 7), 2), ((30, 4), 2)])
-def test_tile_rule_and_plan(out_hw, m):
+@pytest.mark.parametrize("out_hw, m, dw_m", [((56, 56), 4, 4), ((20, 31), 4, 4), ((19, 40), 4, 2),
+                                              ((7, 7), 4, 2), ((6, 9), 2, 2), ((30, 4), 2, 2)])
+def test_tile_rule_and_plan(out_hw, m, dw_m):
     spec = fastconv.conv_spec((2, 5, out_hw[0] + 2, out_hw[1] + 2), (6, 5, 3, 3), 1, 0)
     p = winograd.plan(spec)
     a = m + 2
     tiles = 2 * -(-out_hw[0] // m) * -(-out_hw[1] // m)
-    assert (p["m"], p["alpha"], p["tiles"]) == (m, a, tiles)
+    assert (p["m"], p["alpha"], p["tiles"], p["dW_tile"]) == (m, a, tiles, dw_m)
     assert p["U_shape"] == (a * a, 6, 5)
     assert p["V_shape"] == (a * a, 5, tiles) and p["M_shape"] == (a * a, 6, tiles)
 
@@ -115,6 +115,7 @@ def test_f4_output_kernel_is_at_m_a_of_every_tile(n, fn, out_hw, dtype):
 @pytest.mark.parametrize("m", [2, 4])
 def test_both_tiles_match_the_oracle_whatever_the_rule_picks(m, monkeypatch):
     monkeypatch.setattr(winograd, "_tile_for", lambda out_hw: m)
+    monkeypatch.setattr(winograd, "_dw_tile_for", lambda out_hw: m)
     for dtype in DTYPES:
         _, x, W, b = _arrays((2, 5, 11, 9), 4, dtype, seed=m)
         for pad in (0, 1, 2, 3):
