@@ -105,8 +105,8 @@ and 3.9x as long as these whole-plane ones, which is why the stages stay
 separate.
 
 F(4x4) has transform kernels of its own (``_input_transform_f4``,
-``_output_transform_f4``); F(2x2) and the dout transform of dW keep the
-general loops. With a plane's rows in row-phase order, every tile finds its
+``_output_transform_f4``, and ``_dout_transform_f4`` for dW); F(2x2) keeps
+the general loops. With a plane's rows in row-phase order, every tile finds its
 36 samples one stride from the last tile's, so 64 tiles are transformed side
 by side in vector lanes, a tile's values in registers from load to store.
 The output transform first copies a band's 36 runs of products one run after
@@ -235,13 +235,13 @@ def _tile_for(out_hw):
 def _dw_tile_for(out_hw):
     """m of F(m x m, 3x3) for dW of a layer with output maps of ``out_hw``: 2 or 4.
 
-    dW transforms dout with the general loop (``_tile_transform``), and there
-    F(4x4) pays off on large maps only. Measured as in ``_tile_for``, dW F(4x4)
-    time over F(2x2) time: 7x7 1.51, 14x14 1.17, 16x16 1.15, 18x18 0.98,
-    28x28 0.85 (batch 8) and 0.75 (batch 1). Rule: F(4x4) when both sides are
-    at least 20.
+    dW's products reduce over the tiles, so F(4x4) saves less there, and its
+    one-time back-transform weighs more on small maps. Measured as in
+    ``_tile_for``, dW F(4x4) time over F(2x2) time (batch 8): 7x7 maps 1.08 and
+    1.37 (two runs), 10x10 0.80, 12x12 0.62, 14x14 0.81-0.85, 16x16 0.56, 28x28
+    0.62, 56x56 0.60. Rule: F(4x4) when both sides are at least 10.
     """
-    return 4 if min(out_hw) >= 20 else 2
+    return 4 if min(out_hw) >= 10 else 2
 
 
 def _tiles(out_hw, m):
@@ -506,6 +506,89 @@ def _input_transform_f4(src, BT, ph, pw, th, tw, dst):
         _bt4_plane(Y, rows, th, tw, two, four, five, ds, c * P + n * T, C * P)
 
 
+@jit
+def _a4(e, two, four, eight):
+    """A of F(4x4, 3x3) (the transpose of A^T above) times the four samples of tuple
+    e: the dout transform of dW, six values; two, four, eight in the data's dtype."""
+    e0, e1, e2, e3 = e
+    s = e0 + e2
+    d = e1 + e3
+    s4 = e0 + four * e2
+    d4 = two * e1 + eight * e3
+    return (e0, s + d, s - d, s4 + d4, s4 - d4, e3)
+
+
+@jit
+def _a4_plane(Y, rows, T, two, four, eight, ds, first, step):
+    """A e A^T of every tile of one dout plane, held in Y in ``_dout_transform_f4``'s
+    layout, into ds: value 6*xi + nu of tile p at ds[first + (6*xi + nu)*step + p].
+    A function of its own for the reasons given at ``_bt4_plane``."""
+    blk = _lane_block(Y)
+    for p0 in range(0, T, LANES):
+        count = min(LANES, T - p0)
+        for p in range(np.uint64(LANES)):
+            q = np.uint64(4) * (np.uint64(p0) + p)
+            # A e: the four columns, each combined over its rows
+            c0 = _a4((Y[rows[0] + q], Y[rows[1] + q], Y[rows[2] + q], Y[rows[3] + q]),
+                     two, four, eight)
+            q = q + np.uint64(1)
+            c1 = _a4((Y[rows[0] + q], Y[rows[1] + q], Y[rows[2] + q], Y[rows[3] + q]),
+                     two, four, eight)
+            q = q + np.uint64(1)
+            c2 = _a4((Y[rows[0] + q], Y[rows[1] + q], Y[rows[2] + q], Y[rows[3] + q]),
+                     two, four, eight)
+            q = q + np.uint64(1)
+            c3 = _a4((Y[rows[0] + q], Y[rows[1] + q], Y[rows[2] + q], Y[rows[3] + q]),
+                     two, four, eight)
+            # (A e) A^T: each row xi combined over its columns
+            _put(blk, 0, p, _a4((c0[0], c1[0], c2[0], c3[0]), two, four, eight))
+            _put(blk, 1, p, _a4((c0[1], c1[1], c2[1], c3[1]), two, four, eight))
+            _put(blk, 2, p, _a4((c0[2], c1[2], c2[2], c3[2]), two, four, eight))
+            _put(blk, 3, p, _a4((c0[3], c1[3], c2[3], c3[3]), two, four, eight))
+            _put(blk, 4, p, _a4((c0[4], c1[4], c2[4], c3[4]), two, four, eight))
+            _put(blk, 5, p, _a4((c0[5], c1[5], c2[5], c3[5]), two, four, eight))
+        for k in range(36):
+            d0 = np.uint64(first + k * step + p0)
+            b0 = np.uint64(k * LANES)
+            for v in range(np.uint64(count)):
+                ds[d0 + v] = blk[b0 + v]
+
+
+@jit(parallel=True)
+def _dout_transform_f4(src, AT, th, tw, dst):
+    """dst[xi*6 + nu, k, n*th*tw + ty*tw + tx] = (A e A^T)[xi, nu] of F(4x4, 3x3) for
+    every 4x4 tile e of src: what ``_tile_transform`` computes with L = A, m = 4
+    and no padding, with the sums grouped as in ``_a4``.
+
+    src: (N, FN, OH, OW) (dout); AT: (4, 6) in src's dtype; dst: (36, FN,
+    N*th*tw). One (image, filter) plane per iteration, which writes dst[:, k,
+    tiles of n] only. The tiles do not overlap, so with the rows in row-phase
+    order (row r at ((r % 4)*th + r // 4) * 4*tw) tile p = ty*tw + tx finds its
+    sample (i, j) at ``rows[i] + 4p + j``: no spare tiles, and the lanes' values
+    go to dst in runs.
+    """
+    N, FN, OH, OW = src.shape
+    T = th * tw
+    P = dst.shape[2]
+    Wr = 4 * tw
+    ss = src.reshape(N * FN * OH * OW)
+    ds = dst.reshape(36 * FN * P)
+    two, four, eight = AT[1, 3], AT[2, 3], AT[3, 3]
+    R = np.uint64(th * Wr)
+    rows = (np.uint64(0), R, np.uint64(2) * R, np.uint64(3) * R)
+    for t in prange(N * FN):
+        n = t // FN
+        k = t - n * FN
+        # spare zeros past the end for the lanes of the last block
+        Y = np.zeros(4 * th * Wr + 4 * LANES, dtype=src.dtype)
+        for r in range(OH):
+            s0 = np.uint64(((n * FN + k) * OH + r) * OW)
+            y0 = np.uint64(((r % 4) * th + r // 4) * Wr)
+            for v in range(np.uint64(OW)):
+                Y[y0 + v] = ss[s0 + v]
+        _a4_plane(Y, rows, T, two, four, eight, ds, k * P + n * T, FN * P)
+
+
 @jit(parallel=True)
 def _output_transform(Mt, AT, th, tw, b, out):
     """out[n, k] = A^T M A per tile, plus b[k], cut to (OH, OW).
@@ -758,7 +841,10 @@ def _conv_dw(dout, x, pad, m):
     V = _workspace.get(a * a * C * P, x.dtype, slot=1).reshape(a * a, C, P)
     _input_transform(x, BT, m, pad, th, tw, V)
     E = _workspace.get(a * a * FN * P, x.dtype, slot=2).reshape(a * a, FN, P)
-    _tile_transform(dout, np.ascontiguousarray(AT.T), m, 0, 0, th, tw, E)
+    if m == 4:
+        _dout_transform_f4(dout, AT, th, tw, E)
+    else:
+        _tile_transform(dout, np.ascontiguousarray(AT.T), m, 0, 0, th, tw, E)
     X = np.matmul(E, V.transpose(0, 2, 1))                 # (a*a, FN, C)
     # dW[k, c, i, j] = sum over (xi, nu) of G[xi, i] G[nu, j] X[(xi, nu), k, c]: one product
     dW = np.empty((FN, C, 3, 3), dtype=x.dtype)

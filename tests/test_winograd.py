@@ -53,8 +53,9 @@ def test_1d_transforms_compute_a_3_tap_correlation(m):
                                    rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("out_hw, m, dw_m", [((56, 56), 4, 4), ((20, 31), 4, 4), ((19, 40), 4, 2),
-                                              ((7, 7), 4, 2), ((6, 9), 2, 2), ((30, 4), 2, 2)])
+@pytest.mark.parametrize("out_hw, m, dw_m", [((56, 56), 4, 4), ((20, 31), 4, 4), ((10, 40), 4, 4),
+                                              ((9, 9), 4, 2), ((7, 7), 4, 2), ((6, 9), 2, 2),
+                                              ((30, 4), 2, 2)])
 def test_tile_rule_and_plan(out_hw, m, dw_m):
     spec = fastconv.conv_spec((2, 5, out_hw[0] + 2, out_hw[1] + 2), (6, 5, 3, 3), 1, 0)
     p = winograd.plan(spec)
@@ -110,6 +111,24 @@ def test_f4_output_kernel_is_at_m_a_of_every_tile(n, fn, out_hw, dtype):
     Y = np.einsum("ia,abknyx,jb->knyixj", AT, M, AT).reshape(fn, n, 4 * th, 4 * tw)
     expected = Y.transpose(1, 0, 2, 3)[:, :, :out_hw[0], :out_hw[1]] + b[:, None, None]
     assert_close(out, expected.astype(dtype), "out")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, fn, out_hw", [(2, 3, (13, 9)), (1, 2, (8, 8)), (1, 2, (40, 70)),
+                                           (2, 1, (3, 5))])
+def test_f4_dout_kernel_is_a_e_at_of_every_tile(n, fn, out_hw, dtype):
+    """The F(4x4) dout kernel of dW against A e A^T computed by NumPy in float64 on
+    every 4x4 tile of dout (zeros where the last tiles hang over the edge)."""
+    th, tw = winograd._tiles(out_hw, 4)
+    d = np.random.default_rng(sum(out_hw)).standard_normal((n, fn, *out_hw)).astype(dtype)
+    AT = winograd.TRANSFORMS[4]["AT"]
+    E = np.full((36, fn, n * th * tw), np.nan, dtype)
+    winograd._dout_transform_f4(d, AT.astype(dtype), th, tw, E)
+    dp = np.zeros((n, fn, 4 * th, 4 * tw))
+    dp[:, :, :out_hw[0], :out_hw[1]] = d
+    tiles = dp.reshape(n, fn, th, 4, tw, 4).transpose(1, 0, 2, 4, 3, 5)   # (fn, n, th, tw, 4, 4)
+    expected = np.einsum("ia,knyxab,jb->ijknyx", AT.T, tiles, AT.T).reshape(36, fn, -1)
+    assert_close(E, expected.astype(dtype), "E")
 
 
 @pytest.mark.parametrize("m", [2, 4])
