@@ -203,7 +203,6 @@ class ConvCache(NamedTuple):
     x: np.ndarray
     W: np.ndarray
     spec: object
-    tile: int              # m of F(m x m, 3x3) used forward (dW has its own rule)
 
 
 class _Fallback(NamedTuple):
@@ -259,8 +258,8 @@ def plan(spec):
     ``m`` and ``alpha`` (output block and input tile side), ``tiles_per_image``,
     ``tiles`` (whole batch), ``U_shape`` (a*a, FN, C), ``V_shape`` (a*a, C,
     tiles), ``M_shape`` (a*a, FN, tiles), ``dx_tile`` and ``dW_tile`` (m used
-    for dx and for dW), and ``fallback`` (when im2col runs instead). Pooling and unsupported specs get
-    a dict saying so.
+    for dx and for dW), and ``fallback`` (when im2col runs instead). Pooling
+    and unsupported specs get a dict saying so.
     """
     if not supports(spec):
         return {"method": f"not run by this path (it runs {SCOPE})"}
@@ -831,7 +830,7 @@ def conv_forward(x, W, b, spec):
     if spec.forward_only:
         return out, None
     # copies: backward must see x and W as they were, even if the caller changes them
-    return out, ConvCache(x.copy(), W.copy(), spec, m)
+    return out, ConvCache(x.copy(), W.copy(), spec)
 
 
 def _conv_dw(dout, x, pad, m):
@@ -864,7 +863,7 @@ def conv_backward(dout, cache):
     """
     if isinstance(cache, _Fallback):
         return im2col.conv_backward(dout, cache.inner)
-    x, W, spec, _ = cache
+    x, W, spec = cache
     if not (_fits(dout, W, W.shape[0] * 9, x.dtype)
             and _fits(dout, x, x.shape[0] * dout.shape[2] * dout.shape[3], x.dtype)):
         return im2col.conv_backward(dout, im2col.ConvCache(x, W, spec))
