@@ -126,6 +126,24 @@ def jit(fn=None, *, parallel=False, in_order=False):
     return wrap(fn) if fn is not None else wrap
 
 
+def vector_registers() -> int:
+    """How many vector registers the machine code Numba compiles in this process may
+    use: 32 where the target CPU has AVX-512 (``+avx512f``), else 16 (AVX2's ymm0-15).
+
+    The target is what Numba compiles for: the host's features, or
+    ``NUMBA_CPU_FEATURES`` when that is set. On AVX-512 CPUs LLVM still
+    vectorises loops with 256-bit registers (its tuning for them prefers that
+    width), but it can use all 32 of them. Numba's cache keeps code per CPU
+    name and features, so a kernel sized from this always runs on a target
+    with these registers.
+    """
+    from numba.core.codegen import get_host_cpu_features
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = get_host_cpu_features()
+    return 32 if "+avx512f" in features.split(",") else 16
+
+
 def stack_array(context, builder, dtype, cells):
     """The code of an intrinsic that returns a 1-D C array of ``cells`` elements of
     ``dtype`` (a Numba type) on the stack, not the heap: one alloca in the function's

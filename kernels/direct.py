@@ -11,13 +11,13 @@ what the output needs. Each plane is stored flat with row pitch Wq, and outputs
 are computed on a *wide* grid of the same pitch (Wq >= OW columns, the extra
 columns are thrown away), so a tap is one shift of one long contiguous run:
 ``acc[m] += w * plane[m + offset]`` for all output rows at once. That loop is
-what LLVM vectorises. The float32 forward turns it inside out: a tile of four
-output channels by a strip of 16 cells of the run (eight AVX2 registers)
-stays in registers while it sums a chunk of taps, in order, and is stored
-once per chunk (``_forward_strips``). dx and the float64 forward run it as
-passes over a four-channel accumulator, up to three taps per pass (one load
-of the input feeds four multiply-adds, one store of the accumulator carries
-twelve).
+what LLVM vectorises. The float32 forward and dx turn it inside out: a tile
+of four output channels by a strip of the run (16 cells in eight AVX2
+registers, 48 cells in 24 where AVX-512 gives LLVM 32 registers) stays in
+registers while it sums a chunk of taps, in order, and is stored once per
+chunk (``_forward_strips``). The float64 forward and dx run it as passes over
+a four-channel accumulator, up to three taps per pass (one load of the input
+feeds four multiply-adds, one store of the accumulator carries twelve).
 
 - forward: out(n, k) = sum over (c, fy, fx) of W[k, c, fy, fx] * shifted x planes.
 - dx: the same correlation run backwards. Per phase (a, b) of dx, the taps with
@@ -75,7 +75,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._jit import jit, one_launch_at_a_time, stack_array
+from ._jit import jit, one_launch_at_a_time, stack_array, vector_registers
 from ._planes import _fill_planes, _phases, _to_planes
 from ._workspace import Workspace
 from .cpu_pooling import PoolCache, pool_backward, pool_forward  # noqa: F401  (this path's pooling)
@@ -87,9 +87,13 @@ KB = 4
 ACC_BYTES = 32 * 1024
 # Cells of the wide grid per dW pass: KB dout rows of this length stay in L1.
 DW_CHUNK = 1024
-# Bytes of the float32 forward's register tile: KB filters x a strip of 16
-# cells of the wide grid, eight AVX2 registers.
-TILE_BYTES = 256
+# Bytes of the float32 register tile (forward and dx): KB filters x a strip of
+# the wide grid, in all but eight of the target's 256-bit vector registers (the
+# eight hold the KB weights of a tap and the input it loads). AVX2: 8 registers,
+# strips of 16 cells; AVX-512: 24, strips of 48 (measured, paired, on the direct
+# layers of the benchmark suite: forward 0.75-0.93x the time of 8 registers;
+# on an AVX2 target 12 registers took 1.12-1.31x, 24 up to 1.65x: they spill).
+TILE_BYTES = (vector_registers() - 8) * 32
 # Taps the forward sums per visit of a strip: whole channels, at least one,
 # at most CHUNK_TAPS taps and CHUNK_BYTES of the input rows they read, so that
 # a row is still in L1 when the strip one output row further reads it again.

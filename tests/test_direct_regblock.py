@@ -1,6 +1,6 @@
 """The direct path's float32 forward loop: a register tile of four filters by a strip
-of 16 cells of the wide grid that sums a chunk of taps per store (float64 runs
-the passes over an accumulator that dx runs; the same cases cover it).
+of the wide grid (16 cells, 48 on AVX-512 targets) that sums a chunk of taps per
+store (float64 runs the passes over an accumulator; the same cases cover it).
 
 What that loop adds to the path: strips that overrun the end of a task's wide
 grid (its length is rarely a multiple of the strip, sometimes shorter than
@@ -20,7 +20,7 @@ import pytest
 from support import assert_close, assert_same_cells
 
 from fastconv.kernels import direct, naive
-from fastconv.kernels._jit import JIT_OPTIONS
+from fastconv.kernels._jit import JIT_OPTIONS, vector_registers
 from fastconv.spec import conv_spec
 
 DTYPES = [np.float32, np.float64]
@@ -128,9 +128,10 @@ def test_nan_and_inf_land_where_naive_puts_them(case, dtype):
 
 
 def test_strip_loop_compiles_to_vector_multiply_adds():
-    # the tile's cells stay in AVX2 registers: the tap loop is fused multiply-adds
-    # on ymm registers, eight per tap (a fresh compile: Numba cannot show the
-    # machine code it loaded from its cache); and its sums are right
+    # the tile's cells stay in 256-bit registers: the tap loop is fused multiply-adds
+    # on ymm registers, one per eight cells of the tile per tap (8 with AVX2, 24
+    # with AVX-512's 32 registers; a fresh compile: Numba cannot show the machine
+    # code it loaded from its cache); and its sums are right
     features = llvmlite.binding.get_host_cpu_features()
     if not (features.get("avx2") and features.get("fma")):
         pytest.skip("the CPU has no AVX2 or FMA")
@@ -146,7 +147,7 @@ def test_strip_loop_compiles_to_vector_multiply_adds():
     np.testing.assert_array_equal(acc.reshape(direct.KB, -1), np.array(want, np.float32))
     fma = [line for line in strips.inspect_asm(strips.signatures[0]).splitlines()
            if "vfmadd" in line and "ymm" in line]
-    assert len(fma) >= 8
+    assert len(fma) >= direct.KB * width // 8
 
 
 # With NUMBA_BOUNDSCHECK=1 every array read is checked: a strip that read past
@@ -178,3 +179,45 @@ def test_strips_read_inside_the_planes(tmp_path):
                           env=env, check=False, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")
+
+
+# The tile is sized from the registers of the CPU Numba compiles for. On an
+# AVX-512 machine the same cases also run compiled for AVX2 alone (16
+# registers, strips of 16 cells), in a fresh process with its own Numba cache.
+_AVX2_TARGET = r"""
+import numpy as np
+from fastconv.kernels import direct, naive
+from fastconv.kernels._jit import vector_registers
+from fastconv.spec import conv_spec
+print(vector_registers(), direct.TILE_BYTES)
+for x_shape, w_shape, stride, pad, dilation, groups in %r:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    W = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    spec = conv_spec(x_shape, w_shape, stride, pad, np.float32, dilation=dilation,
+                     groups=groups)
+    got = direct.conv_forward(x, W, b, spec)[0]
+    want = naive.conv_forward(*(a.astype(np.float64) for a in (x, W, b)), spec)[0]
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max()), x_shape
+print("ok")
+"""
+
+
+def test_tile_follows_the_target_registers(tmp_path):
+    registers = 32 if llvmlite.binding.get_host_cpu_features().get("avx512f") else 16
+    if os.environ.get("NUMBA_CPU_FEATURES") is None:
+        assert vector_registers() == registers
+    assert direct.TILE_BYTES == (vector_registers() - 8) * 32
+    if registers == 16:
+        pytest.skip("the CPU has no AVX-512: the cases above ran with AVX2's tile")
+    features = llvmlite.binding.get_host_cpu_features()
+    for name in features:
+        if name.startswith(("avx512", "avx10", "amx", "evex")):
+            features[name] = False
+    env = dict(os.environ, NUMBA_CPU_FEATURES=features.flatten(),
+               NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", _AVX2_TARGET % (list(CASES.values()),)],
+                          capture_output=True, text=True, env=env, check=False, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["16", "256", "ok"]
