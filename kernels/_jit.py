@@ -126,22 +126,39 @@ def jit(fn=None, *, parallel=False, in_order=False):
     return wrap(fn) if fn is not None else wrap
 
 
-def vector_registers() -> int:
-    """How many vector registers the machine code Numba compiles in this process may
-    use: 32 where the target CPU has AVX-512 (``+avx512f``), else 16 (AVX2's ymm0-15).
+def vector_registers() -> tuple[int, int]:
+    """(count, bytes) of the vector registers the machine code Numba compiles in this
+    process may use: (32, 64) where the target CPU has AVX-512 (``+avx512f``),
+    else (16, 32), AVX2's ymm0-15.
 
     The target is what Numba compiles for: the host's features, or
-    ``NUMBA_CPU_FEATURES`` when that is set. On AVX-512 CPUs LLVM still
-    vectorises loops with 256-bit registers (its tuning for them prefers that
-    width), but it can use all 32 of them. Numba's cache keeps code per CPU
+    ``NUMBA_CPU_FEATURES`` when that is set. Numba's cache keeps code per CPU
     name and features, so a kernel sized from this always runs on a target
-    with these registers.
+    with these registers. LLVM vectorises with 256-bit registers even on
+    AVX-512 CPUs (its tuning for them prefers that width) unless a function
+    asks for more: ``prefer_wide_vectors``.
     """
     from numba.core.codegen import get_host_cpu_features
     features = numba.config.CPU_FEATURES
     if features is None:
         features = get_host_cpu_features()
-    return 32 if "+avx512f" in features.split(",") else 16
+    return (32, 64) if "+avx512f" in features.split(",") else (16, 32)
+
+
+def prefer_wide_vectors(builder):
+    """Let LLVM vectorise the function that ``builder`` (an intrinsic's codegen) is
+    building with the target's widest registers, 512 bits on AVX-512 CPUs: the
+    LLVM function attribute ``"prefer-vector-width"="512"``. No effect elsewhere.
+
+    llvmlite's attribute set validates enum attributes only, so the string
+    attribute goes into the set as is, and llvmlite writes it verbatim after
+    the function's parameter list, where LLVM reads it.
+    ``tests/test_direct_regblock.py`` checks the machine code for 512-bit
+    multiply-adds, so a llvmlite that stops writing it fails a test, not a
+    benchmark.
+    """
+    if vector_registers()[1] == 64:
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
 
 
 def stack_array(context, builder, dtype, cells):

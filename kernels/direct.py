@@ -13,9 +13,9 @@ columns are thrown away), so a tap is one shift of one long contiguous run:
 ``acc[m] += w * plane[m + offset]`` for all output rows at once. That loop is
 what LLVM vectorises. The float32 forward and dx turn it inside out: a tile
 of four output channels by a strip of the run (16 cells in eight AVX2
-registers, 48 cells in 24 where AVX-512 gives LLVM 32 registers) stays in
-registers while it sums a chunk of taps, in order, and is stored once per
-chunk (``_forward_strips``). The float64 forward and dx run it as passes over
+registers, 96 cells in 24 of AVX-512's 32) stays in registers while it sums
+a chunk of taps, in order, and is stored once per chunk
+(``_forward_strips``). The float64 forward and dx run it as passes over
 a four-channel accumulator, up to three taps per pass (one load of the input
 feeds four multiply-adds, one store of the accumulator carries twelve).
 
@@ -75,7 +75,8 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ._jit import jit, one_launch_at_a_time, stack_array, vector_registers
+from ._jit import (jit, one_launch_at_a_time, prefer_wide_vectors, stack_array,
+                   vector_registers)
 from ._planes import _fill_planes, _phases, _to_planes
 from ._workspace import Workspace
 from .cpu_pooling import PoolCache, pool_backward, pool_forward  # noqa: F401  (this path's pooling)
@@ -88,12 +89,16 @@ ACC_BYTES = 32 * 1024
 # Cells of the wide grid per dW pass: KB dout rows of this length stay in L1.
 DW_CHUNK = 1024
 # Bytes of the float32 register tile (forward and dx): KB filters x a strip of
-# the wide grid, in all but eight of the target's 256-bit vector registers (the
-# eight hold the KB weights of a tap and the input it loads). AVX2: 8 registers,
-# strips of 16 cells; AVX-512: 24, strips of 48 (measured, paired, on the direct
-# layers of the benchmark suite: forward 0.75-0.93x the time of 8 registers;
-# on an AVX2 target 12 registers took 1.12-1.31x, 24 up to 1.65x: they spill).
-TILE_BYTES = (vector_registers() - 8) * 32
+# the wide grid, in all but eight of the target's vector registers (the eight
+# hold the KB weights of a tap and the input it loads). AVX2: 8 ymm registers,
+# strips of 16 cells; AVX-512: 24 zmm registers (``prefer_wide_vectors``),
+# strips of 96. Measured, paired, on the direct layers of the benchmark suite,
+# AVX-512 machine, forward: 24 ymm registers 0.75-0.93x the time of 8, then 24
+# zmm 0.73-0.94x the time of 24 ymm (12 zmm: 0.79-0.88x); dx 0.93-1.03x. On an
+# AVX2 target 12 registers took 1.12-1.31x the time of 8, 24 up to 1.65x: they
+# spill.
+_REGISTERS, _VECTOR_BYTES = vector_registers()
+TILE_BYTES = (_REGISTERS - 8) * _VECTOR_BYTES
 # Taps the forward sums per visit of a strip: whole channels, at least one,
 # at most CHUNK_TAPS taps and CHUNK_BYTES of the input rows they read, so that
 # a row is still in L1 when the strip one output row further reads it again.
@@ -316,6 +321,7 @@ def _register_tile(typingctx, like):
     cells = TILE_BYTES // (like.dtype.bitwidth // 8)
 
     def codegen(context, builder, signature, args):
+        prefer_wide_vectors(builder)
         return stack_array(context, builder, like.dtype, cells)
 
     return types.Array(like.dtype, 1, "C")(like), codegen

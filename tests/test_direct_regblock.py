@@ -128,10 +128,10 @@ def test_nan_and_inf_land_where_naive_puts_them(case, dtype):
 
 
 def test_strip_loop_compiles_to_vector_multiply_adds():
-    # the tile's cells stay in 256-bit registers: the tap loop is fused multiply-adds
-    # on ymm registers, one per eight cells of the tile per tap (8 with AVX2, 24
-    # with AVX-512's 32 registers; a fresh compile: Numba cannot show the machine
-    # code it loaded from its cache); and its sums are right
+    # the tile's cells stay in vector registers: the tap loop is fused multiply-adds
+    # on ymm registers with AVX2 (8 per tap), on zmm registers with AVX-512 (24
+    # per tap: prefer_wide_vectors lets LLVM use them); a fresh compile: Numba
+    # cannot show the machine code it loaded from its cache; and its sums are right
     features = llvmlite.binding.get_host_cpu_features()
     if not (features.get("avx2") and features.get("fma")):
         pytest.skip("the CPU has no AVX2 or FMA")
@@ -145,9 +145,11 @@ def test_strip_loop_compiles_to_vector_multiply_adds():
     want = [[sum(w[t * direct.KB + r] * src[taps[t] + 1 + m] for t in range(3))
              for m in range(2 * width)] for r in range(direct.KB)]
     np.testing.assert_array_equal(acc.reshape(direct.KB, -1), np.array(want, np.float32))
+    registers, nbytes = vector_registers()
+    vector = "zmm" if nbytes == 64 else "ymm"
     fma = [line for line in strips.inspect_asm(strips.signatures[0]).splitlines()
-           if "vfmadd" in line and "ymm" in line]
-    assert len(fma) >= direct.KB * width // 8
+           if "vfmadd" in line and vector in line]
+    assert len(fma) >= direct.KB * width * 4 // nbytes
 
 
 # With NUMBA_BOUNDSCHECK=1 every array read is checked: a strip that read past
@@ -205,11 +207,12 @@ print("ok")
 
 
 def test_tile_follows_the_target_registers(tmp_path):
-    registers = 32 if llvmlite.binding.get_host_cpu_features().get("avx512f") else 16
+    wide = bool(llvmlite.binding.get_host_cpu_features().get("avx512f"))
     if os.environ.get("NUMBA_CPU_FEATURES") is None:
-        assert vector_registers() == registers
-    assert direct.TILE_BYTES == (vector_registers() - 8) * 32
-    if registers == 16:
+        assert vector_registers() == ((32, 64) if wide else (16, 32))
+    registers, nbytes = vector_registers()
+    assert direct.TILE_BYTES == (registers - 8) * nbytes
+    if not wide:
         pytest.skip("the CPU has no AVX-512: the cases above ran with AVX2's tile")
     features = llvmlite.binding.get_host_cpu_features()
     for name in features:
@@ -220,4 +223,4 @@ def test_tile_follows_the_target_registers(tmp_path):
     done = subprocess.run([sys.executable, "-c", _AVX2_TARGET % (list(CASES.values()),)],
                           capture_output=True, text=True, env=env, check=False, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["16", "256", "ok"]
+    assert done.stdout.split() == ["(16,", "32)", "256", "ok"]
