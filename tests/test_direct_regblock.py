@@ -1,5 +1,5 @@
 """The direct path's float32 forward loop: a register tile of four filters by a strip
-of the wide grid (16 cells, 48 on AVX-512 targets) that sums a chunk of taps per
+of the wide grid (16 cells, 96 on AVX-512 targets) that sums a chunk of taps per
 store (float64 runs the passes over an accumulator; the same cases cover it).
 
 What that loop adds to the path: strips that overrun the end of a task's wide
@@ -207,14 +207,14 @@ print("ok")
 
 
 def test_tile_follows_the_target_registers(tmp_path):
-    wide = bool(llvmlite.binding.get_host_cpu_features().get("avx512f"))
+    features = llvmlite.binding.get_host_cpu_features()
+    wide = bool(features.get("avx512f"))
     if os.environ.get("NUMBA_CPU_FEATURES") is None:
         assert vector_registers() == ((32, 64) if wide else (16, 32))
     registers, nbytes = vector_registers()
     assert direct.TILE_BYTES == (registers - 8) * nbytes
     if not wide:
         pytest.skip("the CPU has no AVX-512: the cases above ran with AVX2's tile")
-    features = llvmlite.binding.get_host_cpu_features()
     for name in features:
         if name.startswith(("avx512", "avx10", "amx", "evex")):
             features[name] = False
