@@ -1,5 +1,6 @@
 """The winograd path against the float64 naive oracle, its scope, its transforms,
 and non-finite values (which it hands to the im2col path)."""
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ import fastconv
 from fastconv import backends, conv2d, tuner
 from fastconv import functional as F
 from fastconv.kernels import winograd
+from fastconv.kernels._jit import JIT_OPTIONS
 
 pytestmark = pytest.mark.skipif("winograd" not in fastconv.available_backends(),
                                 reason="the winograd path is not in the table")
@@ -66,21 +68,39 @@ def test_tile_rule_and_plan(out_hw, m, dw_m):
     assert p["V_shape"] == (a * a, 5, tiles) and p["M_shape"] == (a * a, 6, tiles)
 
 
+def _slab_buffer(rows, cols, dtype):
+    """NaN-filled (36, rows*cols + SLAB_PAD) buffer, as ``winograd._slabs`` lays out a
+    padded one, and its (36, rows, cols) view."""
+    buf = np.full((36, rows * cols + winograd.SLAB_PAD), np.nan, dtype)
+    return buf, buf[:, :rows * cols].reshape(36, rows, cols)
+
+
+def _pad_untouched(buf):
+    assert np.isnan(buf[:, -winograd.SLAB_PAD:]).all(), "a kernel wrote into the slab padding"
+
+
+# Shapes: maps of several sizes and paddings; batches that fill several stacks of
+# images (``winograd._stack``), the last one partial: 9 images of 28x28 outputs
+# go 4 + 4 + 1 to the input kernel and 6 + 3 to the output kernel, 33 images of
+# 7x7 go 29 + 4 to the input kernel, 70 go 64 + 6 to the output kernel.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, pad", [((2, 3, 13, 9), (1, 1)), ((1, 2, 8, 8), (0, 0)),
                                         ((1, 2, 22, 17), (2, 0)), ((2, 1, 9, 11), (-1, 3)),
-                                        ((1, 1, 3, 4), (1, 2))])
+                                        ((1, 1, 3, 4), (1, 2)), ((9, 2, 28, 28), (1, 1)),
+                                        ((33, 1, 7, 7), (1, 1))])
 def test_f4_input_kernel_is_bt_d_b_of_every_tile(shape, pad, dtype):
-    """The F(4x4) input kernel (tiles in vector lanes on row-phase planes) against
-    B^T d B computed by NumPy in float64 on every 6x6 tile cut from the padded input:
-    every tile and every channel written, each value right, the dtype kept."""
+    """The F(4x4) input kernel (tiles in vector lanes on stacked row-phase planes)
+    against B^T d B computed by NumPy in float64 on every 6x6 tile cut from the
+    padded input: every tile and every channel written, each value right, the
+    dtype kept, the slab padding left alone."""
     N, C, H, W = shape
     ph, pw = pad
     th, tw = winograd._tiles((H + 2 * ph - 2, W + 2 * pw - 2), 4)
     x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(dtype)
     BT = winograd.TRANSFORMS[4]["BT"]
-    V = np.full((36, C, N * th * tw), np.nan, dtype)
-    winograd._input_transform_f4(x, BT.astype(dtype), ph, pw, th, tw, V)
+    buf, V = _slab_buffer(C, N * th * tw, dtype)
+    winograd._input_transform_f4(x, BT.astype(dtype), ph, pw, th, tw, buf)
+    _pad_untouched(buf)
     # the padded input, zeros around it, as far as the last tiles reach
     xp = np.zeros((N, C, 4 * th + 2 + abs(ph), 4 * tw + 2 + abs(pw)))
     r0, c0 = max(ph, 0), max(pw, 0)
@@ -95,18 +115,22 @@ def test_f4_input_kernel_is_bt_d_b_of_every_tile(shape, pad, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, fn, out_hw", [(2, 3, (28, 28)), (1, 2, (7, 9)), (2, 1, (13, 5)),
-                                           (1, 2, (40, 256))])
+                                           (1, 2, (40, 256)), (9, 2, (28, 28)),
+                                           (70, 1, (7, 7)), (40, 1, (10, 10))])
 def test_f4_output_kernel_is_at_m_a_of_every_tile(n, fn, out_hw, dtype):
-    """The F(4x4) output kernel (tiles in vector lanes, maps in bands of tile rows;
-    (40, 256) takes two bands, the second one partial) against A^T M A computed by
-    NumPy in float64 per tile, cut to the map and plus the bias."""
+    """The F(4x4) output kernel (tiles in vector lanes, the tile rows of a stack of
+    images in bands; (40, 256) takes two bands, the second one partial; 40 images
+    of 10x10 go 29 + 11, in bands of 85 tile rows that end inside an image)
+    against A^T M A computed by NumPy in float64 per tile, cut to the map and
+    plus the bias."""
     th, tw = winograd._tiles(out_hw, 4)
     rng = np.random.default_rng(sum(out_hw))
-    Mt = rng.standard_normal((36, fn, n * th * tw)).astype(dtype)
+    buf, Mt = _slab_buffer(fn, n * th * tw, dtype)
+    Mt[...] = rng.standard_normal(Mt.shape)
     b = rng.standard_normal(fn).astype(dtype)
     AT = winograd.TRANSFORMS[4]["AT"]
     out = np.full((n, fn, *out_hw), np.nan, dtype)
-    winograd._output_transform_f4(Mt, AT.astype(dtype), th, tw, b, out)
+    winograd._output_transform_f4(buf, AT.astype(dtype), th, tw, b, out)
     M = Mt.astype(np.float64).reshape(6, 6, fn, n, th, tw)
     Y = np.einsum("ia,abknyx,jb->knyixj", AT, M, AT).reshape(fn, n, 4 * th, 4 * tw)
     expected = Y.transpose(1, 0, 2, 3)[:, :, :out_hw[0], :out_hw[1]] + b[:, None, None]
@@ -115,15 +139,17 @@ def test_f4_output_kernel_is_at_m_a_of_every_tile(n, fn, out_hw, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, fn, out_hw", [(2, 3, (13, 9)), (1, 2, (8, 8)), (1, 2, (40, 70)),
-                                           (2, 1, (3, 5))])
+                                           (2, 1, (3, 5)), (20, 2, (14, 13)), (70, 1, (7, 7))])
 def test_f4_dout_kernel_is_a_e_at_of_every_tile(n, fn, out_hw, dtype):
     """The F(4x4) dout kernel of dW against A e A^T computed by NumPy in float64 on
-    every 4x4 tile of dout (zeros where the last tiles hang over the edge)."""
+    every 4x4 tile of dout (zeros where the last tiles hang over the edge); 20
+    images of 14x13 go 16 + 4 to a stack, 70 of 7x7 go 64 + 6."""
     th, tw = winograd._tiles(out_hw, 4)
     d = np.random.default_rng(sum(out_hw)).standard_normal((n, fn, *out_hw)).astype(dtype)
     AT = winograd.TRANSFORMS[4]["AT"]
-    E = np.full((36, fn, n * th * tw), np.nan, dtype)
-    winograd._dout_transform_f4(d, AT.astype(dtype), th, tw, E)
+    buf, E = _slab_buffer(fn, n * th * tw, dtype)
+    winograd._dout_transform_f4(d, AT.astype(dtype), th, tw, buf)
+    _pad_untouched(buf)
     dp = np.zeros((n, fn, 4 * th, 4 * tw))
     dp[:, :, :out_hw[0], :out_hw[1]] = d
     tiles = dp.reshape(n, fn, th, 4, tw, 4).transpose(1, 0, 2, 4, 3, 5)   # (fn, n, th, tw, 4, 4)
@@ -139,6 +165,25 @@ def test_both_tiles_match_the_oracle_whatever_the_rule_picks(m, monkeypatch):
         _, x, W, b = _arrays((2, 5, 11, 9), 4, dtype, seed=m)
         for pad in (0, 1, 2, 3):
             _check_against_oracle(x, W, b, pad)
+
+
+def test_slabs_are_padded_only_at_multiples_of_4_kib():
+    for rows, cols, dtype, padded, S in [(256, 128, np.float32, True, 256 * 128 + 16),
+                                         (512, 32, np.float64, True, 512 * 32 + 16),
+                                         (100, 3, np.float32, True, 300),
+                                         (256, 128, np.float32, False, 256 * 128)]:
+        buf, view = winograd._slabs(36, rows, cols, dtype, 9, padded)
+        assert buf.shape == (36, S) and view.shape == (36, rows, cols)
+        assert np.shares_memory(buf, view) and view.dtype == dtype
+    winograd.release_workspace()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_padded_slabs_give_the_oracle(dtype):
+    # 16 channels and filters of 16x16 maps, 4 images: V, M and E hold 16 x 64 tiles
+    # per slab, 4 KiB in float32 and 8 KiB in float64, so all three are padded
+    _, x, W, b = _arrays((4, 16, 16, 16), 16, dtype, seed=5)
+    _check_against_oracle(x, W, b, 1)
 
 
 # ------------------------------------------------------------ against the oracle
@@ -326,3 +371,19 @@ def test_auto_may_choose_it_and_then_matches_the_oracle(fresh_cache):
     actual, dout = _run(x, W, b, 1, backend="auto")
     for name, a, e in zip(("out", "dx", "dW", "db"), actual, oracle_conv(x, W, b, 1, 1, dout)):
         assert_close(a, e, name)
+
+
+def test_tile_stores_stay_loops_not_memmove_calls():
+    # the F(4x4) input kernel stores a block's tiles in runs of one tile row (2 to
+    # 16 cells); LLVM would turn each run's copy loop into a call to memmove, which
+    # costs more than the copy (``_jit.no_library_calls``). A fresh compile: Numba
+    # cannot show the machine code it loaded from its cache
+    plane = numba.njit(**dict(JIT_OPTIONS, cache=False))(winograd._bt4_plane.py_func)
+    Y = np.zeros(4096, np.float32)
+    ds = np.zeros(36 * 64, np.float32)
+    rows = tuple(np.uint64(v) for v in (0, 100, 200, 300, 20, 120))
+    two, four, five = (np.float32(v) for v in (2, 4, 5))
+    plane(Y, rows, 3, 3, 4, two, four, five, ds, 0, 64)
+    asm = plane.inspect_asm(plane.signatures[0])
+    calls = [line for line in asm.splitlines() if "memmove" in line or "memcpy" in line]
+    assert not calls, calls
