@@ -16,9 +16,9 @@ matrix product: for every (xi, nu) of the a x a transformed tile,
     M[xi, nu] (FN, tiles) = U[xi, nu] (FN, C) @ V[xi, nu] (C, tiles),
 
 run here as one batched BLAS call, ``numpy.matmul`` on (a*a, FN, C) x (a*a, C,
-tiles). The transforms (V from the input, U from the filters, Y from M) are
-Numba parallel loops (the filter transform and the back-transform of dW are
-small matrix products too); most of the FLOPs are in the products.
+tiles). The transforms (V from the input, U from the filters, Y from M, and
+the back-transform of dW) are Numba parallel loops; most of the FLOPs are in
+the products.
 
 Where B, G and A come from (Toom-Cook): first the 1-D linear convolution of
 an m-sample signal with a 3-tap filter. Read both as polynomials, of degree
@@ -68,6 +68,11 @@ by 1/sqrt(9C), the four ResNet-18 stages at batch 1-2, C = 64 to 512):
 F(2x2) errs by 3e-7 to 7e-7 (forward, dx and dW alike, about as much as the
 im2col path's 2e-7 to 5e-7); F(4x4) by 4e-6 to 8e-6 forward, 8e-6 to 1.5e-5
 for dx and 2e-6 to 9e-6 for dW: 10 to 30 times more, still below 1e-4.
+Measured again once the filter transform and dW's back-transform had become
+Numba loops (other random data, batch 2 for the first two stages and 1 for
+the others): F(2x2) 3e-7 to 1e-6, F(4x4) 7e-6 to 1.3e-5 forward, 7e-6 to
+1.4e-5 for dx, 2e-6 to 1.2e-5 for dW, each within 10% of what the BLAS
+transforms gave on the same data.
 ``_tile_for`` and ``_dw_tile_for`` say which one runs.
 
 Gradients (g rotated means flipped in both directions):
@@ -839,6 +844,82 @@ def _output_transform_f4(Mt, AT, th, tw, b, out):
                         orow[x] = full[f0 + x] + bias
 
 
+# Why faster than the one BLAS product it replaces, kron(G, G) @ W.reshape(FN*C, 9).T
+# (0.36x its time for 512 x 512 filters and F(4x4), 0.62x for 256 x 256; on a
+# par for F(2x2) and for 64 x 64): that product's operand is W transposed,
+# which BLAS copies and packs for products with a reduction of only 9; here
+# each filter's (a*a, C) block is written in runs of C cells, once.
+@jit(parallel=True)
+def _filter_transform(W, G, U):
+    """U[xi*a + nu, k, c] = (G g G^T)[xi, nu] for g = W[k, c] (3x3), every filter k and
+    channel c.
+
+    W: (FN, C, 3, 3), C-contiguous; G: (a, 3) in W's dtype; U: (a*a, FN, C).
+    One filter per iteration: it writes U[:, k, :] only. The filter's taps are
+    first laid out channel-last, so that both passes (G g, then (G g) G^T) run
+    over contiguous channels.
+    """
+    FN, C = W.shape[:2]
+    a = G.shape[0]
+    ws = W.reshape(FN * C * 9)
+    for k in prange(FN):
+        g = np.empty((9, C), dtype=W.dtype)          # g[3i + j, c] = W[k, c, i, j]
+        for c in range(C):
+            for ij in range(9):
+                g[ij, c] = ws[(k * C + c) * 9 + ij]
+        t = np.empty((a, 3, C), dtype=W.dtype)       # t[xi, j, c] = (G g)[xi, j]
+        for xi in range(a):
+            for j in range(3):
+                g0, g1, g2 = G[xi, 0], G[xi, 1], G[xi, 2]
+                for c in range(C):
+                    t[xi, j, c] = g0 * g[j, c] + g1 * g[3 + j, c] + g2 * g[6 + j, c]
+        for xi in range(a):
+            for nu in range(a):
+                u = U[xi * a + nu, k]
+                g0, g1, g2 = G[nu, 0], G[nu, 1], G[nu, 2]
+                for c in range(C):
+                    u[c] = t[xi, 0, c] * g0 + t[xi, 1, c] * g1 + t[xi, 2, c] * g2
+
+
+# Why faster than the BLAS product it replaces, X.reshape(a*a, FN*C).T @ kron(G, G)
+# (0.61x its time for 512 x 512 and 256 x 256 filters with F(4x4), 0.7-0.9x with
+# F(2x2)): the same transposed operand as above; here a filter's a*a runs of C
+# products are read once, in order.
+@jit(parallel=True)
+def _filter_back_transform(X, G, dW):
+    """dW[k, c, i, j] = (G^T x G)[i, j] for x = X[:, k, c] read as an a x a matrix (x[xi,
+    nu] = X[xi*a + nu, k, c]), every filter k and channel c: the back-transform of
+    the dW products.
+
+    X: (a*a, FN, C), C-contiguous; G: (a, 3) in X's dtype; dW: (FN, C, 3, 3),
+    C-contiguous. One filter per iteration: it writes dW[k] only, summing in a
+    fixed order.
+    """
+    a2, FN, C = X.shape
+    a = G.shape[0]
+    ds = dW.reshape(FN * C * 9)
+    for k in prange(FN):
+        t = np.zeros((a, 3, C), dtype=X.dtype)       # t[xi, j, c] = (x G)[xi, j]
+        for xi in range(a):
+            for nu in range(a):
+                x = X[xi * a + nu, k]
+                g0, g1, g2 = G[nu, 0], G[nu, 1], G[nu, 2]
+                for c in range(C):
+                    t[xi, 0, c] += x[c] * g0
+                    t[xi, 1, c] += x[c] * g1
+                    t[xi, 2, c] += x[c] * g2
+        r = np.zeros((9, C), dtype=X.dtype)          # r[3i + j, c] = (G^T x G)[i, j]
+        for i in range(3):
+            for xi in range(a):
+                gi = G[xi, i]
+                for j in range(3):
+                    for c in range(C):
+                        r[3 * i + j, c] += gi * t[xi, j, c]
+        for c in range(C):
+            for ij in range(9):
+                ds[(k * C + c) * 9 + ij] = r[ij, c]
+
+
 # ------------------------------------------------------------------ the path
 
 def _fits(a, b, length, dtype):
@@ -895,9 +976,8 @@ def _correlate(x, W, b, pad, out_hw, m):
     a = m + 2
     th, tw = _tiles(out_hw, m)
     P = N * th * tw
-    # U[(xi, nu), (k, c)] = sum over (i, j) of G[xi, i] G[nu, j] W[k, c, i, j]: one product
     U = _workspace.get(a * a * FN * C, x.dtype, slot=0).reshape(a * a, FN, C)
-    np.matmul(np.kron(G, G), W.reshape(FN * C, 9).T, out=U.reshape(a * a, FN * C))
+    _filter_transform(np.ascontiguousarray(W), G, U)
     # F(2x2)'s general kernels take contiguous (a*a, rows, tiles) arrays: no padding
     Vs, V = _slabs(a * a, C, P, x.dtype, 1, m == 4)
     Ms, Mt = _slabs(a * a, FN, P, x.dtype, 2, m == 4)
@@ -941,9 +1021,8 @@ def _conv_dw(dout, x, pad, m):
     else:
         _tile_transform(dout, np.ascontiguousarray(AT.T), m, 0, 0, th, tw, E)
     X = np.matmul(E, V.transpose(0, 2, 1))                 # (a*a, FN, C)
-    # dW[k, c, i, j] = sum over (xi, nu) of G[xi, i] G[nu, j] X[(xi, nu), k, c]: one product
     dW = np.empty((FN, C, 3, 3), dtype=x.dtype)
-    np.matmul(X.reshape(a * a, FN * C).T, np.kron(G, G), out=dW.reshape(FN * C, 9))
+    _filter_back_transform(X, G, dW)
     return dW
 
 

@@ -167,6 +167,27 @@ def test_both_tiles_match_the_oracle_whatever_the_rule_picks(m, monkeypatch):
             _check_against_oracle(x, W, b, pad)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("fn, c", [(3, 5), (1, 1), (6, 33)])
+def test_filter_kernels_are_g_g_gt_and_its_transpose(fn, c, m, dtype):
+    """U = G g G^T per (filter, channel), and dW's back-transform G^T x G, against
+    NumPy in float64: every filter and channel written, the dtype kept."""
+    rng = np.random.default_rng(fn * c + m)
+    G = winograd.TRANSFORMS[m]["G"]
+    a = m + 2
+    W = rng.standard_normal((fn, c, 3, 3)).astype(dtype)
+    U = np.full((a * a, fn, c), np.nan, dtype)
+    winograd._filter_transform(W, G.astype(dtype), U)
+    expected = np.einsum("xi,kcij,yj->xykc", G, W.astype(np.float64), G).reshape(a * a, fn, c)
+    assert_close(U, expected.astype(dtype), "U")
+    X = rng.standard_normal((a * a, fn, c)).astype(dtype)
+    dW = np.full((fn, c, 3, 3), np.nan, dtype)
+    winograd._filter_back_transform(X, G.astype(dtype), dW)
+    expected = np.einsum("xi,xykc,yj->kcij", G, X.astype(np.float64).reshape(a, a, fn, c), G)
+    assert_close(dW, expected.astype(dtype), "dW")
+
+
 def test_slabs_are_padded_only_at_multiples_of_4_kib():
     for rows, cols, dtype, padded, S in [(256, 128, np.float32, True, 256 * 128 + 16),
                                          (512, 32, np.float64, True, 512 * 32 + 16),
