@@ -226,34 +226,78 @@ def supports(spec):
             and getattr(spec, "dilation", (1, 1)) == (1, 1) and getattr(spec, "groups", 1) == 1)
 
 
-def _tile_for(out_hw):
-    """m of F(m x m, 3x3) for the correlations (forward, and dx) with output maps of
+# The tile rules below come from one grid measured on the 2-core development
+# machine (float32, 2 threads, F(4x4) time over F(2x2) time, paired in one
+# process, medians of 5 rounds; square maps of 4, 6, 7, 10 and 14 outputs,
+# batches of 1, 2 and 8, C = FN = 64, 256 and 512, pad 1), after the F(4x4)
+# kernels learnt to stack images:
+#
+#   forward     C=64                 C=256                C=512
+#   batch 1     1.37 1.29 1.60 1.10 0.92   1.38 1.14 1.29 1.56 1.08   1.65 1.66 1.65 1.50 1.20
+#   batch 2     1.15 1.24 1.09 0.83 0.79   1.09 1.33 1.07 1.10 0.86   1.55 1.41 1.31 1.28 1.04
+#   batch 8     0.58 0.63 0.46 0.58 0.55   0.64 0.76 0.61 0.74 0.65   0.88 0.97 0.77 0.94 0.76
+#   dW
+#   batch 1     2.27 1.13 1.17 1.20 0.94   6.03 1.16 1.13 1.65 1.29   5.63 2.41 2.28 2.21 2.03
+#   batch 2     1.10 1.05 0.87 0.88 0.71   1.05 1.48 1.40 1.26 1.02   2.37 2.31 1.95 1.92 1.58
+#   batch 8     0.60 0.71 0.48 0.60 0.63   0.90 0.87 0.71 0.74 0.67   1.59 1.50 1.16 1.24 0.97
+#
+# (maps 4, 6, 7, 10, 14 left to right in each block). What decides is how much
+# of the work scales with the filters rather than with the tiles: U (forward)
+# and the dW products' result X are a*a x FN x C, 36 against 16 per filter
+# tap pair, while the per-tile work is 2.25x smaller with F(4x4). Few tiles
+# against many filters (batch 1 or 2, C = 256 or 512) favour F(2x2); a batch
+# of 8 favours F(4x4), except for dW where X of F(4x4) outgrows the caches
+# (512 x 512 filters: 38 MB).
+
+
+def _few_tiles(N, C, FN, out_hw):
+    """True when the F(4x4) tiles of the batch are few against the filters:
+    2 * tiles * (C + FN) < C * FN (per filter tap pair, the filter-sized work
+    against the tile-sized work)."""
+    th, tw = _tiles(out_hw, 4)
+    return 2 * N * th * tw * (C + FN) < C * FN
+
+
+def _tile_for(N, C, FN, out_hw):
+    """m of F(m x m, 3x3) for a correlation (forward, or dx with the channels
+    swapped) of N images of C channels with FN filters and output maps of
     ``out_hw`` = (OH, OW): 2 or 4.
 
     F(4x4) needs 36 products per 16 outputs (2.25 per output), F(2x2) 16 per 4
     (4 per output), but a 4x4 tile wastes the part that hangs over the map's
-    edge and its transforms cost more per tile. With the F(4x4) transforms in
-    vector lanes, F(4x4) is the faster one from 7x7 maps up. Measured (float32,
-    2 threads, paired in one process, median of 11 rounds, forward / dx,
-    F(4x4) time over F(2x2) time): 7x7 maps (8x512, ResNet-18 stage 4) 0.89 /
-    0.87; 14x14 (8x256, stage 3) 0.90 / 0.90; 16x16 (8x64) 0.66 / 0.59; 18x18
-    (8x128) 0.78 / 0.86; 28x28 (8x128, stage 2) 0.64 / 0.77. Below 7 the edge
-    waste grows (a 6x6 map is 4 tiles of F(4x4), 56% of their outputs thrown
-    away) and F(2x2) keeps those.
+    edge, its filter transform U is 2.25x as large, and on maps below 4x4 it
+    has nothing left to save. Rule, from the grid above: F(4x4) on maps of 4 or
+    more when the batch has 4 images or more, and on maps of 7 or more when
+    the tiles are not few against the filters (``_few_tiles``); F(2x2)
+    otherwise, which also keeps small layers exact where their values are
+    (its G holds halves only, F(4x4)'s sixths and 24ths). It picks the faster tile in 44 of
+    the grid's 45 cases; in the other (C = 256, batch 2, 14x14 maps) its F(2x2)
+    takes 1.16x the time of F(4x4).
     """
-    return 4 if min(out_hw) >= 7 else 2
+    if min(out_hw) < 4:
+        return 2
+    if N >= 4:
+        return 4
+    return 4 if min(out_hw) >= 7 and not _few_tiles(N, C, FN, out_hw) else 2
 
 
-def _dw_tile_for(out_hw):
-    """m of F(m x m, 3x3) for dW of a layer with output maps of ``out_hw``: 2 or 4.
+def _dw_tile_for(N, C, FN, out_hw):
+    """m of F(m x m, 3x3) for dW of N images of C channels, FN filters, output maps
+    ``out_hw``: 2 or 4.
 
-    dW's products reduce over the tiles, so F(4x4) saves less there, and its
-    one-time back-transform weighs more on small maps. Measured as in
-    ``_tile_for``, dW F(4x4) time over F(2x2) time (batch 8): 7x7 maps 1.08 and
-    1.37 (two runs), 10x10 0.80, 12x12 0.62, 14x14 0.81-0.85, 16x16 0.56, 28x28
-    0.62, 56x56 0.60. Rule: F(4x4) when both sides are at least 10.
+    dW's products reduce over the tiles into X, a*a x FN x C, which F(4x4)
+    makes 2.25x as large, and back-transform once. Rule, from the grid above:
+    F(4x4) on maps of 4 or more when X of F(4x4) fits in 16 MiB and the batch
+    has 4 images or more, and on maps of 7 or more when the tiles are not few
+    against the filters; F(2x2) otherwise.
+    It picks the faster tile in 44 of the 45 cases; in the other (C = 64,
+    batch 2, 7x7 maps) F(4x4) would have taken 0.87x the time of its F(2x2).
     """
-    return 4 if min(out_hw) >= 10 else 2
+    if min(out_hw) < 4:
+        return 2
+    if N >= 4 and 36 * FN * C * 4 <= 16 * 2**20:
+        return 4
+    return 4 if min(out_hw) >= 7 and not _few_tiles(N, C, FN, out_hw) else 2
 
 
 def _tiles(out_hw, m):
@@ -274,7 +318,7 @@ def plan(spec):
         return {"method": f"not run by this path (it runs {SCOPE})"}
     N, C = spec.x_shape[:2]
     FN = spec.w_shape[0]
-    m = _tile_for(spec.out_hw)
+    m = _tile_for(N, C, FN, spec.out_hw)
     th, tw = _tiles(spec.out_hw, m)
     a = m + 2
     tiles = N * th * tw
@@ -283,8 +327,8 @@ def plan(spec):
             "tile": f"F({m}x{m},3x3)", "m": m, "alpha": a,
             "tiles_per_image": th * tw, "tiles": tiles,
             "U_shape": (a * a, FN, C), "V_shape": (a * a, C, tiles),
-            "M_shape": (a * a, FN, tiles), "dx_tile": _tile_for(spec.x_shape[2:]),
-            "dW_tile": _dw_tile_for(spec.out_hw),
+            "M_shape": (a * a, FN, tiles), "dx_tile": _tile_for(N, FN, C, spec.x_shape[2:]),
+            "dW_tile": _dw_tile_for(N, C, FN, spec.out_hw),
             "fallback": "im2col, for a call whose operands hold nan or inf (or values "
                         "near overflow)"}
 
@@ -1011,7 +1055,8 @@ def conv_forward(x, W, b, spec):
     if not _fits(x, W, spec.field, x.dtype):
         out, inner = im2col.conv_forward(x, W, b, spec)
         return out, None if spec.forward_only else _Fallback(inner, spec)
-    m = _tile_for(spec.out_hw)
+    N, C = x.shape[:2]
+    m = _tile_for(N, C, W.shape[0], spec.out_hw)
     out = _correlate(x, W, b, spec.pad, spec.out_hw, m)
     if spec.forward_only:
         return out, None
@@ -1053,13 +1098,15 @@ def conv_backward(dout, cache):
             and _fits(dout, x, x.shape[0] * dout.shape[2] * dout.shape[3], x.dtype)):
         return im2col.conv_backward(dout, im2col.ConvCache(x, W, spec))
     ph, pw = spec.pad
-    H, Wd = spec.x_shape[2:]
+    N, C, H, Wd = spec.x_shape
+    FN = W.shape[0]
     dx = None
     if spec.input_grad:
         # dx: dout padded by 2 - pad, filters rotated 180 degrees, channels swapped
         W_rot = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
         no_bias = np.zeros(W.shape[1], dtype=x.dtype)
-        dx = _correlate(dout, W_rot, no_bias, (2 - ph, 2 - pw), (H, Wd), _tile_for((H, Wd)))
-    dW = _conv_dw(dout, x, spec.pad, _dw_tile_for(spec.out_hw))
+        m = _tile_for(N, FN, C, (H, Wd))
+        dx = _correlate(dout, W_rot, no_bias, (2 - ph, 2 - pw), (H, Wd), m)
+    dW = _conv_dw(dout, x, spec.pad, _dw_tile_for(N, C, FN, spec.out_hw))
     db = dout.sum(axis=(0, 2, 3))
     return dx, dW, db

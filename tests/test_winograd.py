@@ -55,17 +55,29 @@ def test_1d_transforms_compute_a_3_tap_correlation(m):
                                    rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("out_hw, m, dw_m", [((56, 56), 4, 4), ((20, 31), 4, 4), ((10, 40), 4, 4),
-                                              ((9, 9), 4, 2), ((7, 7), 4, 2), ((6, 9), 2, 2),
-                                              ((30, 4), 2, 2)])
-def test_tile_rule_and_plan(out_hw, m, dw_m):
-    spec = fastconv.conv_spec((2, 5, out_hw[0] + 2, out_hw[1] + 2), (6, 5, 3, 3), 1, 0)
+# (N, C, FN, output map) -> the tile of the forward and of dW, by the rules'
+# arithmetic: "few" tiles when 2 * F(4x4) tiles * (C + FN) < C * FN
+@pytest.mark.parametrize("n, c, fn, out_hw, m, dw_m", [
+    (2, 5, 6, (56, 56), 4, 4),          # many tiles, small filters
+    (2, 5, 6, (20, 31), 4, 4),
+    (8, 512, 512, (7, 7), 4, 2),        # ResNet-18 stage 4: dW's X of F(4x4) is 38 MB
+    (1, 512, 512, (7, 7), 2, 2),        # the same at batch 1: 4 tiles against 512 x 512 filters
+    (8, 256, 256, (14, 14), 4, 4),      # stage 3
+    (1, 64, 64, (14, 14), 4, 4),        # 2 * 16 * 128 = 64 * 64: not few
+    (1, 64, 64, (10, 10), 2, 2),        # 2 * 9 * 128 < 64 * 64
+    (4, 512, 512, (4, 4), 4, 2),        # a batch of 4 takes F(4x4) forward
+    (2, 64, 64, (6, 6), 2, 2),          # a batch of 2 on maps below 7: F(2x2)
+    (8, 64, 64, (3, 9), 2, 2),          # below 4x4 maps: always F(2x2)
+])
+def test_tile_rule_and_plan(n, c, fn, out_hw, m, dw_m):
+    spec = fastconv.conv_spec((n, c, out_hw[0] + 2, out_hw[1] + 2), (fn, c, 3, 3), 1, 0)
     p = winograd.plan(spec)
     a = m + 2
-    tiles = 2 * -(-out_hw[0] // m) * -(-out_hw[1] // m)
+    tiles = n * -(-out_hw[0] // m) * -(-out_hw[1] // m)
     assert (p["m"], p["alpha"], p["tiles"], p["dW_tile"]) == (m, a, tiles, dw_m)
-    assert p["U_shape"] == (a * a, 6, 5)
-    assert p["V_shape"] == (a * a, 5, tiles) and p["M_shape"] == (a * a, 6, tiles)
+    assert p["dx_tile"] == winograd._tile_for(n, fn, c, (out_hw[0] + 2, out_hw[1] + 2))
+    assert p["U_shape"] == (a * a, fn, c)
+    assert p["V_shape"] == (a * a, c, tiles) and p["M_shape"] == (a * a, fn, tiles)
 
 
 def _slab_buffer(rows, cols, dtype):
@@ -159,8 +171,8 @@ def test_f4_dout_kernel_is_a_e_at_of_every_tile(n, fn, out_hw, dtype):
 
 @pytest.mark.parametrize("m", [2, 4])
 def test_both_tiles_match_the_oracle_whatever_the_rule_picks(m, monkeypatch):
-    monkeypatch.setattr(winograd, "_tile_for", lambda out_hw: m)
-    monkeypatch.setattr(winograd, "_dw_tile_for", lambda out_hw: m)
+    monkeypatch.setattr(winograd, "_tile_for", lambda *shape: m)
+    monkeypatch.setattr(winograd, "_dw_tile_for", lambda *shape: m)
     for dtype in DTYPES:
         _, x, W, b = _arrays((2, 5, 11, 9), 4, dtype, seed=m)
         for pad in (0, 1, 2, 3):
