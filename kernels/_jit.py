@@ -43,8 +43,9 @@ class CompileNotice(UserWarning):
 # this project's 2-core machine, for the notice. Measured (2026-12-02, cold
 # Numba cache, the README example and `fastconv train`): im2col 7-10 s, direct
 # 19 s without dx and 31 s with it, CPU pooling 5-7 s, winograd 12 s (about
-# 6 s more with its F(4x4) transform kernels, measured later the same day).
-COMPILE_SECONDS = {"im2col": 9, "direct": 30, "cpu_pooling": 6, "winograd": 18, "cuda": 10}
+# 6 s more with its F(4x4) transform kernels, measured later the same day;
+# 22 and 29 s, two runs, once its filter transforms had become loops too).
+COMPILE_SECONDS = {"im2col": 9, "direct": 30, "cpu_pooling": 6, "winograd": 25, "cuda": 10}
 _noticed = set()
 
 
