@@ -340,6 +340,24 @@ def test_huge_finite_values_do_not_overflow_in_the_transforms():
         _assert_same_nonfinite(a, e, name)
 
 
+def test_huge_dout_alone_sends_the_backward_to_im2col():
+    """The forward's operands fit, so it runs Winograd; dout alone is large enough
+    that the backward's transforms would overflow where the naive sums do not (the
+    backward checks dout against the magnitudes of x and W the forward measured)."""
+    _, x, W, b = _arrays((1, 2, 8, 8), 2, np.float32)
+    x /= np.float32(10)
+    W /= np.float32(10)
+    out, saved = F.conv_forward(x, W, b, 1, 1, backend="winograd")
+    assert isinstance(saved.cache, winograd.ConvCache)
+    dout = np.random.default_rng(3).standard_normal(out.shape).astype(np.float32)
+    dout *= np.float32(3e36)         # unchecked, the transforms give inf in dx and dW
+    actual = F.conv_backward(dout, saved)
+    expected = F.conv_backward(dout, F.conv_forward(x, W, b, 1, 1, backend="naive")[1])
+    for name, a, e in zip(("dx", "dW", "db"), actual, expected):
+        assert np.isfinite(e).all(), name
+        _assert_same_nonfinite(a, e, name)
+
+
 # ------------------------------------------------------------------ the scope
 
 SUPPORTED = fastconv.conv_spec((1, 2, 6, 6), (3, 2, 3, 3), 1, 1)
