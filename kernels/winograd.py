@@ -289,13 +289,20 @@ def _tile_for(N, C, FN, out_hw):
     more when the batch has 4 images or more, and on maps of 7 or more when
     the tiles are not few against the filters (``_few_tiles``); F(2x2)
     otherwise, which also keeps small layers exact where their values are
-    (its G holds halves only, F(4x4)'s sixths and 24ths). It picks the faster tile in 44 of
-    the grid's 45 cases; in the other (C = 256, batch 2, 14x14 maps) its F(2x2)
-    takes 1.16x the time of F(4x4).
+    (its G holds halves only, F(4x4)'s sixths and 24ths). It picks the faster
+    tile in 44 of the grid's 45 cases; in the other (C = 256, batch 2, 14x14
+    maps) its F(2x2) takes 1.16x the time of F(4x4).
     """
+    return _tile_rule(N, C, FN, out_hw, N >= 4)
+
+
+def _tile_rule(N, C, FN, out_hw, batch_clause):
+    """The rule both tile choices share: F(2x2) on maps below 4; F(4x4) when
+    ``batch_clause`` holds; else F(4x4) on maps of 7 or more whose tiles are not
+    few against the filters."""
     if min(out_hw) < 4:
         return 2
-    if N >= 4:
+    if batch_clause:
         return 4
     return 4 if min(out_hw) >= 7 and not _few_tiles(N, C, FN, out_hw) else 2
 
@@ -312,11 +319,8 @@ def _dw_tile_for(N, C, FN, out_hw):
     It picks the faster tile in 44 of the 45 cases; in the other (C = 64,
     batch 2, 7x7 maps) F(4x4) would have taken 0.87x the time of its F(2x2).
     """
-    if min(out_hw) < 4:
-        return 2
-    if N >= 4 and 36 * FN * C * 4 <= 16 * 2**20:
-        return 4
-    return 4 if min(out_hw) >= 7 and not _few_tiles(N, C, FN, out_hw) else 2
+    # X's size counted in float32 cells, the dtype the grid measured, for any dtype
+    return _tile_rule(N, C, FN, out_hw, N >= 4 and 36 * FN * C * 4 <= 16 * 2**20)
 
 
 def _tiles(out_hw, m):
@@ -550,14 +554,16 @@ def _bt4_plane(Y, rows, TG, th, tw, two, four, five, ds, first, step):
                     ds[d0 + v] = blk[b0 + v]
 
 
-# Tiles an iteration of the F(4x4) kernels gets, at least, where the batch allows.
+# Tiles an iteration of the transform kernels gets, at least, where the batch allows.
 STACK_TILES = 4 * LANES
 
 
 @jit
 def _stack(N, tiles):
-    """Images per iteration of the F(4x4) kernels, at most N: enough for STACK_TILES
-    tiles (``tiles`` per image), so that small maps fill the vector lanes."""
+    """Images per iteration of the transform kernels (F(4x4)'s and the general ones),
+    at most N: enough for STACK_TILES tiles (``tiles`` per image), so that small
+    maps fill the F(4x4) kernels' vector lanes and the general kernels' scratch
+    buffers serve several planes."""
     return min(N, max(1, -(-STACK_TILES // tiles)))
 
 
