@@ -110,20 +110,26 @@ def warn_at_caller(message, category=CompileNotice):
                            registry=frame.f_globals.setdefault("__warningregistry__", {}))
 
 
-def jit(fn=None, *, parallel=False, in_order=False):
+def jit(fn=None, *, parallel=False, in_order=False, inline=False):
     """``@jit`` / ``@jit(parallel=True)``: ``numba.njit`` with fastconv's options.
 
     A parallel kernel is wrapped in ``ParallelKernel`` and must be called from
     Python, not from other compiled code. ``in_order=True`` (serial functions)
     leaves 'reassoc' out of fastmath: LLVM then adds every sum's terms in the
     order the code does, so a result does not depend on how its loop was split.
+    ``inline=True``: Numba pastes the function into each compiled caller
+    (``inline='always'``), so LLVM sees the caller's constant arguments as
+    constants, and a caller's stack array as its own.
     """
     def wrap(f):
         if parallel:
             return ParallelKernel(f)
+        options = dict(JIT_OPTIONS)
         if in_order:
-            return numba.njit(**dict(JIT_OPTIONS, fastmath=JIT_OPTIONS["fastmath"] - {"reassoc"}))(f)
-        return numba.njit(**JIT_OPTIONS)(f)
+            options["fastmath"] = JIT_OPTIONS["fastmath"] - {"reassoc"}
+        if inline:
+            options["inline"] = "always"
+        return numba.njit(**options)(f)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -12,12 +12,13 @@ are computed on a *wide* grid of the same pitch (Wq >= OW columns, the extra
 columns are thrown away), so a tap is one shift of one long contiguous run:
 ``acc[m] += w * plane[m + offset]`` for all output rows at once. That loop is
 what LLVM vectorises. The float32 forward and dx turn it inside out: a tile
-of four output channels by a strip of the run (16 cells in eight AVX2
-registers, 96 cells in 24 of AVX-512's 32) stays in registers while it sums
-a chunk of taps, in order, and is stored once per chunk
-(``_forward_strips``). The float64 forward and dx run it as passes over
-a four-channel accumulator, up to three taps per pass (one load of the input
-feeds four multiply-adds, one store of the accumulator carries twelve).
+of output channels by a strip of the run (4 channels by 16 cells in eight
+AVX2 registers, 8 by 48 cells in 24 of AVX-512's 32; half as many channels by
+strips twice as long for small groups) stays in registers while it sums a
+chunk of taps, in order, and is stored once per chunk (``_forward_strips``).
+The float64 forward and dx run it as passes over a four-channel accumulator,
+up to three taps per pass (one load of the input feeds four multiply-adds, one
+store of the accumulator carries twelve).
 
 - forward: out(n, k) = sum over (c, fy, fx) of W[k, c, fy, fx] * shifted x planes.
 - dx: the same correlation run backwards. Per phase (a, b) of dx, the taps with
@@ -88,23 +89,35 @@ KB = 4
 ACC_BYTES = 32 * 1024
 # Cells of the wide grid per dW pass: KB dout rows of this length stay in L1.
 DW_CHUNK = 1024
-# Bytes of the float32 register tile (forward and dx): KB filters x a strip of
-# the wide grid, in all but eight of the target's vector registers (the eight
-# hold the KB weights of a tap and the input it loads). AVX2: 8 ymm registers,
-# strips of 16 cells; AVX-512: 24 zmm registers (``prefer_wide_vectors``),
-# strips of 96. Measured, paired, on the direct layers of the benchmark suite,
+# Bytes of the float32 register tile (forward and dx): filters x a strip of
+# the wide grid, in all but SPARE_REGISTERS of the target's vector registers
+# (they hold a tap's weights and the input it loads, or with 8 filters the
+# strip's input and one weight). AVX2: 8 ymm registers; AVX-512: 24 zmm
+# registers (``prefer_wide_vectors``); tiles of 4 filters by 96 cells before
+# TILE_ROWS, below. Measured, paired, on the direct layers of the benchmark suite,
 # AVX-512 machine, forward: 24 ymm registers 0.75-0.93x the time of 8, then 24
 # zmm 0.73-0.94x the time of 24 ymm (12 zmm: 0.79-0.88x); dx 0.93-1.03x. On an
 # AVX2 target 12 registers took 1.12-1.31x the time of 8, 24 up to 1.65x: they
 # spill.
 _REGISTERS, _VECTOR_BYTES = vector_registers()
-TILE_BYTES = (_REGISTERS - 8) * _VECTOR_BYTES
+SPARE_REGISTERS = 8
+TILE_BYTES = (_REGISTERS - SPARE_REGISTERS) * _VECTOR_BYTES
+# Filters per register tile: 8 by 48 cells on AVX-512 (the tile's 24 registers),
+# 4 by 16 on AVX2; blocks of half as many filters, with strips twice as long,
+# where a group has no more filters (or dx channels) than that (``_tile_rows``).
+# Measured, paired (forward, 8 by 48 over 4 by 96, AVX-512, 1 thread, CPU time
+# of the process: the machine lost a third of its time to other guests; medians
+# of 7 rounds, three runs): LeNet's 5x5 layer on 10x10 maps 0.79-0.82x the time
+# (a 140-cell grid fills 144 cells of 48-cell strips, 192 of 96), the 1x7 and
+# 7x1 layers 0.93-0.95x, the 3x3 on 32x32 maps 0.92-0.96x, 5x5 stride 2 and the
+# one-channel 5x5 0.95-0.99x; backward (dx) 0.93-1.00x.
+TILE_ROWS = 8 if _REGISTERS >= 32 else KB
 # Taps the forward sums per visit of a strip: whole channels, at least one,
 # at most CHUNK_TAPS taps and CHUNK_BYTES of the input rows they read, so that
 # a row is still in L1 when the strip one output row further reads it again.
 CHUNK_TAPS = 64
 CHUNK_BYTES = 8 * 1024
-# Blocks of KB filters per forward task: the input rows of a chunk of taps,
+# Blocks of filters per forward task: the input rows of a chunk of taps,
 # read into L1 once, serve all of them (measured 5-15% faster than one block).
 BLOCKS_PER_TASK = 4
 
@@ -161,6 +174,17 @@ def _tap_step(stride, dilation):
     """Cells between two taps of one phase along an axis: taps f and f + s/g (g =
     gcd(s, d)) share a phase, and their offsets differ by d/g (1 without dilation)."""
     return dilation // math.gcd(stride, dilation)
+
+
+def _tile_rows(rows):
+    """Filters (or dx channels) per register tile for a group of ``rows`` of them:
+    TILE_ROWS, or half as many when the group fits in half a tile."""
+    return TILE_ROWS // 2 if rows <= TILE_ROWS // 2 else TILE_ROWS
+
+
+def _strip_cells(rows, itemsize):
+    """Cells of the wide grid per strip of a register tile of ``rows`` filters."""
+    return TILE_BYTES // rows // itemsize
 
 
 # ------------------------------------------------------- the shared inner loop
@@ -239,9 +263,9 @@ def _accumulate(acc, nb, src, ops, o_start, o_end, wt, base, step, p0):
                         ar[m] += u * s0[m]
 
 
-def _weight_blocks(Wm, groups=1):
-    """Wm: (rows, taps) -> (groups * ceil(rows/groups/KB), taps, KB): each group's
-    rows in blocks of KB of their own (rows past a group's end zero), so that no
+def _weight_blocks(Wm, groups=1, block=KB):
+    """Wm: (rows, taps) -> (groups * ceil(rows/groups/block), taps, block): each
+    group's rows in blocks of their own (rows past a group's end zero), so that no
     block holds rows of two groups.
 
     Plain NumPy, not compiled: one copy and one transpose, and one kernel fewer
@@ -249,10 +273,10 @@ def _weight_blocks(Wm, groups=1):
     """
     R, T = Wm.shape
     Rg = R // groups
-    nb = (Rg + KB - 1) // KB
-    padded = np.zeros((groups, nb * KB, T), dtype=Wm.dtype)
+    nb = (Rg + block - 1) // block
+    padded = np.zeros((groups, nb * block, T), dtype=Wm.dtype)
     padded[:, :Rg] = Wm.reshape(groups, Rg, T)
-    return np.ascontiguousarray(padded.reshape(groups * nb, KB, T).transpose(0, 2, 1))
+    return np.ascontiguousarray(padded.reshape(groups * nb, block, T).transpose(0, 2, 1))
 
 
 # ------------------------------------------------------------- forward conv
@@ -327,61 +351,76 @@ def _register_tile(typingctx, like):
     return types.Array(like.dtype, 1, "C")(like), codegen
 
 
-# Why faster than passes over the accumulator (``_accumulate``): the KB x VW
-# tile stays in registers for a chunk of taps, one store per up to 64 taps
-# instead of a load and a store of the accumulator per three taps.
+# Why faster than passes over the accumulator (``_accumulate``): the tile of
+# filters x a strip stays in registers for a chunk of taps, one store per up to
+# 64 taps instead of a load and a store of the accumulator per three taps.
 # in_order (no 'reassoc'): with it LLVM may split a cell's sum over the taps
 # into partial sums, and the order of the terms would then depend on the chunk
 # length.
 @jit(in_order=True)
 def _forward_strips(acc, src, taps, w, base, first):
-    """acc[r, m] (+)= sum over taps t of w[t*KB + r] * src[taps[t] + base + m]: one chunk of taps.
+    """acc[r, m] (+)= sum over taps t of w[t*R + r] * src[taps[t] + base + m]: one chunk of taps.
 
-    acc: (KB*Mp,), a (KB, Mp) accumulator flat, Mp a multiple of the strip
-    width VW (TILE_BYTES / KB / itemsize cells), overwritten when ``first``
-    and added to otherwise; src: (planes*Hq*Wq,), one image's planes flat;
-    taps: (T,) uint64 offsets of the chunk's taps (``_forward_taps``); base:
-    where the group's planes and the task's rows start in src; w: (T*KB,) the
-    chunk's weights of one block (``_weight_blocks``). Each cell adds its taps
-    one by one in tap order, wherever its strip starts, so results do not
-    depend on how rows, blocks and chunks are split. Indices are unsigned so
-    that Numba emits no wrap-around for negative ones in the inner loop.
+    R, the block's filters, is TILE_ROWS or TILE_ROWS / 2 (``_tile_rows``): w:
+    (T*R,) the chunk's weights of one block (``_weight_blocks``); acc: (R*Mp,),
+    an (R, Mp) accumulator flat, Mp a multiple of the strip width
+    (``_strip_cells``), overwritten when ``first`` and added to otherwise;
+    src: (planes*Hq*Wq,), one image's planes flat; taps: (T,) uint64 offsets
+    of the chunk's taps (``_forward_taps``); base: where the group's planes
+    and the task's rows start in src. Each cell adds its taps one by one in
+    tap order, wherever its strip starts, so results do not depend on how
+    rows, blocks and chunks are split.
     """
     tile = _register_tile(acc)
-    vw = np.uint64(tile.size // KB)
-    kb = np.uint64(KB)
-    Mp = np.uint64(acc.size // KB)
+    if w.size == TILE_ROWS * taps.size:
+        _strips(tile, acc, src, taps, w, base, first, TILE_ROWS)
+    else:
+        _strips(tile, acc, src, taps, w, base, first, TILE_ROWS // 2)
+
+
+@jit(in_order=True, inline=True)
+def _strips(tile, acc, src, taps, w, base, first, rows):
+    """``_forward_strips`` for blocks of ``rows`` filters, a constant where it is
+    called, so that LLVM unrolls the loops over rows and cells and keeps the tile in
+    registers. Indices are unsigned: Numba emits no wrap-around for them."""
+    R = np.uint64(rows)
+    vw = np.uint64(tile.size // rows)
+    Mp = np.uint64(acc.size // rows)
     T = np.uint64(taps.size)
     ub = np.uint64(base)
     for m0 in range(np.uint64(0), Mp, vw):
-        for r in range(kb):
+        for r in range(R):
             for m in range(vw):
                 tile[r * vw + m] = 0 if first else acc[r * Mp + m0 + m]
         for t in range(T):
             s = taps[t] + ub + m0
-            u0 = w[kb * t]
-            u1 = w[kb * t + np.uint64(1)]
-            u2 = w[kb * t + np.uint64(2)]
-            u3 = w[kb * t + np.uint64(3)]
-            for m in range(vw):
-                p = src[s + m]
-                tile[m] += u0 * p
-                tile[vw + m] += u1 * p
-                tile[np.uint64(2) * vw + m] += u2 * p
-                tile[np.uint64(3) * vw + m] += u3 * p
-        for r in range(kb):
+            wb = R * t
+            if rows < SPARE_REGISTERS:
+                # the block's weights and one loaded vector in the spare registers
+                for m in range(vw):
+                    p = src[s + m]
+                    for r in range(R):
+                        tile[r * vw + m] += w[wb + r] * p
+            else:
+                # too many weights for them: the strip's vectors and one weight instead
+                for r in range(R):
+                    u = w[wb + r]
+                    for m in range(vw):
+                        tile[r * vw + m] += u * src[s + m]
+        for r in range(R):
             for m in range(vw):
                 acc[r * Mp + m0 + m] = tile[r * vw + m]
 
 
 @jit(parallel=True)
 def _conv_forward(xq, wt, taps, b, FN, OH, OW, Wq, RB, groups, chunk, bpt, swapped):
-    """The float32 forward. xq: planes of x (N, C*planes, Hq*Wq), wt: (groups * FNg/KB,
-    C/groups*FH*FW, KB) -> out: (N, FN, OH, OW), or (N, FN, OW, OH) when ``swapped``
+    """The float32 forward. xq: planes of x (N, C*planes, Hq*Wq), wt: (groups * FNg/R,
+    C/groups*FH*FW, R), blocks of R filters (``_tile_rows``) -> out: (N, FN, OH, OW),
+    or (N, FN, OW, OH) when ``swapped``
     (the transposed problem's output, stored the right way round).
 
     taps: the tap offsets of one group (``_forward_taps``); chunk: taps per
-    visit of a strip; bpt: blocks of KB filters per task. A task is (image,
+    visit of a strip; bpt: blocks per task. A task is (image,
     up to bpt blocks of one group, band of RB output rows): for each chunk of
     taps it runs ``_forward_strips`` for each of its blocks, so the chunk's
     input rows, still in L1, serve all of them. Blocks of group g read that
@@ -396,7 +435,8 @@ def _conv_forward(xq, wt, taps, b, FN, OH, OW, Wq, RB, groups, chunk, bpt, swapp
     Pg = xq.shape[1] // groups        # planes per group
     L = xq.shape[2]
     T = wt.shape[1]
-    vw = TILE_BYTES // KB // xq.itemsize
+    R = wt.shape[2]                   # filters per block
+    vw = TILE_BYTES // R // xq.itemsize
     nrb = (OH + RB - 1) // RB
     ntb = (nkb + bpt - 1) // bpt      # tasks per group, image and band
     out = np.empty((N, FN, OW, OH) if swapped else (N, FN, OH, OW), dtype=xq.dtype)
@@ -408,17 +448,17 @@ def _conv_forward(xq, wt, taps, b, FN, OH, OW, Wq, RB, groups, chunk, bpt, swapp
         i0 = (task % nrb) * RB
         i1 = min(OH, i0 + RB)
         Mp = -(-(i1 - i0) * Wq // vw) * vw
-        acc = np.empty((b1 - b0, KB * Mp), dtype=xq.dtype)
+        acc = np.empty((b1 - b0, R * Mp), dtype=xq.dtype)
         src = xq[n].reshape(xq.shape[1] * L)
         for t0 in range(0, T, chunk):
             t1 = min(T, t0 + chunk)
             for j in range(b1 - b0):
                 _forward_strips(acc[j], src, taps[t0:t1],
-                                wt[g * nkb + b0 + j, t0:t1].reshape((t1 - t0) * KB),
+                                wt[g * nkb + b0 + j, t0:t1].reshape((t1 - t0) * R),
                                 g * Pg * L + i0 * Wq, t0 == 0)
         for j in range(b1 - b0):
-            k0 = g * FNg + (b0 + j) * KB
-            for r in range(min(KB, (g + 1) * FNg - k0)):
+            k0 = g * FNg + (b0 + j) * R
+            for r in range(min(R, (g + 1) * FNg - k0)):
                 bias = b[k0 + r]
                 plane = out[n, k0 + r]
                 for i in range(i0, i1):
@@ -567,7 +607,7 @@ def _plane_geometry(spec, strips):
     Wq = -(-(spec.x_shape[3] + 2 * pw) // sw)
     spare = 1
     if strips:
-        spare = -(-((EW - 1) // sw + TILE_BYTES // KB // spec.dtype.itemsize) // Wq)
+        spare = -(-((EW - 1) // sw + _strip_cells(TILE_ROWS // 2, spec.dtype.itemsize)) // Wq)
     return OH + (EH - 1) // sh + spare, Wq, (OH - 1) * sh + EH, (OW - 1) * sw + EW
 
 
@@ -597,7 +637,7 @@ def _forward_f32(xq, W, b, spec, Hq, Wq, swapped=False):
     if swapped:
         # tap (c, a, b) of the transposed filter is W's tap (c, b, a)
         taps = taps.reshape(Cg, FH, FW).transpose(0, 2, 1).reshape(-1)
-    wt = _weight_blocks(W.reshape(FN, Cg * FH * FW), G)
+    wt = _weight_blocks(W.reshape(FN, Cg * FH * FW), G, _tile_rows(FN // G))
     chunk = max(1, min(CHUNK_TAPS // (FH * FW),
                        CHUNK_BYTES // (FH * _phases(sw, spec.extent[1]) * Wq * xq.itemsize)))
     RB = _rows_per_block(Wq, xq.itemsize)
@@ -1073,17 +1113,18 @@ def _backward_taps(K, FH, FW, sh, sw, Hd, Wq, Ty, Tx, dh=1, dw=1):
             np.array(starts, dtype=np.int64))
 
 
-# Why faster than _conv_dx's passes: as in the forward, a KB x VW tile of dx
+# Why faster than _conv_dx's passes: as in the forward, a tile of dx channels x a strip
 # stays in registers for a chunk of taps, one store per chunk instead of a
 # load and a store of the accumulator per three taps.
 @jit(parallel=True)
 def _conv_dx_strips(dp, wtp, taps, starts, C, H, W, sh, sw, ph, pw, Wq, RB, nrb, EH, EW, groups,
                     chunk):
     """The float32 dx with finite weights. dp: bordered dout planes (N, K, Hd*Wq),
-    wtp: (groups * Cg/KB, T, KB), each block's weights in the order of the tap table
-    (``_backward_taps``: taps, starts) of one group -> dx: (N, C, H, W).
+    wtp: (groups * Cg/R, T, R), blocks of R channels (``_tile_rows``), each block's
+    weights in the order of the tap table (``_backward_taps``: taps, starts) of
+    one group -> dx: (N, C, H, W).
 
-    A task is (image, block of KB dx channels, phase, block of RB rows of the
+    A task is (image, block of R dx channels, phase, block of RB rows of the
     phase), as in ``_conv_dx``; it runs ``_forward_strips`` over its phase's
     taps, chunk taps per visit of a strip, on the group's dout planes. The
     strips run up to VW - 1 cells past the task's rows: dp holds spare rows
@@ -1097,7 +1138,8 @@ def _conv_dx_strips(dp, wtp, taps, starts, C, H, W, sh, sw, ph, pw, Wq, RB, nrb,
     L = dp.shape[2]
     Pw = _phases(sw, EW)
     P = _phases(sh, EH) * Pw
-    vw = TILE_BYTES // KB // dp.itemsize
+    R = wtp.shape[2]                  # dx channels per block
+    vw = TILE_BYTES // R // dp.itemsize
     # as in _conv_dx: phases the window does not cover get no gradient
     if P < sh * sw:
         dx = np.zeros((N, C, H, W), dtype=dp.dtype)
@@ -1108,22 +1150,22 @@ def _conv_dx_strips(dp, wtp, taps, starts, C, H, W, sh, sw, ph, pw, Wq, RB, nrb,
         blk = (task // (P * nrb)) % nblk
         phase = (task // nrb) % P
         g = blk // ncb
-        c0 = g * Cg + (blk % ncb) * KB
-        nb = min(KB, (g + 1) * Cg - c0)
+        c0 = g * Cg + (blk % ncb) * R
+        nb = min(R, (g + 1) * Cg - c0)
         a, bq, u0, u1, v_lo, v_hi = _phase_rows(phase, task % nrb, Pw, sh, sw, ph, pw, H, W, Wq,
                                                 RB)
         if u0 >= u1:
             continue
         Mp = -(-(u1 - u0) * Wq // vw) * vw
-        acc = np.zeros(KB * Mp, dtype=dp.dtype)
+        acc = np.zeros(R * Mp, dtype=dp.dtype)
         src = dp[n].reshape(dp.shape[1] * L)
         t_lo = starts[phase]
         t_hi = starts[phase + 1]
         for t0 in range(t_lo, t_hi, chunk):
             t1 = min(t_hi, t0 + chunk)
-            _forward_strips(acc, src, taps[t0:t1], wtp[blk, t0:t1].reshape((t1 - t0) * KB),
+            _forward_strips(acc, src, taps[t0:t1], wtp[blk, t0:t1].reshape((t1 - t0) * R),
                             g * Kg * L + u0 * Wq, t0 == t_lo)
-        _store_phase_rows(dx[n], acc.reshape(KB, Mp), nb, c0, a, bq, u0, u1, v_lo, v_hi, sh, sw,
+        _store_phase_rows(dx[n], acc.reshape(R, Mp), nb, c0, a, bq, u0, u1, v_lo, v_hi, sh, sw,
                           ph, pw, Wq)
     return dx
 
@@ -1301,7 +1343,7 @@ def conv_backward(dout, cache):
         # last plane: spare rows of zeros.
         strips = need_dx and dout.dtype == np.float32 and Cg >= KB and _all_finite(W)
         if strips:
-            Hd += -(-(TILE_BYTES // KB // dout.itemsize) // Wq)
+            Hd += -(-_strip_cells(TILE_ROWS // 2, dout.itemsize) // Wq)
         # dout in bordered planes: read by the general dx loops and the general dW
         scratch = _workspace.get(N * FN * Hd * Wq, dout.dtype).reshape(N, FN, Hd * Wq)
         dp, sums = _dout_planes(dout, Ty, Tx, Wq, scratch)
@@ -1312,6 +1354,8 @@ def conv_backward(dout, cache):
             Wt = W.reshape(G, FN // G, Cg, FH * FW).transpose(0, 2, 1, 3)
             wt = _weight_blocks(np.ascontiguousarray(Wt).reshape(C, FN // G * FH * FW), G)
             if strips:
+                wt = _weight_blocks(np.ascontiguousarray(Wt).reshape(C, FN // G * FH * FW), G,
+                                    _tile_rows(Cg))
                 taps, which, starts = _backward_taps(FN // G, FH, FW, sh, sw, Hd, Wq, Ty, Tx,
                                                      dh, dw)
                 dx = _conv_dx_strips(dp, np.ascontiguousarray(wt[:, which]), taps, starts, C,

@@ -143,9 +143,9 @@ products 6.1 ms (76 GFLOP/s), output 1.0 ms; 8x256x14x14 (stage 3): 0.86,
 GFLOP/s), 0.43. The products are now most of it, at 40-60% of what numpy's
 sgemm reaches on 2048^3 in the same process: a*a products with a short
 reduction (C) and, on small maps, few columns. Running them on the direct
-path's register tile instead (``direct._forward_strips``, the channels as
-taps) took 0.85-1.6x numpy's time on these layers, so numpy's batched matmul
-stays.
+path's register tile instead (``direct._forward_strips``, then 4 filters by
+96 cells; the channels as taps) took 0.85-1.6x numpy's time on these layers,
+so numpy's batched matmul stays.
 
 Non-finite values: Winograd mixes the values of a whole tile, so a nan or inf
 in x would spread to outputs of its tile that the naive path leaves finite. To

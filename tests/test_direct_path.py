@@ -121,9 +121,11 @@ def test_backward_tap_table_covers_every_tap_once_in_its_phase(K, FH, FW, sh, sw
 # ---------------------------------------------------------------- blocking
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("FN, C", [(1, 1), (3, 2), (4, 4), (5, 7), (9, 3)])
+@pytest.mark.parametrize("FN, C", [(1, 1), (3, 2), (4, 4), (5, 7), (9, 3), (12, 9)])
 def test_partial_channel_blocks(FN, C, dtype):
-    # KB=4 filters per block forward, 4 channels per block for dx and dW
+    # blocks of filters forward and of channels for dx (register tiles of
+    # direct.TILE_ROWS rows, or half as many for up to half of them; the float64
+    # passes and dW take KB=4): full, partial and single-row blocks
     rng = np.random.default_rng(FN * 10 + C)
     _assert_conv_matches(*_random_conv(rng, 2, C, 9, 8, FN, 3, 2, dtype), (1, 2), (1, 0))
 

@@ -1,6 +1,7 @@
-"""The direct path's float32 forward loop: a register tile of four filters by a strip
-of the wide grid (16 cells, 96 on AVX-512 targets) that sums a chunk of taps per
-store (float64 runs the passes over an accumulator; the same cases cover it).
+"""The direct path's float32 forward loop: a register tile of filters by a strip of the
+wide grid (4 by 16 cells on AVX2 targets, 8 by 48 on AVX-512; half as many filters
+by strips twice as long for small groups) that sums a chunk of taps per store
+(float64 runs the passes over an accumulator; the same cases cover it).
 
 What that loop adds to the path: strips that overrun the end of a task's wide
 grid (its length is rarely a multiple of the strip, sometimes shorter than
@@ -36,14 +37,17 @@ CASES = {
     "1x7": ((2, 4, 9, 17), (6, 4, 1, 7), 1, 0, 1, 1),
     "7x1": ((2, 4, 17, 9), (6, 4, 7, 1), 1, 0, 1, 1),
     "5x5, FN 16": ((3, 6, 14, 14), (16, 6, 5, 5), 1, 0, 1, 1),
+    # 12 filters: a full tile and a partial one (AVX-512); 9 rows of pitch 11
+    "3x3, FN 12": ((2, 3, 9, 9), (12, 3, 3, 3), 1, 1, 1, 1),
     "5x5, stride 2": ((2, 5, 13, 12), (7, 5, 5, 5), 2, 2, 1, 1),
     "3x3, dilation 2": ((2, 3, 11, 10), (6, 3, 3, 3), 1, 2, 2, 1),
     # three filters per group: every block is partial and must not cross groups
     "3x3, groups 2": ((2, 4, 9, 8), (6, 2, 3, 3), 1, 1, 1, 2),
     "1x7, stride 2, dilation 2, groups 2": ((1, 4, 9, 31), (6, 2, 1, 7), (1, 2), (0, 1), (1, 2),
                                             2),
-    # 18 filters per group: five blocks, the last with two rows; with four blocks
-    # per task, a task of four blocks and one of one in each group
+    # 18 filters per group: blocks of 8 (8, 8, 2) on AVX-512 targets, of 4 (five
+    # blocks, the last with two rows) on AVX2, where with four blocks per task a
+    # task of four blocks and one of one in each group
     "3x3, groups 2, blocks per task": ((4, 4, 9, 8), (36, 2, 3, 3), 1, 1, 1, 2),
     # 70 output rows of pitch 77: several row blocks per image, float64 twice as many
     "3x3, several row blocks": ((1, 2, 72, 77), (6, 2, 3, 3), 1, 0, 1, 1),
@@ -128,28 +132,31 @@ def test_nan_and_inf_land_where_naive_puts_them(case, dtype):
 
 
 def test_strip_loop_compiles_to_vector_multiply_adds():
-    # the tile's cells stay in vector registers: the tap loop is fused multiply-adds
-    # on ymm registers with AVX2 (8 per tap), on zmm registers with AVX-512 (24
-    # per tap: prefer_wide_vectors lets LLVM use them); a fresh compile: Numba
-    # cannot show the machine code it loaded from its cache; and its sums are right
+    # the tile's cells stay in vector registers: each tap is fused multiply-adds on
+    # ymm registers with AVX2 (8 per tap), on zmm registers with AVX-512 (24 per
+    # tap: prefer_wide_vectors lets LLVM use them), for blocks of TILE_ROWS filters
+    # and of half as many alike; a fresh compile: Numba cannot show the machine
+    # code it loaded from its cache; and its sums are right for both block sizes
     features = llvmlite.binding.get_host_cpu_features()
     if not (features.get("avx2") and features.get("fma")):
         pytest.skip("the CPU has no AVX2 or FMA")
     strips = numba.njit(**dict(JIT_OPTIONS, cache=False))(direct._forward_strips.py_func)
-    width = direct.TILE_BYTES // direct.KB // 4
-    acc = np.zeros(direct.KB * 2 * width, np.float32)
-    src = np.arange(3 * width + 5, dtype=np.float32)
-    taps = np.array([0, 1, 4], dtype=np.uint64)
-    w = np.arange(3 * direct.KB, dtype=np.float32)
-    strips(acc, src, taps, w, 1, 2)    # two strips, chunks of two taps then one
-    want = [[sum(w[t * direct.KB + r] * src[taps[t] + 1 + m] for t in range(3))
-             for m in range(2 * width)] for r in range(direct.KB)]
-    np.testing.assert_array_equal(acc.reshape(direct.KB, -1), np.array(want, np.float32))
+    for rows in (direct.TILE_ROWS, direct.TILE_ROWS // 2):
+        width = direct._strip_cells(rows, 4)
+        acc = np.zeros(rows * 2 * width, np.float32)
+        src = np.arange(3 * width + 5, dtype=np.float32)
+        taps = np.array([0, 1, 4], dtype=np.uint64)
+        w = np.arange(3 * rows, dtype=np.float32)
+        strips(acc, src, taps, w, 1, 2)    # two strips, chunks of two taps then one
+        want = [[sum(w[t * rows + r] * src[taps[t] + 1 + m] for t in range(3))
+                 for m in range(2 * width)] for r in range(rows)]
+        np.testing.assert_array_equal(acc.reshape(rows, -1), np.array(want, np.float32))
     registers, nbytes = vector_registers()
     vector = "zmm" if nbytes == 64 else "ymm"
     fma = [line for line in strips.inspect_asm(strips.signatures[0]).splitlines()
            if "vfmadd" in line and vector in line]
-    assert len(fma) >= direct.KB * width * 4 // nbytes
+    # one tap's worth (the tile's registers) for each block size
+    assert len(fma) >= 2 * direct.TILE_BYTES // nbytes
 
 
 # With NUMBA_BOUNDSCHECK=1 every array read is checked: a strip that read past
