@@ -19,12 +19,18 @@ Counting conventions:
 - Arithmetic intensity: forward FLOPs per byte of compulsory memory traffic
   (input + weights + output, each moved once). ``im2col_intensity`` counts the
   unrolled matrix too (written once, read once): how much the unroll dilutes it.
+- Direct grid: the direct path computes each output map on a wide grid, rows
+  at the padded input's pitch, in whole strips of its register tile;
+  ``direct_grid_cells`` (per map) and ``direct_grid_fill`` (the part of them
+  that are outputs, so of its multiply-adds that count) are read from
+  ``fastconv.kernels.direct.plan``.
 """
 import html
 from dataclasses import dataclass, field
 
 from . import backends, timing, tuner
 from .functional import check_backend, lowered_conv_spec
+from .kernels import direct as direct_path
 from .kernels import im2col as im2col_path
 from .spec import _shape
 from .tuner import Decision
@@ -79,6 +85,12 @@ class Explanation:
     dilation: tuple = (1, 1)
     groups: int = 1
     description: str = ""            # the spec's own one-line description
+    # the direct path's forward (``fastconv.kernels.direct.plan``): register tile
+    # (filters, cells) or None, wide-grid cells computed per output map, and the
+    # part of them that are outputs; None for a depthwise layer (its own kernel)
+    direct_tile: tuple = None
+    direct_grid_cells: int = None
+    direct_grid_fill: float = None
 
     # ------------------------------------------------------------- reading
     def timing(self, path):
@@ -107,7 +119,7 @@ class Explanation:
             chunks = "chunk" if self.im2col_chunks == 1 else "chunks"
             unroll = (f"{col} for the batch; {budget} -> {self.im2col_chunks} {chunks} "
                       f"of up to {self.images_per_chunk} image(s)")
-        return [
+        facts = [
             ("FLOPs", f"forward {_si(self.flops_forward)}FLOP, backward "
                       f"{_si(self.flops_backward)}FLOP (dx + dW)"),
             ("memory", f"input {_bytes(self.bytes_input)}, weights {_bytes(self.bytes_weights)}, "
@@ -116,6 +128,14 @@ class Explanation:
             ("intensity", f"{self.intensity:.1f} FLOP/byte (input + weights + output once); "
                           f"{self.im2col_intensity:.1f} counting the unrolled matrix"),
         ]
+        if self.direct_grid_fill is not None:
+            OH, OW = self.out_shape[2:]
+            tile = ("float64 passes" if self.direct_tile is None else
+                    f"tiles of {self.direct_tile[0]} filters x {self.direct_tile[1]} cells")
+            facts.append(("direct grid", f"{self.direct_grid_cells} cells computed per {OH}x{OW} "
+                                         f"map ({self.direct_grid_fill:.0%} of them outputs), "
+                                         f"{tile}"))
+        return facts
 
     def _timing_rows(self):
         return [(t.path, f"{t.first_call_s:.3f}", f"{t.forward_ms:.3f}", f"{t.forward_gflops:.1f}",
@@ -207,6 +227,7 @@ def explain(x_shape: tuple[int, int, int, int], w_shape: tuple[int, int, int, in
     reduction = spec.groups * spec.field
     col_bytes = N * OH * OW * reduction * item
     plan = im2col_path.plan(spec)          # the path's own account of its chunks
+    direct = direct_path.plan(spec)        # and the direct path's of its grid
     result = Explanation(
         x_shape=spec.x_shape, w_shape=spec.w_shape, stride=spec.stride, pad=spec.pad,
         dtype=spec.dtype.name, out_shape=spec.out_shape, flops_forward=flops,
@@ -218,7 +239,8 @@ def explain(x_shape: tuple[int, int, int, int], w_shape: tuple[int, int, int, in
         intensity=flops / (b_in + b_w + b_out),
         im2col_intensity=flops / (b_in + 2 * col_bytes + b_w + b_out),
         threads=tuner.current_threads(), dilation=spec.dilation, groups=spec.groups,
-        description=spec.describe())
+        description=spec.describe(), direct_tile=direct.get("forward_tile"),
+        direct_grid_cells=direct.get("grid_cells"), direct_grid_fill=direct.get("grid_fill"))
 
     if not measure:
         result.auto = tuner.decide_spec(spec, measure=False)

@@ -158,7 +158,32 @@ def plan(spec):
     if _is_depthwise(spec):
         return {"method": "depthwise kernel: one (image, channel) plane per task, "
                           "a vectorised pass along output rows", "kernel": "depthwise", **info}
-    return {"method": "direct loops over wide output rows", "kernel": "general", **info}
+    tile, cells, outputs = _forward_grid(spec)
+    return {"method": "direct loops over wide output rows", "kernel": "general",
+            "forward_tile": tile, "grid_cells": cells, "grid_fill": outputs / cells, **info}
+
+
+def _forward_grid(spec):
+    """The general forward's work per output map -> (tile, cells, outputs).
+
+    tile: (filters, cells of a strip) of the float32 register tile, None for
+    the float64 passes; cells: wide-grid cells the forward computes per map
+    (rows at the planes' pitch, each task's band of rows rounded up to whole
+    strips; of the transposed problem when it runs that one); outputs: OH*OW.
+    Their ratio is the part of the forward's multiply-adds that lands in the
+    output.
+    """
+    run = _transposed(spec) if _transposes(spec) else spec
+    OH, OW = run.out_hw
+    itemsize = spec.dtype.itemsize
+    if spec.dtype != np.float32:
+        return None, OH * _plane_geometry(run, strips=False)[1], OH * OW
+    Wq = _plane_geometry(run, strips=True)[1]
+    rows = _tile_rows(spec.w_shape[0] // spec.groups)
+    vw = _strip_cells(rows, itemsize)
+    RB = _rows_per_block(Wq, itemsize)
+    cells = sum(-(-min(RB, OH - i0) * Wq // vw) * vw for i0 in range(0, OH, RB))
+    return (rows, vw), cells, OH * OW
 
 
 def release_workspace():

@@ -37,6 +37,33 @@ def test_counts_worked_by_hand():
     assert (e64.bytes_input, e64.im2col_bytes, e64.flops_forward) == (2352, 10800, 10800)
 
 
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, cells, outputs, tiled", [
+    # LeNet's second layer: 10 output rows at the 14-cell pitch of the input, 140
+    # cells, rounded up to whole strips (16 cells on AVX2, 48 on AVX-512): 144
+    ((100, 6, 14, 14), (16, 6, 5, 5), {}, 144, 100, True),
+    # a 1x7 on 17x17 maps runs transposed: 11 rows of 17 cells, 187, in strips: 192
+    ((8, 128, 17, 17), (128, 128, 1, 7), {}, 192, 187, True),
+    # float64 runs passes over whole rows: 9 rows at the padded pitch 11, 99 cells
+    ((2, 3, 9, 9), (12, 3, 3, 3), {"pad": 1, "dtype": "float64"}, 99, 81, False),
+])
+def test_direct_grid_worked_by_hand(x_shape, w_shape, kwargs, cells, outputs, tiled):
+    e = fastconv.explain(x_shape, w_shape, **kwargs)
+    assert e.direct_grid_cells == cells
+    assert e.direct_grid_fill == pytest.approx(outputs / cells)
+    assert (e.direct_tile is not None) == tiled
+    if tiled:
+        direct = importlib.import_module("fastconv.kernels.direct")
+        rows, strip = e.direct_tile
+        assert rows in (4, 8) and rows * strip * 4 == direct.TILE_BYTES
+    assert f"{cells} cells computed per" in str(e)
+
+
+def test_depthwise_layers_report_no_direct_grid():
+    e = fastconv.explain((2, 8, 12, 12), (8, 1, 3, 3), pad=1, groups=8)
+    assert e.direct_grid_cells is None and e.direct_grid_fill is None
+    assert "direct grid" not in str(e)
+
+
 @pytest.mark.parametrize("x_shape, w_shape, stride, pad", [
     ((1, 3, 7, 7), (2, 3, 5, 5), 1, 0),         # the book's example: (9, 75)
     ((10, 3, 7, 7), (2, 3, 5, 5), 1, 0),        # batch of 10: (90, 75)
