@@ -93,8 +93,8 @@ DW_CHUNK = 1024
 # the wide grid, in all but SPARE_REGISTERS of the target's vector registers
 # (they hold a tap's weights and the input it loads, or with 8 filters the
 # strip's input and one weight). AVX2: 8 ymm registers; AVX-512: 24 zmm
-# registers (``prefer_wide_vectors``); tiles of 4 filters by 96 cells before
-# TILE_ROWS, below. Measured, paired, on the direct layers of the benchmark suite,
+# registers (``prefer_wide_vectors``). Measured with tiles of 4 filters (before
+# TILE_ROWS, below), paired, on the direct layers of the benchmark suite,
 # AVX-512 machine, forward: 24 ymm registers 0.75-0.93x the time of 8, then 24
 # zmm 0.73-0.94x the time of 24 ymm (12 zmm: 0.79-0.88x); dx 0.93-1.03x. On an
 # AVX2 target 12 registers took 1.12-1.31x the time of 8, 24 up to 1.65x: they
@@ -1377,10 +1377,10 @@ def conv_backward(dout, cache):
             nrb = _dx_row_blocks(H, sh, RB)
             # per group: (Cg, FNg*FH*FW), dx channel c's weights over the group's filters
             Wt = W.reshape(G, FN // G, Cg, FH * FW).transpose(0, 2, 1, 3)
-            wt = _weight_blocks(np.ascontiguousarray(Wt).reshape(C, FN // G * FH * FW), G)
+            # blocks of the register tile's channels, or of the passes' KB
+            wt = _weight_blocks(np.ascontiguousarray(Wt).reshape(C, FN // G * FH * FW), G,
+                                _tile_rows(Cg) if strips else KB)
             if strips:
-                wt = _weight_blocks(np.ascontiguousarray(Wt).reshape(C, FN // G * FH * FW), G,
-                                    _tile_rows(Cg))
                 taps, which, starts = _backward_taps(FN // G, FH, FW, sh, sw, Hd, Wq, Ty, Tx,
                                                      dh, dw)
                 dx = _conv_dx_strips(dp, np.ascontiguousarray(wt[:, which]), taps, starts, C,
