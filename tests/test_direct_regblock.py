@@ -1,7 +1,8 @@
-"""The direct path's float32 forward loop: a register tile of filters by a strip of the
-wide grid (4 by 16 cells on AVX2 targets, 8 by 48 on AVX-512; half as many filters
-by strips twice as long for small groups) that sums a chunk of taps per store
-(float64 runs the passes over an accumulator; the same cases cover it).
+"""The direct path's register tiles. The float32 forward loop: a tile of filters by a
+strip of the wide grid (4 by 16 cells on AVX2 targets, 8 by 48 on AVX-512; half as
+many filters by strips twice as long for small groups) that sums a chunk of taps per
+store (float64 runs the passes over an accumulator; the same cases cover it). dW,
+both dtypes: a tile of lane sums of KB filters by DW_TAPS taps.
 
 What that loop adds to the path: strips that overrun the end of a task's wide
 grid (its length is rarely a multiple of the strip, sometimes shorter than
@@ -159,25 +160,67 @@ def test_strip_loop_compiles_to_vector_multiply_adds():
     assert len(fma) >= 2 * direct.TILE_BYTES // nbytes
 
 
-# With NUMBA_BOUNDSCHECK=1 every array read is checked: a strip that read past
-# the end of an image's planes would raise IndexError. A fresh process, its own
-# Numba cache (bounds-checked code must not reach the shared one).
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dw_tile_compiles_to_vector_multiply_adds(dtype):
+    # dW's tile of KB filters x DW_TAPS columns stays in vector registers: a step
+    # is TILE_REGISTERS fused multiply-adds on full-width registers; a fresh
+    # compile, as above. Integer data: every sum is exact, in any order.
+    features = llvmlite.binding.get_host_cpu_features()
+    if not (features.get("avx2") and features.get("fma")):
+        pytest.skip("the CPU has no AVX2 or FMA")
+    tile = numba.njit(**dict(JIT_OPTIONS, cache=False))(direct._dw_tile.py_func)
+    cells = direct.TILE_BYTES // np.dtype(dtype).itemsize
+    vw = cells // direct.TILE_REGISTERS
+    rng = np.random.default_rng(3)
+    lanes = rng.integers(-4, 5, cells).astype(dtype)
+    src = rng.integers(-4, 5, 8 * vw).astype(dtype)
+    dsrc = rng.integers(-4, 5, 12 * vw).astype(dtype)
+    cols = rng.integers(0, 4 * vw, direct.DW_TAPS).astype(np.uint64)
+    drows = (np.arange(direct.KB) * 2 * vw + 1).astype(np.uint64)
+    want = lanes.astype(np.float64).reshape(direct.KB, direct.DW_TAPS, vw)
+    for m in (vw, 2 * vw):       # two steps, from the second vector on
+        for r in range(direct.KB):
+            for p in range(direct.DW_TAPS):
+                want[r, p] += [dsrc[int(drows[r]) + m + j] * src[int(cols[p]) + m + j]
+                               for j in range(vw)]
+    tile(lanes, src, dsrc, cols, drows, vw, 2 * vw)
+    np.testing.assert_array_equal(lanes, want.reshape(-1).astype(dtype))
+    nbytes = vector_registers()[1]
+    vector = "zmm" if nbytes == 64 else "ymm"
+    fma = [line for line in tile.inspect_asm(tile.signatures[0]).splitlines()
+           if "vfmadd" in line and vector in line]
+    assert len(fma) >= direct.TILE_REGISTERS
+
+
+# With NUMBA_BOUNDSCHECK=1 every array read is checked: a strip, or dW's last
+# vector, that read past the end of an image's planes or of its dout planes
+# would raise IndexError. x with an inf runs dW row by row, with the rows'
+# ends outside the tile. A fresh process, its own Numba cache (bounds-checked
+# code must not reach the shared one).
 _BOUNDS = r"""
 import numpy as np
 from fastconv.kernels import direct, naive
 from fastconv.spec import conv_spec
 cases = [((1, 1, 2, 2), (1, 1, 1, 1), 1, 0, 1, 1), ((1, 2, 3, 5), (5, 2, 3, 1), 1, 0, 1, 1),
-         ((2, 2, 5, 19), (3, 2, 1, 7), (1, 2), 0, 1, 1), ((1, 4, 7, 9), (2, 2, 3, 3), 2, 2, 2, 2)]
+         ((2, 2, 5, 19), (3, 2, 1, 7), (1, 2), 0, 1, 1), ((1, 4, 7, 9), (2, 2, 3, 3), 2, 2, 2, 2),
+         ((2, 3, 9, 21), (9, 3, 2, 2), 1, 0, 1, 1)]
 for dtype in (np.float32, np.float64):
     for x_shape, w_shape, stride, pad, dilation, groups in cases:
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal(x_shape).astype(dtype)
-        W = rng.standard_normal(w_shape).astype(dtype)
-        b = np.zeros(w_shape[0], dtype)
-        spec = conv_spec(x_shape, w_shape, stride, pad, dtype, dilation=dilation, groups=groups)
-        got = direct.conv_forward(x, W, b, spec)[0]
-        want = naive.conv_forward(x, W, b, spec)[0]
-        assert np.allclose(got, want, rtol=1e-4, atol=1e-4), (x_shape, w_shape)
+        for inf in (False, True):
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal(x_shape).astype(dtype)
+            x[0, 0, -1, -1] = np.inf if inf else x[0, 0, -1, -1]
+            W = rng.standard_normal(w_shape).astype(dtype)
+            b = np.zeros(w_shape[0], dtype)
+            spec = conv_spec(x_shape, w_shape, stride, pad, dtype, dilation=dilation,
+                             groups=groups)
+            got, cache = direct.conv_forward(x, W, b, spec)
+            want, naive_cache = naive.conv_forward(x, W, b, spec)
+            assert np.allclose(got, want, rtol=1e-4, atol=1e-4, equal_nan=True), x_shape
+            dout = rng.standard_normal(want.shape).astype(dtype)
+            got_dW = direct.conv_backward(dout, cache)[1]
+            want_dW = naive.conv_backward(dout, naive_cache)[1]
+            assert np.allclose(got_dW, want_dW, rtol=1e-4, atol=1e-4, equal_nan=True), x_shape
 print("ok")
 """
 
@@ -190,9 +233,10 @@ def test_strips_read_inside_the_planes(tmp_path):
     assert done.stdout.strip().endswith("ok")
 
 
-# The tile is sized from the registers of the CPU Numba compiles for. On an
-# AVX-512 machine the same cases also run compiled for AVX2 alone (16
-# registers, strips of 16 cells), in a fresh process with its own Numba cache.
+# The tiles are sized from the registers of the CPU Numba compiles for. On an
+# AVX-512 machine the same cases (forward and dW) also run compiled for AVX2
+# alone (16 registers, strips of 16 cells, dW tiles of 4 filters x 2 taps), in
+# a fresh process with its own Numba cache.
 _AVX2_TARGET = r"""
 import numpy as np
 from fastconv.kernels import direct, naive
@@ -206,8 +250,12 @@ for x_shape, w_shape, stride, pad, dilation, groups in %r:
     b = rng.standard_normal(w_shape[0]).astype(np.float32)
     spec = conv_spec(x_shape, w_shape, stride, pad, np.float32, dilation=dilation,
                      groups=groups)
-    got = direct.conv_forward(x, W, b, spec)[0]
-    want = naive.conv_forward(*(a.astype(np.float64) for a in (x, W, b)), spec)[0]
+    got, cache = direct.conv_forward(x, W, b, spec)
+    want, naive_cache = naive.conv_forward(*(a.astype(np.float64) for a in (x, W, b)), spec)
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max()), x_shape
+    dout = rng.standard_normal(want.shape).astype(np.float32)
+    got = direct.conv_backward(dout, cache)[1]
+    want = naive.conv_backward(dout.astype(np.float64), naive_cache)[1]
     assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max()), x_shape
 print("ok")
 """
