@@ -44,6 +44,8 @@ store of the accumulator carries twelve).
   part of it. The float32 forward then runs the problem with H and W swapped
   (``_transposes``): the planes read x across, the output is stored across,
   and the taps run in W's own order, so not a bit of the result changes.
+  The backward's dW runs on the same planes, transposed; dx runs on the
+  problem as given (its zero borders waste as much either way round).
 - depthwise (groups == C > 1, FN = C*m): a kernel of its own, one (n, c)
   plane per task (``_depthwise_forward`` and friends); the blocked loops
   above would run with one filter of four per block. A depthwise dx with a
@@ -134,8 +136,8 @@ SCOPE = "every convolution and pooling"
 
 
 class ConvCache(NamedTuple):
-    xq: np.ndarray         # the input split into stride-phase planes, padded
-    W: np.ndarray
+    xq: np.ndarray         # the input split into stride-phase planes, padded (those of
+    W: np.ndarray          # the transposed problem where the forward ran it)
     spec: object
     Hq: int                # rows and columns of one phase plane
     Wq: int
@@ -559,8 +561,10 @@ def _transposes(spec):
     (Inception's 1x7 on 17x17 maps: 17 cells per row for 11 outputs, a third
     thrown away); swapped, the same layer is a 7x1 and wastes nothing. Measured
     on that layer (batch 8, 128 channels): 0.69-0.74x the time under
-    ``conv2d``, 0.84-0.86x when the forward also builds the planes a backward
-    reads (those of the problem as given).
+    ``conv2d``. A forward for training keeps the same planes for the backward's
+    dW (it built those of the problem as given before, and took 0.84-0.86x
+    the time of the plain forward; then 0.72-0.78x of that, paired, 1 thread);
+    the backward took 0.89-0.97x the time with its dW on the transposed grid.
     Only the float32 register tile sums taps one by one, so only there does
     the swap leave every sum, and so every result bit, as it was. Backward,
     float64 and depthwise layers run the problem as given.
@@ -601,14 +605,11 @@ def conv_forward(x, W, b, spec):
                                      FN // C, sh, sw, ph, pw, OH, OW, Hq, Wq, Ph, Pw,
                                      min(H, r_end - ph), min(Wd, s_end - pw))
     elif _transposes(spec):
+        # the planes read x across, the kernel stores its output across: no
+        # copies; backward's dW runs on the same planes (``_transposed_dw``)
         spec_t = _transposed(spec)
-        # the planes read x across, the kernel stores its output across: no copies
-        xq_t, Hq_t, Wq_t = _planes(x.swapaxes(2, 3), spec_t, strips=True)
-        out = _forward_f32(xq_t, W, b, spec_t, Hq_t, Wq_t, swapped=True)
-        if spec.forward_only:
-            return out, None
-        # backward runs on the problem as given: its own planes
-        xq, Hq, Wq = _planes(x, spec, strips=True)
+        xq, Hq, Wq = _planes(x.swapaxes(2, 3), spec_t, strips=True)
+        out = _forward_f32(xq, W, b, spec_t, Hq, Wq, swapped=True)
     elif x.dtype == np.float32:
         xq, Hq, Wq = _planes(x, spec, strips=True)
         out = _forward_f32(xq, W, b, spec, Hq, Wq)
@@ -1390,6 +1391,11 @@ def conv_backward(dout, cache):
     """
     xq, W, spec, Hq, Wq = cache
     need_dx = spec.input_grad
+    # xq: planes of the transposed problem (conv_forward); dx runs on the problem
+    # as given, whose planes have rows of Wq cells
+    transposed = _transposes(spec)
+    if transposed:
+        Hq, Wq = None, _plane_geometry(spec, strips=True)[1]
     (sh, sw), (ph, pw), (OH, OW) = spec.stride, spec.pad, spec.out_hw
     (dh, dw), G = spec.dilation, spec.groups
     N, C, H, Wd = spec.x_shape
@@ -1399,7 +1405,8 @@ def conv_backward(dout, cache):
     Tx = (EW - 1) // sw + 1
     # rows: dout shifted down by Ty-1, plus what the last dx row of any phase
     # reads, and dW's last vector (up to VW - 1 cells past the grid's end)
-    Hd = max(OH, (ph + H - 1) // sh + 1, OH - 1 + -(-(Tx + _VECTOR_BYTES // dout.itemsize) // Wq)) + Ty
+    vw = _VECTOR_BYTES // dout.itemsize
+    Hd = max(OH, (ph + H - 1) // sh + 1, OH - 1 + -(-(Tx + vw) // Wq)) + Ty
     step = _tap_step(sw, dw)
     depthwise = _is_depthwise(spec)
     # a depthwise convolution with a weight that is not finite runs the general
@@ -1411,7 +1418,7 @@ def conv_backward(dout, cache):
         ops, starts = _backward_ops(m, FH, FW, sh, sw, Wq, Ty, Tx, dh, dw)
         dx = _depthwise_dx(dout, W.reshape(C, m * FH * FW), ops, starts, C, H, Wd, sh, sw, ph,
                            pw, Wq, Hd, Ty, Tx, _phases(sh, EH), _phases(sw, EW), step)
-    elif need_dx or not depthwise:
+    elif need_dx or not (depthwise or transposed):
         # dx on the register tile: float32, blocks of KB channels (with fewer,
         # the tile's spare rows cost more than it saves: measured 1.1-1.6x
         # slower with 3 channels), finite weights (a zero border times a weight
@@ -1444,7 +1451,35 @@ def conv_backward(dout, cache):
         dW, db = _depthwise_dw(xq, dout, _depthwise_taps(FH, FW, sh, sw, dh, dw, Wq,
                                                          _phases(sw, EW)), FN // C, FH, FW, Wq)
         return dx, dW, db
+    if transposed:
+        dW, sums = _transposed_dw(xq, dout, W.shape, _transposed(spec), cache.Hq, cache.Wq)
+    else:
+        dW = _weight_grad(xq, dp, (Ty - 1) * Wq + Tx - 1, W.shape, spec, Hq, Wq)
+    return dx, dW, _conv_db(sums)
+
+
+def _weight_grad(xq, dp, base, w_shape, spec, Hq, Wq):
+    """dW: (FN, C/groups, FH, FW) from spec's planes xq and the dout planes dp (dout's
+    first cell at ``base``): ``_conv_dw`` with its columns and task sizes."""
+    FN, Cg, FH, FW = w_shape
+    (sh, sw), (dh, dw), G = spec.stride, spec.dilation, spec.groups
     cols = _dw_columns(Cg, FH, FW, sh, sw, Hq, Wq, dh, dw)
     fpt, bpt = _dw_tasks(-(-FN // G // KB), cols.size // DW_TAPS, numba.get_num_threads())
-    dW = _conv_dw(xq, dp, cols, Cg, FN, FH, FW, OH, OW, Wq, (Ty - 1) * Wq + Tx - 1, G, fpt, bpt)
-    return dx, dW, _conv_db(sums)
+    return _conv_dw(xq, dp, cols, Cg, FN, FH, FW, *spec.out_hw, Wq, base, G, fpt, bpt)
+
+
+def _transposed_dw(xq_t, dout, w_shape, spec_t, Hq_t, Wq_t):
+    """(dW, per-map sums of dout) of a layer whose forward ran transposed, from that
+    forward's planes xq_t of spec_t (``_transposed``): the grid of the transposed
+    problem has no spare columns to waste (``_transposes``). dout is laid across
+    in planes of its own, at row 0, column 0: dW needs no border."""
+    N, FN = dout.shape[:2]
+    OH_t = spec_t.out_hw[0]
+    # rows: the grid, plus what dW's last vector reads past it
+    Hd_t = OH_t + -(-_VECTOR_BYTES // dout.itemsize // Wq_t) + 1
+    scratch = _workspace.get(N * FN * Hd_t * Wq_t, dout.dtype, slot=1)
+    dp_t, sums = _dout_planes(np.ascontiguousarray(dout.swapaxes(2, 3)), 1, 1, Wq_t,
+                              scratch.reshape(N, FN, Hd_t * Wq_t))
+    FN, Cg, FH, FW = w_shape
+    dW_t = _weight_grad(xq_t, dp_t, 0, (FN, Cg, FW, FH), spec_t, Hq_t, Wq_t)
+    return np.ascontiguousarray(dW_t.transpose(0, 1, 3, 2)), sums

@@ -280,7 +280,7 @@ def test_a_forward_that_wastes_its_wide_grid_runs_transposed_bit_for_bit(
     want, oracle = F.conv_forward(*(a.astype(np.float64) for a in (x, W, b)), backend="naive",
                                   **kw)
     assert_close(out, want.astype(np.float32), "out")
-    # backward runs on the problem as given, from the planes forward kept
+    # backward: dW on the transposed planes forward kept, dx on the problem as given
     for name, g, w in zip(("dx", "dW", "db"), F.conv_backward(dout, saved),
                           F.conv_backward(dout.astype(np.float64), oracle)):
         assert_close(g, w.astype(np.float32), name)
@@ -297,10 +297,24 @@ def test_a_forward_that_wastes_its_wide_grid_runs_transposed_bit_for_bit(
     np.testing.assert_array_equal(wide_out[..., :out.shape[3]], out)
 
     # nan and inf land where the naive path puts them
+    # without dx, dW and db are those of the full backward, bit for bit
+    _, saved_no_dx = F.conv_forward(x, W, b, backend="direct", input_grad=False, **kw)
+    no_dx = F.conv_backward(dout, saved_no_dx)
+    assert no_dx[0] is None
+    for got, full in zip(no_dx[1:], F.conv_backward(dout, saved)[1:]):
+        np.testing.assert_array_equal(got, full)
+
     x[0, 1, 3, 4], x[1, 0, 5, 2], W[2, 1, 0, 1] = np.nan, np.inf, -np.inf
     assert_same_cells(F.conv2d(x, W, b, backend="direct", **kw),
                       F.conv2d(*(a.astype(np.float64) for a in (x, W, b)), backend="naive",
                                **kw), "out")
+    # dW from the transposed planes, x with nan and inf: row by row, the same cells
+    _, saved = F.conv_forward(x, W, b, backend="direct", **kw)
+    _, oracle = F.conv_forward(*(a.astype(np.float64) for a in (x, W, b)), backend="naive",
+                               **kw)
+    for name, g, w in zip(("dx", "dW", "db"), F.conv_backward(dout, saved),
+                          F.conv_backward(dout.astype(np.float64), oracle)):
+        assert_same_cells(g, w, name)
 
 
 # ------------------------------------------------------------------- threads
