@@ -1361,11 +1361,11 @@ def _dw_columns(C, FH, FW, sh, sw, Hq, Wq, dh=1, dw=1):
 
 
 def _dw_tasks(blocks, columns, threads):
-    """(fpt, bpt): filter blocks and column blocks per dW task. Up to 8 x 8: the dout
-    runs of 8 blocks are read from L1 by 8 blocks of columns, and the other way
-    round (measured, 1 thread: 0.5-0.8x the time of 1 x 2 on the 1x7 and 5x5
-    layers of the benchmark suite); fewer where there would be fewer than four
-    tasks per thread."""
+    """(fpt, bpt): filter blocks and column blocks per dW task. Up to 8 x 8: a filter
+    block's dout runs stay in L1 for 8 blocks of columns, and a visit's x rows
+    serve 8 filter blocks (measured, 1 thread: 0.64-0.66x the time of 1 x 1 on
+    the 1x7, 7x1 and 5x5 layers of the benchmark suite, within noise of 4 x 4
+    and 16 x 4); fewer where there would be fewer than four tasks per thread."""
     fpt, bpt = min(8, blocks), min(8, columns)
     while -(-blocks // fpt) * -(-columns // bpt) < 4 * threads and max(fpt, bpt) > 1:
         if fpt >= bpt:
