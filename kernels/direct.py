@@ -96,9 +96,10 @@ DW_CHUNK = 1024
 # Bytes of the register tile (float32 forward and dx: filters x a strip of
 # the wide grid; dW, both dtypes: see DW_TAPS), in all but SPARE_REGISTERS of
 # the target's vector registers (forward: they hold a tap's weights and the
-# input it loads, or with 8 filters the strip's input and one weight). AVX2: 8 ymm registers; AVX-512: 24 zmm
-# registers (``prefer_wide_vectors``). Measured with tiles of 4 filters (before
-# TILE_ROWS, below), paired, on the direct layers of the benchmark suite,
+# input it loads, or with 8 filters the strip's input and one weight). AVX2: 8
+# ymm registers; AVX-512: 24 zmm registers (``prefer_wide_vectors``).
+# Measured with tiles of 4 filters (before TILE_ROWS, below), paired, on the
+# direct layers of the benchmark suite,
 # AVX-512 machine, forward: 24 ymm registers 0.75-0.93x the time of 8, then 24
 # zmm 0.73-0.94x the time of 24 ymm (12 zmm: 0.79-0.88x); dx 0.93-1.03x. On an
 # AVX2 target 12 registers took 1.12-1.31x the time of 8, 24 up to 1.65x: they
@@ -1475,8 +1476,8 @@ def _transposed_dw(xq_t, dout, w_shape, spec_t, Hq_t, Wq_t):
     in planes of its own, at row 0, column 0: dW needs no border."""
     N, FN = dout.shape[:2]
     OH_t = spec_t.out_hw[0]
-    # rows: the grid, plus what dW's last vector reads past it
-    Hd_t = OH_t + -(-_VECTOR_BYTES // dout.itemsize // Wq_t) + 1
+    # rows: the grid, plus what dW's last vector reads past it (up to VW - 1 cells)
+    Hd_t = OH_t + -(-_VECTOR_BYTES // dout.itemsize // Wq_t)
     scratch = _workspace.get(N * FN * Hd_t * Wq_t, dout.dtype, slot=1)
     dp_t, sums = _dout_planes(np.ascontiguousarray(dout.swapaxes(2, 3)), 1, 1, Wq_t,
                               scratch.reshape(N, FN, Hd_t * Wq_t))
