@@ -197,8 +197,8 @@ def test_dw_tile_compiles_to_vector_multiply_adds(dtype):
 # With NUMBA_BOUNDSCHECK=1 every array read is checked: a strip, or dW's last
 # vector, that read past the end of an image's planes or of its dout planes
 # would raise IndexError. x with an inf runs dW row by row, with the rows'
-# ends outside the tile. A fresh process, its own Numba cache (bounds-checked
-# code must not reach the shared one).
+# ends outside the tile. A fresh process per dtype, its own Numba cache
+# (bounds-checked code must not reach the shared one).
 _BOUNDS = r"""
 import numpy as np
 from fastconv.kernels import direct, naive
@@ -206,34 +206,25 @@ from fastconv.spec import conv_spec
 cases = [((1, 1, 2, 2), (1, 1, 1, 1), 1, 0, 1, 1), ((1, 2, 3, 5), (5, 2, 3, 1), 1, 0, 1, 1),
          ((2, 2, 5, 19), (3, 2, 1, 7), (1, 2), 0, 1, 1), ((1, 4, 7, 9), (2, 2, 3, 3), 2, 2, 2, 2),
          ((2, 3, 9, 21), (9, 3, 2, 2), 1, 0, 1, 1)]
-for dtype in (np.float32, np.float64):
-    for x_shape, w_shape, stride, pad, dilation, groups in cases:
-        for inf in (False, True):
-            rng = np.random.default_rng(0)
-            x = rng.standard_normal(x_shape).astype(dtype)
-            x[0, 0, -1, -1] = np.inf if inf else x[0, 0, -1, -1]
-            W = rng.standard_normal(w_shape).astype(dtype)
-            b = np.zeros(w_shape[0], dtype)
-            spec = conv_spec(x_shape, w_shape, stride, pad, dtype, dilation=dilation,
-                             groups=groups)
-            got, cache = direct.conv_forward(x, W, b, spec)
-            want, naive_cache = naive.conv_forward(x, W, b, spec)
-            assert np.allclose(got, want, rtol=1e-4, atol=1e-4, equal_nan=True), x_shape
-            dout = rng.standard_normal(want.shape).astype(dtype)
-            got_dW = direct.conv_backward(dout, cache)[1]
-            want_dW = naive.conv_backward(dout, naive_cache)[1]
-            assert np.allclose(got_dW, want_dW, rtol=1e-4, atol=1e-4, equal_nan=True), x_shape
+dtype = np.%s
+for x_shape, w_shape, stride, pad, dilation, groups in cases:
+    for inf in (False, True):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(x_shape).astype(dtype)
+        x[0, 0, -1, -1] = np.inf if inf else x[0, 0, -1, -1]
+        W = rng.standard_normal(w_shape).astype(dtype)
+        b = np.zeros(w_shape[0], dtype)
+        spec = conv_spec(x_shape, w_shape, stride, pad, dtype, dilation=dilation,
+                         groups=groups)
+        got, cache = direct.conv_forward(x, W, b, spec)
+        want, naive_cache = naive.conv_forward(x, W, b, spec)
+        assert np.allclose(got, want, rtol=1e-4, atol=1e-4, equal_nan=True), x_shape
+        dout = rng.standard_normal(want.shape).astype(dtype)
+        got_dW = direct.conv_backward(dout, cache)[1]
+        want_dW = naive.conv_backward(dout, naive_cache)[1]
+        assert np.allclose(got_dW, want_dW, rtol=1e-4, atol=1e-4, equal_nan=True), x_shape
 print("ok")
 """
-
-
-def test_strips_read_inside_the_planes(tmp_path):
-    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path))
-    done = subprocess.run([sys.executable, "-c", _BOUNDS], capture_output=True, text=True,
-                          env=env, check=False, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().endswith("ok")
-
 
 # The tiles are sized from the registers of the CPU Numba compiles for. On an
 # AVX-512 machine the same cases (forward and dW) also run compiled for AVX2
@@ -263,21 +254,60 @@ print("ok")
 """
 
 
-def test_tile_follows_the_target_registers(tmp_path):
+def _wide():
+    return bool(llvmlite.binding.get_host_cpu_features().get("avx512f"))
+
+
+def _avx2_env(tmp):
     features = llvmlite.binding.get_host_cpu_features()
-    wide = bool(features.get("avx512f"))
+    for name in features:
+        if name.startswith(("avx512", "avx10", "amx", "evex")):
+            features[name] = False
+    return dict(os.environ, NUMBA_CPU_FEATURES=features.flatten(), NUMBA_CACHE_DIR=str(tmp))
+
+
+@pytest.fixture(scope="module")
+def fresh_compiles(tmp_path_factory):
+    """The children above, started together: each compiles every kernel afresh on
+    one core, so side by side they take the time of the slowest, not the sum."""
+    def start(code, env):
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+    children = {}
+    for dtype in ("float32", "float64"):
+        cache = tmp_path_factory.mktemp(f"bounds_{dtype}")
+        children[dtype] = start(_BOUNDS % dtype,
+                                dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(cache)))
+    if _wide():
+        children["avx2"] = start(_AVX2_TARGET % (list(CASES.values()),),
+                                 _avx2_env(tmp_path_factory.mktemp("avx2")))
+    yield children
+    for child in children.values():
+        child.kill()
+        child.wait()
+
+
+def _finish(child):
+    """(returncode, stdout, stderr) of a child, after at most 15 minutes."""
+    out, err = child.communicate(timeout=900)
+    return child.returncode, out, err
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_strips_read_inside_the_planes(fresh_compiles, dtype):
+    code, out, err = _finish(fresh_compiles[dtype])
+    assert code == 0, err[-3000:]
+    assert out.strip().endswith("ok")
+
+
+def test_tile_follows_the_target_registers(fresh_compiles):
+    wide = _wide()
     if os.environ.get("NUMBA_CPU_FEATURES") is None:
         assert vector_registers() == ((32, 64) if wide else (16, 32))
     registers, nbytes = vector_registers()
     assert direct.TILE_BYTES == (registers - 8) * nbytes
     if not wide:
         pytest.skip("the CPU has no AVX-512: the cases above ran with AVX2's tile")
-    for name in features:
-        if name.startswith(("avx512", "avx10", "amx", "evex")):
-            features[name] = False
-    env = dict(os.environ, NUMBA_CPU_FEATURES=features.flatten(),
-               NUMBA_CACHE_DIR=str(tmp_path))
-    done = subprocess.run([sys.executable, "-c", _AVX2_TARGET % (list(CASES.values()),)],
-                          capture_output=True, text=True, env=env, check=False, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["(16,", "32)", "256", "ok"]
+    code, out, err = _finish(fresh_compiles["avx2"])
+    assert code == 0, err[-3000:]
+    assert out.split() == ["(16,", "32)", "256", "ok"]
