@@ -1405,9 +1405,9 @@ def conv_backward(dout, cache):
     Ty = (EH - 1) // sh + 1
     Tx = (EW - 1) // sw + 1
     # rows: dout shifted down by Ty-1, plus what the last dx row of any phase
-    # reads, and dW's last vector (up to VW - 1 cells past the grid's end)
-    vw = _VECTOR_BYTES // dout.itemsize
-    Hd = max(OH, (ph + H - 1) // sh + 1, OH - 1 + -(-(Tx + vw) // Wq)) + Ty
+    # reads, and what dW's last vector reads
+    Hd = max(max(OH, (ph + H - 1) // sh + 1) + Ty,
+             _dw_rows((Ty - 1) * Wq + Tx - 1, OH, Wq, dout.itemsize))
     step = _tap_step(sw, dw)
     depthwise = _is_depthwise(spec)
     # a depthwise convolution with a weight that is not finite runs the general
@@ -1459,6 +1459,14 @@ def conv_backward(dout, cache):
     return dx, dW, _conv_db(sums)
 
 
+def _dw_rows(base, OH, Wq, itemsize):
+    """Rows of a dout plane that dW reads when dout's first cell is at ``base``: its
+    grid of OH rows of Wq cells runs in whole vectors (``_conv_dw``), up to a vector
+    less one cell past the grid's end."""
+    vw = _VECTOR_BYTES // itemsize
+    return -(-(base + -(-OH * Wq // vw) * vw) // Wq)
+
+
 def _weight_grad(xq, dp, base, w_shape, spec, Hq, Wq):
     """dW: (FN, C/groups, FH, FW) from spec's planes xq and the dout planes dp (dout's
     first cell at ``base``): ``_conv_dw`` with its columns and task sizes."""
@@ -1476,8 +1484,7 @@ def _transposed_dw(xq_t, dout, w_shape, spec_t, Hq_t, Wq_t):
     in planes of its own, at row 0, column 0: dW needs no border."""
     N, FN = dout.shape[:2]
     OH_t = spec_t.out_hw[0]
-    # rows: the grid, plus what dW's last vector reads past it (up to VW - 1 cells)
-    Hd_t = OH_t + -(-_VECTOR_BYTES // dout.itemsize // Wq_t)
+    Hd_t = _dw_rows(0, OH_t, Wq_t, dout.itemsize)
     scratch = _workspace.get(N * FN * Hd_t * Wq_t, dout.dtype, slot=1)
     dp_t, sums = _dout_planes(np.ascontiguousarray(dout.swapaxes(2, 3)), 1, 1, Wq_t,
                               scratch.reshape(N, FN, Hd_t * Wq_t))
