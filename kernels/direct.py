@@ -1018,12 +1018,28 @@ def _accumulate_within(acc, nb, src, ops, o_start, o_end, wt, base, step, p0, Wq
 
 @jit
 def _all_finite(a):
-    """True when no element of the contiguous array a is nan or +-inf."""
+    """True when no element of the contiguous float array a is nan or +-inf.
+
+    nan and inf are the values whose exponent bits are all ones, so a is finite
+    when the largest of its elements' exponent fields (an integer max over the
+    bits, which runs in vector lanes) is below all ones. A float test per element
+    that stops at the first non-finite one does not vectorise: it took 4x the time
+    (0.2 ms against 0.05 ms on a CIFAR batch's input planes, float32).
+    """
     flat = a.reshape(a.size)
-    for i in range(flat.size):
-        if not np.isfinite(flat[i]):
-            return False
-    return True
+    if a.itemsize == 4:
+        return _no_field_full(flat.view(np.uint32), np.uint32(0x7F800000))
+    return _no_field_full(flat.view(np.uint64), np.uint64(0x7FF0000000000000))
+
+
+@jit
+def _no_field_full(bits, mask):
+    """True when no element of bits has every bit of mask set: the max over the
+    elements of bits & mask (in bits' unsigned type) is below mask."""
+    m = bits.dtype.type(0)
+    for i in range(bits.size):
+        m = max(m, bits[i] & mask)
+    return m != mask
 
 
 @jit

@@ -356,6 +356,23 @@ def test_float32_compiles_natively():
         assert all(len(kinds) == 1 for kinds in float_args), kernel
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_finiteness_scan_agrees_with_numpy(dtype):
+    # the scan reads exponent bits: every class of float, each alone in an array of
+    # ordinary values, at the start, the middle and the end, against np.isfinite
+    info = np.finfo(dtype)
+    specials = [np.nan, -np.nan, np.inf, -np.inf, info.max, -info.max, info.tiny,
+                info.smallest_subnormal, -0.0, 1.0]
+    rng = np.random.default_rng(3)
+    for size in (1, 17, 1000):
+        for value in specials:
+            for at in {0, size // 2, size - 1}:
+                a = rng.standard_normal(size).astype(dtype)
+                a[at] = value
+                assert direct._all_finite(a.reshape(1, -1)) == bool(np.isfinite(a).all()), (
+                    size, value, at)
+
+
 # ------------------------------------------------------------------- pooling
 
 def _pool_both(x, pool_hw, stride, pad, mode, dout_seed=0):
