@@ -260,6 +260,7 @@ def test_dx_runs_passes_where_the_tile_does_not_pay_or_is_not_exact(dtype, chann
     ((2, 4, 17, 17), (5, 4, 1, 7), 1, (0, 3), 1, 1),            # the same, padded to 17x17
     ((2, 6, 20, 14), (8, 3, 2, 5), (2, 1), (1, 0), (1, 2), 2),  # stride, dilation, groups
     ((2, 6, 9, 40), (8, 3, 1, 5), (1, 2), (0, 1), (1, 3), 2),   # stride across, pad across
+    ((2, 3, 17, 17), (70, 3, 1, 7), 1, 0, 1, 1),                # dW with the filters in lanes
 ])
 def test_a_forward_that_wastes_its_wide_grid_runs_transposed_bit_for_bit(
         x_shape, w_shape, stride, pad, dilation, groups):

@@ -194,6 +194,88 @@ def test_dw_tile_compiles_to_vector_multiply_adds(dtype):
     assert len(fma) >= direct.TILE_REGISTERS
 
 
+# dW with the filters in the vector lanes (``_conv_dw_lanes``): groups of at least
+# DW_LANE_VECTORS vectors of filters (64 in float32 on AVX-512, 32 on AVX2 and in
+# float64 on AVX-512), x finite.
+LANE_CASES = {
+    # 70 filters: a full block and a partial one (float64 on AVX-512: two and one)
+    "3x3, FN 70": ((2, 3, 9, 11), (70, 3, 3, 3), 1, 1, 1, 1),
+    "5x5, stride 2, FN 64": ((2, 4, 13, 12), (64, 4, 5, 5), 2, 2, 1, 1),
+    "3x3, dilation 2, groups 2": ((1, 4, 11, 10), (128, 2, 3, 3), 1, 2, 2, 2),
+    # 16 channels x 9 taps: 144 columns, more blocks than one task takes
+    "3x3, 144 columns": ((2, 16, 6, 7), (64, 16, 3, 3), 1, 1, 1, 1),
+}
+
+
+def _lane_problem(case, dtype):
+    x_shape, w_shape, stride, pad, dilation, groups = LANE_CASES[case]
+    rng = np.random.default_rng(4)
+    x, W, b = (rng.standard_normal(s).astype(dtype) for s in (x_shape, w_shape, w_shape[:1]))
+    spec = conv_spec(x_shape, w_shape, stride, pad, dtype, dilation=dilation, groups=groups)
+    return x, W, b, spec, rng
+
+
+def _naive_backward(x, W, b, spec, dout):
+    """(dx, dW, db) of the naive path in float64, cast back to x's dtype."""
+    spec64 = conv_spec(x.shape, W.shape, spec.stride, spec.pad, np.float64,
+                       dilation=spec.dilation, groups=spec.groups)
+    with np.errstate(invalid="ignore", over="ignore"):
+        cache = naive.conv_forward(*(a.astype(np.float64) for a in (x, W, b)), spec64)[1]
+        return [g.astype(x.dtype) for g in naive.conv_backward(dout.astype(np.float64), cache)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(LANE_CASES))
+def test_dw_with_the_filters_in_the_lanes(case, dtype, monkeypatch):
+    x, W, b, spec, rng = _lane_problem(case, dtype)
+    assert direct._lanes_fit(W.shape[0] // spec.groups, dtype)
+    calls = []
+    lanes_kernel = direct._conv_dw_lanes
+
+    def counted(*args):
+        calls.append(args)
+        return lanes_kernel(*args)
+
+    monkeypatch.setattr(direct, "_conv_dw_lanes", counted)
+    cache = direct.conv_forward(x, W, b, spec)[1]
+    dout = rng.standard_normal((x.shape[0], W.shape[0], *spec.out_hw)).astype(dtype)
+    dout_before = dout.copy()
+    got = direct.conv_backward(dout, cache)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(dout, dout_before)
+    for name, g, w in zip(("dx", "dW", "db"), got, _naive_backward(x, W, b, spec, dout)):
+        assert_close(g, w, f"{case} {name}")
+
+    # each dW entry adds its terms image by image, in grid order: the same bits
+    # for one column block per task, and for one thread
+    monkeypatch.setattr(direct, "_lane_tasks", lambda blocks, rows, threads: 1)
+    np.testing.assert_array_equal(direct.conv_backward(dout, cache)[1], got[1])
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        np.testing.assert_array_equal(direct.conv_backward(dout, cache)[1], got[1])
+    finally:
+        numba.set_num_threads(before)
+
+    # nan and inf in dout meet the spare columns' zeros only in dout's own cells:
+    # they land where the naive path puts them
+    bad = dout.copy()
+    bad[0, 0, 0, 0], bad[-1, -1, -1, -1], bad[0, W.shape[0] // 2, 1, 0] = np.nan, np.inf, -np.inf
+    for name, g, w in zip(("dx", "dW", "db"), direct.conv_backward(bad, cache),
+                          _naive_backward(x, W, b, spec, bad)):
+        assert_same_cells(g, w, f"{case} {name}, dout with nan and inf")
+
+    # x with an inf: dW sums the real output columns row by row (``_conv_dw``)
+    calls.clear()
+    x_bad = x.copy()
+    x_bad[0, 0, 1, 1] = np.inf
+    cache = direct.conv_forward(x_bad, W, b, spec)[1]
+    for name, g, w in zip(("dx", "dW", "db"), direct.conv_backward(dout, cache),
+                          _naive_backward(x_bad, W, b, spec, dout)):
+        assert_same_cells(g, w, f"{case} {name}, x with an inf")
+    assert not calls
+
+
 # With NUMBA_BOUNDSCHECK=1 every array read is checked: a strip, or dW's last
 # vector, that read past the end of an image's planes or of its dout planes
 # would raise IndexError. x with an inf runs dW row by row, with the rows'
@@ -205,7 +287,8 @@ from fastconv.kernels import direct, naive
 from fastconv.spec import conv_spec
 cases = [((1, 1, 2, 2), (1, 1, 1, 1), 1, 0, 1, 1), ((1, 2, 3, 5), (5, 2, 3, 1), 1, 0, 1, 1),
          ((2, 2, 5, 19), (3, 2, 1, 7), (1, 2), 0, 1, 1), ((1, 4, 7, 9), (2, 2, 3, 3), 2, 2, 2, 2),
-         ((2, 3, 9, 21), (9, 3, 2, 2), 1, 0, 1, 1)]
+         ((2, 3, 9, 21), (9, 3, 2, 2), 1, 0, 1, 1), ((1, 2, 6, 7), (70, 2, 3, 3), 1, 1, 1, 1),
+         ((1, 4, 9, 8), (128, 2, 3, 3), 2, 1, 1, 2)]
 dtype = np.%s
 for x_shape, w_shape, stride, pad, dilation, groups in cases:
     for inf in (False, True):
@@ -279,7 +362,7 @@ def fresh_compiles(tmp_path_factory):
         children[dtype] = start(_BOUNDS % dtype,
                                 dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(cache)))
     if _wide():
-        children["avx2"] = start(_AVX2_TARGET % (list(CASES.values()),),
+        children["avx2"] = start(_AVX2_TARGET % ([*CASES.values(), *LANE_CASES.values()],),
                                  _avx2_env(tmp_path_factory.mktemp("avx2")))
     yield children
     for child in children.values():
