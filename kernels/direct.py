@@ -28,7 +28,10 @@ store of the accumulator carries twelve).
   plane with the shifted x plane. A register tile holds the vector lanes of
   KB filters x DW_TAPS of these products (4 x 6 on AVX-512) over the grids of
   all images; the lanes are summed once, at the end. Each task owns blocks of
-  filters x blocks of (channel, tap) columns and adds images in order.
+  filters x blocks of (channel, tap) columns and adds images in order. Where a
+  group has DW_LANE_VECTORS vectors of filters or more and x is finite, the
+  filters are the lanes instead (``_conv_dw_lanes``): dout laid pixel-major,
+  one broadcast x value per column and step, no lane sums.
 - db: summed while dout is copied into its bordered planes.
 - dilation (dh, dw): tap (fy, fx) sits at (fy*dh, fx*dw) of the window, so it
   reads plane (fy*dh % sh, fx*dw % sw) at (i + fy*dh // sh, j + fx*dw // sw);

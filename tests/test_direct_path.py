@@ -349,8 +349,11 @@ def test_float32_compiles_natively():
         x, W, b = _random_conv(rng, 1, C, 6, 6, 3, 3, 3, np.float32)
         out, cache = conv_kernel(direct, x, W, b, (1, 1), (0, 0), (4, 4))
         direct.conv_backward(out, cache)
+    x, W, b = _random_conv(rng, 1, 2, 6, 6, 64, 3, 3, np.float32)   # dW, filters in lanes
+    out, cache = conv_kernel(direct, x, W, b, (1, 1), (0, 0), (4, 4))
+    direct.conv_backward(out, cache)
     for kernel in (direct._conv_forward, direct._conv_dx, direct._conv_dx_strips,
-                   direct._conv_dw):
+                   direct._conv_dw, direct._conv_dw_lanes, direct._dout_lanes):
         float_args = [{a.dtype for a in sig if isinstance(a, numba.types.Array)
                        and a.dtype in (numba.float32, numba.float64)} for sig in kernel.signatures]
         assert {numba.float32} in float_args, kernel
