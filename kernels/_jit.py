@@ -73,8 +73,10 @@ class _FirstCompileListener(numba.core.event.Listener):
         # the phase planes are the direct path's layout (CPU pooling uses them too)
         path = {"_planes": "direct"}.get(module.rsplit(".", 1)[1], module.rsplit(".", 1)[1])
         dtype = next((str(a.dtype) for a in event.data.get("args", ())
-                      if isinstance(a, numba.types.Array)), "")
-        # a helper of scalars only (compiled inside a kernel's compile) says nothing
+                      if isinstance(a, numba.types.Array)
+                      and isinstance(a.dtype, numba.types.Float)), "")
+        # a helper of scalars or integer arrays only (compiled inside a kernel's
+        # compile, e.g. the finiteness scan's bit test) says nothing
         if not dtype or (path, dtype) in _noticed:
             return
         _noticed.add((path, dtype))
