@@ -29,7 +29,7 @@ store of the accumulator carries twelve).
   KB filters x DW_TAPS of these products (4 x 6 on AVX-512) over the grids of
   all images; the lanes are summed once, at the end. Each task owns blocks of
   filters x blocks of (channel, tap) columns and adds images in order. Where a
-  group has DW_LANE_VECTORS vectors of filters or more and x is finite, the
+  group has DW_LANE_VECTORS vectors of filters (and 64) or more and x is finite, the
   filters are the lanes instead (``_conv_dw_lanes``): dout laid pixel-major,
   one broadcast x value per column and step, no lane sums.
 - db: summed while dout is copied into its bordered planes.
@@ -126,8 +126,9 @@ TILE_ROWS = 8 if _REGISTERS >= 32 else KB
 # vectors and one x vector of a step (6 on AVX-512, 2 on AVX2).
 DW_TAPS = TILE_REGISTERS // KB
 # dW with the filters in the vector lanes (``_dw_lanes_tile``), where a group has
-# at least DW_LANE_VECTORS vectors of filters: a tile of DW_ROWS columns by
-# DW_LANE_VECTORS vectors of filters (6 x 4 zmm on AVX-512, 2 x 4 ymm on AVX2),
+# DW_LANE_VECTORS vectors of filters, and 64 filters, or more (``_lanes_fit``): a
+# tile of DW_ROWS columns by DW_LANE_VECTORS vectors of filters (6 x 4 zmm on
+# AVX-512, 2 x 4 ymm on AVX2),
 # over runs of DW_RUN cells of one image: its dout run (64 KiB in float32 on
 # AVX-512) stays in L2 for all of a task's columns. Measured, paired (1 thread):
 # runs of 1024 cells took 1.0-1.36x the time of 256 on dW of the 3x3 and 7x1
@@ -1636,9 +1637,14 @@ def _weight_grad(xq, dp, base, w_shape, spec, Hq, Wq):
 
 
 def _lanes_fit(FNg, dtype):
-    """True when a group's FNg filters fill DW_LANE_VECTORS vectors of lanes:
-    dW then runs with the filters in the lanes (``_conv_dw_lanes``)."""
-    return FNg >= DW_LANE_VECTORS * _VECTOR_BYTES // np.dtype(dtype).itemsize
+    """True when a group's FNg filters fill DW_LANE_VECTORS vectors of lanes, and are
+    64 or more: dW then runs with the filters in the lanes (``_conv_dw_lanes``).
+
+    The 64: compiled for an AVX2 target (one block of 4 ymm is 32 float32
+    filters), dW of cifar_3to32's 32 filters took 1.08-1.14x the time of
+    ``_dw_tile`` (paired, 1 thread), of 64 to 128 filters 0.78-1.0x.
+    """
+    return FNg >= max(64, DW_LANE_VECTORS * _VECTOR_BYTES // np.dtype(dtype).itemsize)
 
 
 def _weight_grad_lanes(xq, dout, w_shape, spec, Hq, Wq):
