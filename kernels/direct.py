@@ -128,11 +128,10 @@ DW_TAPS = TILE_REGISTERS // KB
 # dW with the filters in the vector lanes (``_dw_lanes_tile``), where a group has
 # DW_LANE_VECTORS vectors of filters, and 64 filters, or more (``_lanes_fit``): a
 # tile of DW_ROWS columns by DW_LANE_VECTORS vectors of filters (6 x 4 zmm on
-# AVX-512, 2 x 4 ymm on AVX2),
-# over runs of DW_RUN cells of one image: its dout run (64 KiB in float32 on
-# AVX-512) stays in L2 for all of a task's columns. Measured, paired (1 thread):
-# runs of 1024 cells took 1.0-1.36x the time of 256 on dW of the 3x3 and 7x1
-# layers of the benchmark suite; 512 1.0-1.1x.
+# AVX-512, 2 x 4 ymm on AVX2), over runs of DW_RUN cells of one image: its dout
+# run (64 KiB in float32 on AVX-512) stays in L2 for all of a task's columns.
+# Measured, paired (1 thread): runs of 1024 cells took 1.0-1.36x the time of 256
+# on dW of the 3x3 and 7x1 layers of the benchmark suite; 512 1.0-1.1x.
 DW_LANE_VECTORS = 4
 DW_ROWS = TILE_REGISTERS // DW_LANE_VECTORS
 DW_RUN = 256
@@ -1384,7 +1383,7 @@ def _conv_dw(xq, dp, cols, Cg, FN, FH, FW, OH, OW, Wq, base, groups, fpt, bpt):
 
 
 # Why faster than ``_dw_tile`` where a group has DW_LANE_VECTORS vectors of
-# filters or more: each step loads one vector of dout per vector of filters
+# filters (and 64) or more: each step loads one vector of dout per vector of filters
 # (contiguous: dout is laid pixel-major) and one x value per column, broadcast,
 # for DW_ROWS * DW_LANE_VECTORS multiply-adds; the lanes are filters, so no lane
 # sums at the end and no vector tails, and the run is the grid as it is, not
@@ -1636,15 +1635,22 @@ def _weight_grad(xq, dp, base, w_shape, spec, Hq, Wq):
     return _conv_dw(xq, dp, cols, Cg, FN, FH, FW, *spec.out_hw, Wq, base, G, fpt, bpt)
 
 
+def _lanes_per_block(dtype):
+    """Filters in one block of ``_conv_dw_lanes``: DW_LANE_VECTORS vectors of lanes."""
+    return DW_LANE_VECTORS * _VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
 def _lanes_fit(FNg, dtype):
-    """True when a group's FNg filters fill DW_LANE_VECTORS vectors of lanes, and are
-    64 or more: dW then runs with the filters in the lanes (``_conv_dw_lanes``).
+    """True when a group's FNg filters fill a block of lanes (``_lanes_per_block``),
+    and are 64 or more: dW then runs with the filters in the lanes
+    (``_conv_dw_lanes``).
 
     The 64: compiled for an AVX2 target (one block of 4 ymm is 32 float32
-    filters), dW of cifar_3to32's 32 filters took 1.08-1.14x the time of
-    ``_dw_tile`` (paired, 1 thread), of 64 to 128 filters 0.78-1.0x.
+    filters), the backward of cifar_3to32's 32 filters took 1.08-1.14x the time
+    it takes with ``_dw_tile`` (paired, 1 thread); without dx, that of 64 to 128
+    filters took 0.78-0.99x.
     """
-    return FNg >= max(64, DW_LANE_VECTORS * _VECTOR_BYTES // np.dtype(dtype).itemsize)
+    return FNg >= max(64, _lanes_per_block(dtype))
 
 
 def _weight_grad_lanes(xq, dout, w_shape, spec, Hq, Wq):
@@ -1654,7 +1660,7 @@ def _weight_grad_lanes(xq, dout, w_shape, spec, Hq, Wq):
     FN, Cg, FH, FW = w_shape
     (sh, sw), (dh, dw), G = spec.stride, spec.dilation, spec.groups
     N, OH = dout.shape[0], dout.shape[2]
-    F = DW_LANE_VECTORS * _VECTOR_BYTES // dout.itemsize
+    F = _lanes_per_block(dout.dtype)
     nfb = -(-(FN // G) // F)
     dT = _workspace.get(G * nfb * N * OH * Wq * F, dout.dtype, slot=2)
     dT = dT.reshape(G, nfb, N, OH * Wq, F)

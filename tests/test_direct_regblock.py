@@ -65,13 +65,18 @@ def _problem(case, dtype, seed=0):
     return x, W, b, spec
 
 
-def _naive(x, W, b, spec):
-    """The naive forward in float64 on the same values, cast back to x's dtype."""
+def _naive_forward(x, W, b, spec):
+    """(out, cache) of the naive forward in float64 on the same values."""
     x64, W64, b64 = (np.asarray(a, dtype=np.float64) for a in (x, W, b))
     spec64 = conv_spec(x.shape, W.shape, spec.stride, spec.pad, np.float64,
                        dilation=spec.dilation, groups=spec.groups)
     with np.errstate(invalid="ignore", over="ignore"):
-        return naive.conv_forward(x64, W64, b64, spec64)[0].astype(x.dtype)
+        return naive.conv_forward(x64, W64, b64, spec64)
+
+
+def _naive(x, W, b, spec):
+    """The naive forward in float64 on the same values, cast back to x's dtype."""
+    return _naive_forward(x, W, b, spec)[0].astype(x.dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -194,9 +199,9 @@ def test_dw_tile_compiles_to_vector_multiply_adds(dtype):
     assert len(fma) >= direct.TILE_REGISTERS
 
 
-# dW with the filters in the vector lanes (``_conv_dw_lanes``): groups of at least
-# DW_LANE_VECTORS vectors of filters (64 in float32 on AVX-512, 32 on AVX2 and in
-# float64 on AVX-512), x finite.
+# dW with the filters in the vector lanes (``_conv_dw_lanes``): groups of 64 filters
+# or more (blocks of 64 float32 filters on AVX-512, of 32 on AVX2 and in float64 on
+# AVX-512), x finite.
 LANE_CASES = {
     # 70 filters: a full block and a partial one (float64 on AVX-512: two and one)
     "3x3, FN 70": ((2, 3, 9, 11), (70, 3, 3, 3), 1, 1, 1, 1),
@@ -217,10 +222,8 @@ def _lane_problem(case, dtype):
 
 def _naive_backward(x, W, b, spec, dout):
     """(dx, dW, db) of the naive path in float64, cast back to x's dtype."""
-    spec64 = conv_spec(x.shape, W.shape, spec.stride, spec.pad, np.float64,
-                       dilation=spec.dilation, groups=spec.groups)
+    cache = _naive_forward(x, W, b, spec)[1]
     with np.errstate(invalid="ignore", over="ignore"):
-        cache = naive.conv_forward(*(a.astype(np.float64) for a in (x, W, b)), spec64)[1]
         return [g.astype(x.dtype) for g in naive.conv_backward(dout.astype(np.float64), cache)]
 
 
