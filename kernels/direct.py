@@ -80,7 +80,9 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from llvmlite import ir as llvm_ir
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import (jit, one_launch_at_a_time, prefer_wide_vectors, stack_array,
@@ -397,6 +399,73 @@ def _register_tile(typingctx, like):
         return stack_array(context, builder, like.dtype, cells)
 
     return types.Array(like.dtype, 1, "C")(like), codegen
+
+
+def _vector_at(context, builder, array_type, array, start, vector):
+    """Pointer to the run of ``vector.count`` cells of a 1-D array from ``start``, as a
+    vector; under ``NUMBA_BOUNDSCHECK`` its first and last cell are checked like an
+    index."""
+    array = context.make_array(array_type)(context, builder, array)
+    if context.enable_boundscheck:
+        size = builder.extract_value(array.shape, 0)
+        for cell in (start, builder.add(start, start.type(vector.count - 1))):
+            cgutils.do_boundscheck(context, builder, cell, size)
+    return builder.bitcast(builder.gep(array.data, [start]), vector.as_pointer())
+
+
+def _madd_code(context, builder, acc_type, acc, i, factor, b_type, b, k):
+    """acc[i:i+L] += factor * b[k:k+L] in vector registers; factor: a vector, or a
+    scalar to broadcast (a function of the vector type)."""
+    itemsize = acc_type.dtype.bitwidth // 8
+    vector = llvm_ir.VectorType(context.get_value_type(acc_type.dtype),
+                                vector_registers()[1] // itemsize)
+    acc_p = _vector_at(context, builder, acc_type, acc, i, vector)
+    b_v = builder.load(_vector_at(context, builder, b_type, b, k, vector), align=itemsize)
+    flags = ("nsz", "contract")      # those of in_order (``jit``): fused, as LLVM fuses scalars
+    product = builder.fmul(factor(vector, itemsize), b_v, flags=flags)
+    total = builder.fadd(builder.load(acc_p, align=itemsize), product, flags=flags)
+    builder.store(total, acc_p, align=itemsize)
+    return context.get_dummy_value()
+
+
+# The register tiles of dW write their multiply-adds as vector operations: as
+# scalar loops over a vector's lanes, LLVM vectorised them for AVX-512 targets
+# but, depending on the loop order and on the function they were inlined into,
+# left them scalar for AVX2 ones, where dW then took 3.5 to 7 times as long.
+@intrinsic
+def _madd_vector(typingctx, acc, i, a, j, b, k):
+    """acc[i:i+L] += a[j:j+L] * b[k:k+L] on 1-D arrays of one dtype, L the lanes of one of
+    the target's vector registers (``vector_registers``): one vector load of each
+    run, a multiply-add and a vector store."""
+    if not all(isinstance(t, types.Array) and t.dtype == acc.dtype for t in (a, b)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        def factor(vector, itemsize):
+            return builder.load(_vector_at(context, builder, a, args[2], args[3], vector),
+                                align=itemsize)
+        return _madd_code(context, builder, acc, args[0], args[1], factor, b, args[4], args[5])
+
+    return types.void(acc, i, a, j, b, k), codegen
+
+
+@intrinsic
+def _madd_broadcast(typingctx, acc, i, x, b, k):
+    """acc[i:i+L] += x * b[k:k+L], x a scalar of the arrays' dtype: ``_madd_vector``
+    with x in every lane."""
+    if x != acc.dtype or not (isinstance(b, types.Array) and b.dtype == acc.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        def factor(vector, itemsize):
+            lanes = builder.insert_element(llvm_ir.Constant(vector, None), args[2],
+                                           llvm_ir.Constant(llvm_ir.IntType(32), 0))
+            return builder.shuffle_vector(lanes, lanes,
+                                          llvm_ir.Constant(llvm_ir.VectorType(
+                                              llvm_ir.IntType(32), vector.count), None))
+        return _madd_code(context, builder, acc, args[0], args[1], factor, b, args[3], args[4])
+
+    return types.void(acc, i, x, b, k), codegen
 
 
 # Why faster than passes over the accumulator (``_accumulate``): the tile of
@@ -1256,9 +1325,7 @@ def _dw_tile(lanes, src, dsrc, cols, drows, n0, n1, xs, ds, m0, L):
     xs cells per image; dsrc: dout planes of all images flat, ds cells per
     image; cols: (DW_TAPS,) uint64 offsets of the columns' taps in an image's
     planes; drows: (KB,) uint64 offsets of the filters' dout planes in an
-    image's. The vector loop is the one over j: it is kept outside the loops
-    over p and r so that LLVM vectorises it (innermost, LLVM unrolls it first
-    and then vectorises the loop over r, with gathers).
+    image's. Each step is KB x DW_TAPS vector multiply-adds (``_madd_vector``).
     """
     tile = _register_tile(lanes)
     VW = np.uint64(tile.size // TILE_REGISTERS)
@@ -1271,11 +1338,10 @@ def _dw_tile(lanes, src, dsrc, cols, drows, n0, n1, xs, ds, m0, L):
         xn = n * np.uint64(xs) + um0
         dn = n * np.uint64(ds) + um0
         for m in range(np.uint64(0), np.uint64(L), VW):
-            for j in range(VW):
-                for p in range(P):
-                    xv = src[xn + cols[p] + m + j]
-                    for r in range(R):
-                        tile[(r * P + p) * VW + j] += dsrc[dn + drows[r] + m + j] * xv
+            for p in range(P):
+                for r in range(R):
+                    _madd_vector(tile, (r * P + p) * VW, dsrc, dn + drows[r] + m,
+                                 src, xn + cols[p] + m)
     for i in range(np.uint64(tile.size)):
         lanes[i] = tile[i]
 
@@ -1404,6 +1470,7 @@ def _dw_lanes_tile(acc, src, dT, cols, xn, dn, m0, L):
     """
     tile = _register_tile(acc)
     F = np.uint64(tile.size // DW_ROWS)
+    VL = F // np.uint64(DW_LANE_VECTORS)               # lanes of one vector
     P = np.uint64(DW_ROWS)
     for i in range(np.uint64(tile.size)):
         tile[i] = acc[i]
@@ -1411,8 +1478,8 @@ def _dw_lanes_tile(acc, src, dT, cols, xn, dn, m0, L):
         d0 = np.uint64(dn) + m * F
         for p in range(P):
             xv = src[np.uint64(xn) + cols[p] + m]
-            for f in range(F):
-                tile[p * F + f] += xv * dT[d0 + f]
+            for v in range(np.uint64(DW_LANE_VECTORS)):
+                _madd_broadcast(tile, p * F + v * VL, xv, dT, d0 + v * VL)
     for i in range(np.uint64(tile.size)):
         acc[i] = tile[i]
 
@@ -1646,9 +1713,11 @@ def _lanes_fit(FNg, dtype):
     (``_conv_dw_lanes``).
 
     The 64: compiled for an AVX2 target (one block of 4 ymm is 32 float32
-    filters), the backward of cifar_3to32's 32 filters took 1.08-1.14x the time
-    it takes with ``_dw_tile`` (paired, 1 thread); without dx, that of 64 to 128
-    filters took 0.78-0.99x.
+    filters), the backward without dx took, paired with ``_dw_tile`` (1 thread,
+    CPU time of the process), 1.63x the time on cifar_3to32's 32 filters, 0.90x
+    on 32 filters of 32 channels on 28x28 maps, 1.23x on 48 filters of 16
+    channels on 24x24 maps; 0.82-0.91x with 64 to 128 filters (the 5x5
+    stride-2, 7x1 and ResNet 128-channel layers of the benchmark suite).
     """
     return FNg >= max(64, _lanes_per_block(dtype))
 

@@ -199,6 +199,35 @@ def test_dw_tile_compiles_to_vector_multiply_adds(dtype):
     assert len(fma) >= direct.TILE_REGISTERS
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dw_lanes_tile_compiles_to_vector_multiply_adds(dtype):
+    # the tile of DW_ROWS columns x DW_LANE_VECTORS vectors of filters: a step is
+    # TILE_REGISTERS fused multiply-adds on full-width registers, each a broadcast
+    # x value times a vector of dout; a fresh compile, integer data, as above
+    features = llvmlite.binding.get_host_cpu_features()
+    if not (features.get("avx2") and features.get("fma")):
+        pytest.skip("the CPU has no AVX2 or FMA")
+    tile = numba.njit(**dict(JIT_OPTIONS, cache=False))(direct._dw_lanes_tile.py_func)
+    cells = direct.TILE_BYTES // np.dtype(dtype).itemsize
+    F = cells // direct.DW_ROWS                          # filters of the tile
+    rng = np.random.default_rng(5)
+    acc = rng.integers(-4, 5, cells).astype(dtype)
+    src = rng.integers(-4, 5, 200).astype(dtype)
+    dT = rng.integers(-4, 5, 12 * F).astype(dtype)
+    cols = rng.integers(0, 100, direct.DW_ROWS).astype(np.uint64)
+    xn, dn, m0, L = 7, F, 3, 5
+    want = acc.astype(np.float64).reshape(direct.DW_ROWS, F)
+    for m in range(m0, m0 + L):
+        for p in range(direct.DW_ROWS):
+            want[p] += src[xn + int(cols[p]) + m] * dT[dn + m * F:dn + (m + 1) * F]
+    tile(acc, src, dT, cols, xn, dn, m0, L)
+    np.testing.assert_array_equal(acc, want.reshape(-1).astype(dtype))
+    vector = "zmm" if vector_registers()[1] == 64 else "ymm"
+    fma = [line for line in tile.inspect_asm(tile.signatures[0]).splitlines()
+           if "vfmadd" in line and vector in line]
+    assert len(fma) >= direct.TILE_REGISTERS
+
+
 # dW with the filters in the vector lanes (``_conv_dw_lanes``): groups of 64 filters
 # or more (blocks of 64 float32 filters on AVX-512, of 32 on AVX2 and in float64 on
 # AVX-512), x finite.
@@ -367,6 +396,11 @@ def fresh_compiles(tmp_path_factory):
     if _wide():
         children["avx2"] = start(_AVX2_TARGET % ([*CASES.values(), *LANE_CASES.values()],),
                                  _avx2_env(tmp_path_factory.mktemp("avx2")))
+        children["avx2 machine code"] = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+             "-k", "compiles_to_vector_multiply_adds"], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(__file__),
+            env=_avx2_env(tmp_path_factory.mktemp("avx2_code")))
     yield children
     for child in children.values():
         child.kill()
@@ -397,3 +431,14 @@ def test_tile_follows_the_target_registers(fresh_compiles):
     code, out, err = _finish(fresh_compiles["avx2"])
     assert code == 0, err[-3000:]
     assert out.split() == ["(16,", "32)", "256", "ok"]
+
+
+def test_machine_code_on_an_avx2_target(fresh_compiles):
+    # the three machine-code tests above, rerun in a process that compiles for
+    # AVX2 alone: LLVM's vectorisers do not treat both targets alike (dW's tiles
+    # once compiled to scalar multiply-adds on AVX2 targets only)
+    if not _wide():
+        pytest.skip("the CPU has no AVX-512: the tests above compiled for AVX2")
+    code, out, err = _finish(fresh_compiles["avx2 machine code"])
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert "5 passed" in out, out[-3000:]
