@@ -7,13 +7,15 @@ chosen so that the product lands in NCHW without a transpose pass:
 - forward, per image: ``col_n: (C*FH*FW + 1, OH*OW)``, rows in (channel,
   filter row, filter column) order, one column per output position, plus a last
   row of ones so that the bias rides along in the product:
-  ``out[n].reshape(FN, OH*OW) = [W | b] @ col_n``. When the output maps are
+  ``out[n].reshape(FN, OH*OW) = [W | b] @ col_n`` (unless the copy [W | b]
+  costs more than a pass over the output: ``_bias_in_product``). When the output maps are
   small (few output positions per image, e.g. ResNet's last stage) a product
   per image is too narrow for BLAS to run fast, so the images of a chunk are
   laid side by side instead, ``col: (C*FH*FW + 1, n_imgs*OH*OW)``, one product
   for the chunk, and the (small) result is copied back to NCHW.
 - backward, per chunk: the same side-by-side layout;
-  ``[dW | db] += dout_T @ col.T`` (the row of ones yields ``db``), then
+  ``[dW | db] += dout_T @ col.T`` (the row of ones yields ``db``, or ``db`` is
+  summed from dout where the bias is added apart), then
   ``dcol = W_T @ dout_T`` is folded back into ``dx`` by col2im: each
   (image, channel) plane belongs to one parallel task, which sums the
   unrolled entries that came from it, so no two parallel iterations ever add
@@ -403,6 +405,16 @@ def _chunks(n_images, n_rows, OH, OW, itemsize):
             yield n, 1, p0, min(P, p0 + band)
 
 
+def _bias_in_product(groups, K, N, P):
+    """True when the bias rides in the products: a row of ones under the unrolled
+    matrix, [W | b] in the forward product (a copy of W: FN x K cells) and
+    [dW | db] out of dW's (a copy back, as many). Otherwise the bias costs a pass
+    over the output (FN x N*P cells) and db one over dout: cheaper when K > N*P,
+    the deep layers on small maps (ResNet's 7x7 stage at batch 8: 4608 against
+    392), or with groups, whose products are one per group."""
+    return groups == 1 and K <= N * P
+
+
 @one_launch_at_a_time
 def conv_forward(x, W, b, spec):
     """x: (N, C, H, W), W: (FN, C // groups, FH, FW), b: (FN,) -> out: (N, FN, OH, OW), cache."""
@@ -428,14 +440,16 @@ def conv_forward(x, W, b, spec):
         _add_bias(out3, b)
         return out, cache
 
-    if G == 1:
+    fold = _bias_in_product(G, K, N, P)
+    if fold:
         # [W | b]: the bias is the product with the unrolled matrix's row of ones
         A = np.empty((FN, K + 1), dtype=x.dtype)
         A[:, :K] = W.reshape(FN, K)
         A[:, K] = b
     else:
-        # one product per group leaves the row of ones out: the bias is added after
+        # the products leave the row of ones out: the bias is added after
         A = W.reshape(FN, Kg)
+    Ka = K + 1 if fold else K           # rows of the unrolled matrix the products read
     for n0, n_imgs, p0, p1 in _chunks(N, K + 1, OH, OW, x.itemsize):
         width = p1 - p0
         col = _workspace.get(n_imgs * (K + 1) * width, x.dtype)
@@ -443,7 +457,7 @@ def conv_forward(x, W, b, spec):
             # (n_imgs, K+1, width): each image's product lands in its NCHW block
             _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, col,
                     (K + 1) * width, width)
-            col3 = col.reshape(n_imgs, K + 1, width)
+            col3 = col.reshape(n_imgs, K + 1, width)[:, :Ka]
             if width == P:
                 _grouped_product(A, col3, out3[n0:n0 + n_imgs], G)
             else:
@@ -452,9 +466,10 @@ def conv_forward(x, W, b, spec):
             # (K+1, n_imgs*P): one wide product, then a small copy back to NCHW
             _unroll(x, n0, n_imgs, 0, P, FH, FW, sh, sw, ph, pw, dh, dw, OW, col, P, n_imgs * P)
             prod = _workspace.get(FN * n_imgs * P, x.dtype, slot=1)
-            _grouped_product(A, col.reshape(K + 1, n_imgs * P), prod.reshape(FN, n_imgs * P), G)
+            _grouped_product(A, col.reshape(K + 1, n_imgs * P)[:Ka], prod.reshape(FN, n_imgs * P),
+                             G)
             _side_by_side_to_images(prod, n0, n_imgs, out3)
-    if G > 1:
+    if not fold:
         _add_bias(out3, b)
     return out, cache
 
@@ -501,9 +516,10 @@ def conv_backward(dout, cache):
             dW += part
         return dx, dW.reshape(W.shape), _sum_maps(dout3)
 
-    # G == 1: [dW | db] = sum over positions of dout times [col ; ones];
-    # G > 1: dW per group from the group's rows of col, db summed apart
-    Kw = K + 1 if G == 1 else Kg
+    # bias in the product: [dW | db] = sum over positions of dout times [col ; ones];
+    # else dW (per group, from the group's rows of col), db summed apart
+    fold = _bias_in_product(G, K, N, P)
+    Kw = K + 1 if fold else Kg
     dWb = np.empty((FN, Kw), dtype=x.dtype)
     for n0, n_imgs, p0, p1 in _chunks(N, K + 1, OH, OW, x.itemsize):
         width = p1 - p0
@@ -533,6 +549,6 @@ def conv_backward(dout, cache):
         for g in range(G):
             np.matmul(W_t[:, _block(g, FNg)], dout_t[_block(g, FNg)], out=dcol2[_block(g, Kg)])
         _col2im(dcol, width, cols, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, dx)
-    if G > 1:
+    if not fold:
         return dx, dWb.reshape(W.shape), _sum_maps(dout3)
     return dx, np.ascontiguousarray(dWb[:, :K]).reshape(W.shape), dWb[:, K].copy()

@@ -79,6 +79,27 @@ def test_chunked_matches_naive_and_one_chunk(dtype, chunking, budget, layout):
         assert_close(c, w, f"{name}, {chunking} vs one chunk")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows_per_chunk", [None, 9, 3])
+def test_bias_outside_the_products_on_deep_small_maps(dtype, rows_per_chunk, budget, layout,
+                                                     monkeypatch):
+    # K = 16*3*3 = 144 unrolled rows against N*P = 2*9 positions: the bias is added
+    # after the products and db summed from dout; the same layer with the bias
+    # forced into the products agrees too. Chunks: whole, one image, one output row.
+    case = _conv_case(dtype, N=2, C=16, H=3, W=3, FN=5, FH=3, FW=3, stride=(1, 1), pad=(1, 1))
+    assert not im2col._bias_in_product(1, 144, 2, 9)
+    assert im2col._bias_in_product(1, 144, 16, 9)
+    if rows_per_chunk is not None:
+        budget(145 * rows_per_chunk * np.dtype(dtype).itemsize)
+    expected = _conv_all(naive, *case)
+    apart = _conv_all(im2col, *case)
+    monkeypatch.setattr(im2col, "_bias_in_product", lambda *args: True)
+    folded = _conv_all(im2col, *case)
+    for name, a, f, e in zip(("out", "dx", "dW", "db"), apart, folded, expected):
+        assert_close(a, e, f"{name}, bias apart")
+        assert_close(f, e, f"{name}, bias in the products")
+
+
 def test_chunk_plan_covers_every_image_and_position_once(budget):
     # N=5 images of 7x4 output positions; the unrolled matrix has 10 rows
     sizes = {"whole": 10**9, "two_images": 2 * 10 * 28 * 4, "three_rows": 3 * 10 * 4 * 4,
