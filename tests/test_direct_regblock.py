@@ -137,16 +137,29 @@ def test_nan_and_inf_land_where_naive_puts_them(case, dtype):
         assert_same_cells(got, _naive(xs, Ws, b, spec), f"{case}, non-finite {name}")
 
 
+def _fresh(kernel):
+    """``kernel`` compiled afresh (Numba cannot show the machine code it loaded from
+    its cache); the test is skipped where the CPU has no AVX2 or FMA."""
+    features = llvmlite.binding.get_host_cpu_features()
+    if not (features.get("avx2") and features.get("fma")):
+        pytest.skip("the CPU has no AVX2 or FMA")
+    return numba.njit(**dict(JIT_OPTIONS, cache=False))(kernel.py_func)
+
+
+def _vector_fmas(compiled):
+    """The fused multiply-adds on the target's full-width registers (zmm with AVX-512,
+    ymm with AVX2) in the machine code of ``compiled``'s first signature."""
+    vector = "zmm" if vector_registers()[1] == 64 else "ymm"
+    return [line for line in compiled.inspect_asm(compiled.signatures[0]).splitlines()
+            if "vfmadd" in line and vector in line]
+
+
 def test_strip_loop_compiles_to_vector_multiply_adds():
     # the tile's cells stay in vector registers: each tap is fused multiply-adds on
     # ymm registers with AVX2 (8 per tap), on zmm registers with AVX-512 (24 per
     # tap: prefer_wide_vectors lets LLVM use them), for blocks of TILE_ROWS filters
-    # and of half as many alike; a fresh compile: Numba cannot show the machine
-    # code it loaded from its cache; and its sums are right for both block sizes
-    features = llvmlite.binding.get_host_cpu_features()
-    if not (features.get("avx2") and features.get("fma")):
-        pytest.skip("the CPU has no AVX2 or FMA")
-    strips = numba.njit(**dict(JIT_OPTIONS, cache=False))(direct._forward_strips.py_func)
+    # and of half as many alike; and its sums are right for both block sizes
+    strips = _fresh(direct._forward_strips)
     for rows in (direct.TILE_ROWS, direct.TILE_ROWS // 2):
         width = direct._strip_cells(rows, 4)
         acc = np.zeros(rows * 2 * width, np.float32)
@@ -157,12 +170,8 @@ def test_strip_loop_compiles_to_vector_multiply_adds():
         want = [[sum(w[t * rows + r] * src[taps[t] + 1 + m] for t in range(3))
                  for m in range(2 * width)] for r in range(rows)]
         np.testing.assert_array_equal(acc.reshape(rows, -1), np.array(want, np.float32))
-    registers, nbytes = vector_registers()
-    vector = "zmm" if nbytes == 64 else "ymm"
-    fma = [line for line in strips.inspect_asm(strips.signatures[0]).splitlines()
-           if "vfmadd" in line and vector in line]
     # one tap's worth (the tile's registers) for each block size
-    assert len(fma) >= 2 * direct.TILE_BYTES // nbytes
+    assert len(_vector_fmas(strips)) >= 2 * direct.TILE_BYTES // vector_registers()[1]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -170,10 +179,7 @@ def test_dw_tile_compiles_to_vector_multiply_adds(dtype):
     # dW's tile of KB filters x DW_TAPS columns stays in vector registers: a step
     # is TILE_REGISTERS fused multiply-adds on full-width registers; a fresh
     # compile, as above. Integer data: every sum is exact, in any order.
-    features = llvmlite.binding.get_host_cpu_features()
-    if not (features.get("avx2") and features.get("fma")):
-        pytest.skip("the CPU has no AVX2 or FMA")
-    tile = numba.njit(**dict(JIT_OPTIONS, cache=False))(direct._dw_tile.py_func)
+    tile = _fresh(direct._dw_tile)
     cells = direct.TILE_BYTES // np.dtype(dtype).itemsize
     vw = cells // direct.TILE_REGISTERS
     rng = np.random.default_rng(3)
@@ -192,11 +198,7 @@ def test_dw_tile_compiles_to_vector_multiply_adds(dtype):
                     want[r, p] += dsrc[d0:d0 + vw] * src[x0:x0 + vw]
     tile(lanes, src, dsrc, cols, drows, 1, 3, xs, ds, vw, 2 * vw)
     np.testing.assert_array_equal(lanes, want.reshape(-1).astype(dtype))
-    nbytes = vector_registers()[1]
-    vector = "zmm" if nbytes == 64 else "ymm"
-    fma = [line for line in tile.inspect_asm(tile.signatures[0]).splitlines()
-           if "vfmadd" in line and vector in line]
-    assert len(fma) >= direct.TILE_REGISTERS
+    assert len(_vector_fmas(tile)) >= direct.TILE_REGISTERS
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -204,10 +206,7 @@ def test_dw_lanes_tile_compiles_to_vector_multiply_adds(dtype):
     # the tile of DW_ROWS columns x DW_LANE_VECTORS vectors of filters: a step is
     # TILE_REGISTERS fused multiply-adds on full-width registers, each a broadcast
     # x value times a vector of dout; a fresh compile, integer data, as above
-    features = llvmlite.binding.get_host_cpu_features()
-    if not (features.get("avx2") and features.get("fma")):
-        pytest.skip("the CPU has no AVX2 or FMA")
-    tile = numba.njit(**dict(JIT_OPTIONS, cache=False))(direct._dw_lanes_tile.py_func)
+    tile = _fresh(direct._dw_lanes_tile)
     cells = direct.TILE_BYTES // np.dtype(dtype).itemsize
     F = cells // direct.DW_ROWS                          # filters of the tile
     rng = np.random.default_rng(5)
@@ -222,10 +221,7 @@ def test_dw_lanes_tile_compiles_to_vector_multiply_adds(dtype):
             want[p] += src[xn + int(cols[p]) + m] * dT[dn + m * F:dn + (m + 1) * F]
     tile(acc, src, dT, cols, xn, dn, m0, L)
     np.testing.assert_array_equal(acc, want.reshape(-1).astype(dtype))
-    vector = "zmm" if vector_registers()[1] == 64 else "ymm"
-    fma = [line for line in tile.inspect_asm(tile.signatures[0]).splitlines()
-           if "vfmadd" in line and vector in line]
-    assert len(fma) >= direct.TILE_REGISTERS
+    assert len(_vector_fmas(tile)) >= direct.TILE_REGISTERS
 
 
 # dW with the filters in the vector lanes (``_conv_dw_lanes``): groups of 64 filters
