@@ -313,16 +313,19 @@ def test_threads_calling_at_once_get_correct_results():
 # copy a band's rows into a local zero-bordered plane, whose first row, width
 # and strided runs depend on the band's first and last output rows.
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("stride", [(2, 3), (1, 1)])
 @pytest.mark.parametrize("piece", ["one_image", "two_rows", "one_row", "three_positions",
                                    "one_position"])
-def test_bands_of_a_dilated_strided_convolution_match_naive(dtype, piece, budget):
+def test_bands_of_a_dilated_convolution_match_naive(dtype, piece, stride, budget):
+    # stride 1 unrolls a tap's row as one run of a plane shifted by its filter
+    # column (``_shifted_planes``); bands may start and end inside output rows
     from fastconv.spec import conv_spec
 
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 2, 11, 13)).astype(dtype)
     Wt = rng.standard_normal((3, 2, 3, 2)).astype(dtype)
     b = rng.standard_normal(3).astype(dtype)
-    spec = conv_spec(x.shape, Wt.shape, (2, 3), (2, 1), dtype, dilation=(2, 3))
+    spec = conv_spec(x.shape, Wt.shape, stride, (2, 1), dtype, dilation=(2, 3))
     OH, OW = spec.out_hw
     assert OH > 2 and OW > 2, spec.out_hw
     rows = 2 * 3 * 2 + 1
