@@ -156,7 +156,12 @@ def _band_plane(p0, p1, OW, W, FH, FW, sh, sw, pw, dh, dw):
 @jit
 def _shifted_planes(src, xs, FW, dw, ph, pw, r_lo, rows, OW):
     """xs[(fx*rows + r)*OW + j] = the padded input at row r_lo + r, column j + fx*dw, for
-    fx < FW, r < rows, j < OW: zeros in the padding. src: (H, W), one plane of x."""
+    fx < FW, r < rows, j < OW: zeros in the padding. src: (H, W), one plane of x.
+
+    With FW = 1 and OW the padded width this is the bordered plane of ``_unroll``;
+    with stride 1 the unroll takes one plane per filter column, OW the output's.
+    Element loops, not slice assignments: those would compile Numba's
+    shape-mismatch message (string formatting), seconds on first use."""
     H, W = src.shape
     for fx in range(FW):
         off = fx * dw - pw                 # the input column of j = 0
@@ -209,7 +214,7 @@ def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, col, s_im
     tasks of one channel's images are neighbours, so they fill neighbouring
     stretches of the same rows.
     """
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    C, W = x.shape[1], x.shape[3]
     K = C * FH * FW
     width = p1 - p0
     i_first, i_last, r_lo, r_hi, Wp = _band_plane(p0, p1, OW, W, FH, FW, sh, sw, pw, dh, dw)
@@ -238,24 +243,9 @@ def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, col, s_im
                     for m in range(np.uint64(width)):
                         dst[m] = xs[s0 + m]
             continue
+        # the bordered plane: one plane, unshifted, Wp cells wide
         xp = np.empty((r_hi - r_lo) * Wp, dtype=x.dtype)
-        for r in range(r_hi - r_lo):
-            prow = xp[r * Wp:(r + 1) * Wp]
-            y = r_lo + r - ph
-            if y < 0 or y >= H:
-                for v in range(Wp):
-                    prow[v] = 0
-                continue
-            for v in range(pw):
-                prow[v] = 0
-            inner = prow[pw:pw + W]
-            xrow = src[y]
-            # an element loop, not a slice assignment: that would compile Numba's
-            # shape-mismatch message (string formatting), seconds on first use
-            for v in range(W):
-                inner[v] = xrow[v]
-            for v in range(pw + W, Wp):
-                prow[v] = 0
+        _shifted_planes(src, xp, 1, 0, ph, pw, r_lo, r_hi - r_lo, Wp)
         for fy in range(FH):
             for fx in range(FW):
                 k = (c * FH + fy) * FW + fx
