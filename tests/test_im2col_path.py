@@ -339,3 +339,24 @@ def test_bands_of_a_dilated_convolution_match_naive(dtype, piece, stride, budget
     want = (want_out, *naive.conv_backward(dout, ncache))
     for name, g, w in zip(("out", "dx", "dW", "db"), got, want):
         assert_close(g, w, f"{name}, {piece}")
+
+
+# With stride 1, col2im adds a tap's row into planes shifted by filter column while
+# they fit _SHIFTED_PLANES_BYTES, else into the bordered plane of strided layers:
+# both sides of that limit, with padding, dilation and an uneven filter.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [20, 240])
+def test_stride_one_col2im_both_sides_of_the_planes_limit(dtype, width):
+    from fastconv.spec import conv_spec
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 2, 120, width)).astype(dtype)
+    Wt = rng.standard_normal((2, 2, 3, 4)).astype(dtype)
+    spec = conv_spec(x.shape, Wt.shape, 1, (1, 2), dtype, dilation=(1, 2))
+    OH, OW = spec.out_hw
+    planes = 4 * (OH + 2) * OW * np.dtype(dtype).itemsize    # FW * rows * OW: one band, 2 rows of halo
+    assert (planes <= im2col._SHIFTED_PLANES_BYTES) == (width == 20), planes
+    dout = rng.standard_normal(spec.out_shape).astype(dtype)
+    _, cache = im2col.conv_forward(x, Wt, np.zeros(2, dtype), spec)
+    _, ncache = naive.conv_forward(x, Wt, np.zeros(2, dtype), spec)
+    assert_close(im2col.conv_backward(dout, cache)[0], naive.conv_backward(dout, ncache)[0], "dx")
