@@ -270,9 +270,21 @@ class ParallelKernel:
 # of an installed 'tbb' package, so that Numba's own default order (tbb,
 # then omp, then workqueue) finds it; (2) sets OMP_WAIT_POLICY=PASSIVE, only
 # if the program has not set it, so that where OpenMP is the layer its
-# threads sleep after a loop. A layer the program chose
-# (NUMBA_THREADING_LAYER, numba.config) is kept, and nothing changes once
-# Numba's threads run.
+# threads sleep after a loop; (3) where a GNU OpenMP runtime is already in
+# the process, loads Numba's OpenMP layer so that it calls its own runtime
+# (below). A layer the program chose (NUMBA_THREADING_LAYER, numba.config)
+# is kept, and nothing changes once Numba's threads run.
+#
+# (3): torch, for one, brings its own copy of GNU OpenMP and loads it into the
+# global symbol scope at import, where it has read OMP_WAIT_POLICY before
+# fastconv could set it. Numba's OpenMP layer, loaded later, would then
+# resolve its OpenMP calls to that copy, whose threads spin. Measured
+# (2 threads, medians of 9 calls, 4 alternating processes each way): with
+# torch imported before fastconv, im2col forward took 2.8x the time of the
+# other order on an 8x64x56x56 layer (64-72 against 22-27 ms) and 4-6x on
+# LeNet's second layer (8.0 against 1.4-1.9 ms). Loaded with RTLD_DEEPBIND,
+# the layer calls the runtime it was linked against, a copy of its own that
+# reads the environment when it loads: 22-23 and 1.2-1.9 ms again.
 #
 # Measured here (2 cores shared with several busy users, numpy's OpenBLAS;
 # im2col forward of an 8x64x56x56 float32 layer, 64 3x3 filters, pad 1, as
@@ -349,6 +361,29 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _openmp_already_loaded():
+    """True when a GNU OpenMP runtime is mapped into this process (Linux; else False)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return "libgomp" in maps.read()
+    except OSError:
+        return False
+
+
+def _load_openmp_layer_bound_to_its_own_runtime():
+    """Import Numba's OpenMP layer with RTLD_DEEPBIND: its OpenMP calls then bind to the
+    runtime it was linked against, not to a copy another library put in the global scope
+    first. Numba's thread launch later imports the same, already loaded, module."""
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401
+    except ImportError:                 # a Numba built without OpenMP
+        pass
+    finally:
+        sys.setdlopenflags(flags)
+
+
 def arrange_threads():
     """Make Numba's threads sleep when idle, without choosing a layer that aborts programs.
 
@@ -356,9 +391,13 @@ def arrange_threads():
     """
     if _threads_started():
         return
+    layer = os.environ.get("NUMBA_THREADING_LAYER", numba.config.THREADING_LAYER)
     if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
         _load_tbb_runtime()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if (layer in ("default", "omp", "threadsafe", "forksafe") and hasattr(os, "RTLD_DEEPBIND")
+            and "numba.np.ufunc.omppool" not in sys.modules and _openmp_already_loaded()):
+        _load_openmp_layer_bound_to_its_own_runtime()
 
 
 arrange_threads()

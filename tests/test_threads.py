@@ -7,6 +7,8 @@ keep a threading layer the program chose itself. Each case runs in a child
 process, so that an abort fails the test instead of ending the test run.
 """
 import importlib.metadata
+import os
+import shutil
 import subprocess
 import textwrap
 
@@ -155,3 +157,52 @@ def test_openblas_threads_sleep_soon_after_a_product(program_value):
     if done.stdout.split() == ["no-openblas"]:
         pytest.skip("numpy's BLAS is not OpenBLAS")
     assert done.stdout.split() == [program_value or "18", "fastconv"]
+
+
+def _numbas_openmp_runtime():
+    """The file of the GNU OpenMP runtime that Numba's OpenMP layer loads, or None."""
+    done = _run("""
+        from numba.np.ufunc import omppool
+        print(*{line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line})
+    """)
+    files = done.stdout.split() if done.returncode == 0 else []
+    return files[0] if len(files) == 1 else None
+
+
+@pytest.mark.skipif(not hasattr(os, "RTLD_DEEPBIND") or not os.path.exists("/proc/self/maps"),
+                    reason="the loader's symbol scopes, as on Linux")
+def test_numbas_openmp_calls_its_own_runtime_after_another_library_loaded_one(tmp_path):
+    # torch, for one, loads a copy of GNU OpenMP into the global symbol scope at
+    # import, which has read OMP_WAIT_POLICY before fastconv set it. Numba's OpenMP
+    # calls must go to the runtime its layer links against, not to that copy, whose
+    # threads spin (im2col forward 2.8x the time; see fastconv.kernels._jit).
+    runtime = _numbas_openmp_runtime()
+    if runtime is None:
+        pytest.skip("Numba's OpenMP layer does not load GNU OpenMP here")
+    foreign = tmp_path / "libgomp-of-another-library.so.1"
+    shutil.copy(runtime, foreign)
+    log = tmp_path / "bindings"
+    done = _run(f"""
+        import ctypes
+        import os
+        ctypes.CDLL({str(foreign)!r}, mode=os.RTLD_GLOBAL | os.RTLD_NOW)   # the other library
+        import numpy as np
+        import numba
+        import fastconv
+        fastconv.conv2d(np.ones((1, 1, 5, 5)), np.ones((2, 1, 3, 3)), backend="direct")
+        print(numba.threading_layer())
+    """, env={"LD_DEBUG": "bindings", "LD_DEBUG_OUTPUT": str(log)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    if done.stdout.split() != ["omp"]:
+        pytest.skip(f"Numba runs the {done.stdout.strip()} layer here, not OpenMP")
+    # "binding file <from> [0] to <to> [0]: normal symbol `GOMP_parallel' [GOMP_4.0]"
+    targets = {}
+    for path in tmp_path.glob("bindings.*"):
+        for line in path.read_text(errors="replace").splitlines():
+            if "binding file" not in line or "omppool" not in line.split(" to ")[0]:
+                continue
+            symbol = line.split("`")[1].split("'")[0] if "`" in line else ""
+            if symbol.startswith(("GOMP_", "omp_")):
+                targets[symbol] = line.split(" to ")[1].split(" [")[0]
+    assert targets, "the loader reported no OpenMP binding of Numba's layer"
+    assert all(os.path.realpath(t) == os.path.realpath(runtime) for t in targets.values()), targets
