@@ -155,6 +155,15 @@ def _band_plane(p0, p1, OW, W, FH, FW, sh, sw, pw, dh, dw):
 
 
 @jit
+def _plane_columns(fx, dw, pw, W, OW):
+    """Columns of the plane shifted by filter column fx -> (off, j_lo, j_hi): cell j
+    holds input column j + off; only j_lo <= j < j_hi fall inside the W input columns."""
+    off = fx * dw - pw
+    j_lo = min(OW, max(0, -off))
+    return off, j_lo, max(j_lo, min(OW, W - off))
+
+
+@jit
 def _shifted_planes(src, xs, FW, dw, ph, pw, r_lo, rows, OW):
     """xs[(fx*rows + r)*OW + j] = the padded input at row r_lo + r, column j + fx*dw, for
     fx < FW, r < rows, j < OW: zeros in the padding. src: (H, W), one plane of x.
@@ -165,9 +174,7 @@ def _shifted_planes(src, xs, FW, dw, ph, pw, r_lo, rows, OW):
     shape-mismatch message (string formatting), seconds on first use."""
     H, W = src.shape
     for fx in range(FW):
-        off = fx * dw - pw                 # the input column of j = 0
-        j_lo = min(OW, max(0, -off))
-        j_hi = max(j_lo, min(OW, W - off))
+        off, j_lo, j_hi = _plane_columns(fx, dw, pw, W, OW)
         for r in range(rows):
             row = xs[(fx * rows + r) * OW:(fx * rows + r + 1) * OW]
             y = r_lo + r - ph
@@ -192,9 +199,7 @@ def _fold_shifted_planes(xs, plane, FW, dw, ph, pw, r_lo, rows, OW):
     in the naive path). xs: flat (FW, rows, OW), plane: (H, W), one plane of dx."""
     H, W = plane.shape
     for fx in range(FW):
-        off = fx * dw - pw                 # the input column of j = 0
-        j_lo = min(OW, max(0, -off))
-        j_hi = max(j_lo, min(OW, W - off))
+        off, j_lo, j_hi = _plane_columns(fx, dw, pw, W, OW)
         for r in range(rows):
             y = r_lo + r - ph
             if y < 0 or y >= H:
