@@ -155,11 +155,19 @@ class Explanation:
             lines.append(fmt(self._TIMING_HEAD))
             lines += [fmt(r) for r in self._timing_rows()]
         if self.auto is not None:
-            lines.append(f"  auto picks     {self.auto.path} ({self.auto.source}): {self.auto.reason}")
+            lines.append(f"  auto picks     {self.auto.path} ({self.auto.source}): {self.auto.reason}"
+                         f"{self._forward_only_note()}")
         return "\n".join(lines)
 
     def __repr__(self):
         return f"<Explanation {self._title()}>"
+
+    def _forward_only_note(self):
+        """Where a forward-only call (conv2d, no_grad) runs, when not on auto's pick."""
+        if self.auto.key.get("op") != "conv":
+            return ""
+        path = tuner.forward_pick(self.auto)
+        return "" if path == self.auto.path else f"; a forward-only call (conv2d, no_grad) runs {path}"
 
     def _repr_html_(self):
         e = html.escape
@@ -174,7 +182,7 @@ class Explanation:
                          f"cache load; then best runs)</p><table><tr>{head}</tr>{body}</table>")
         if self.auto is not None:
             parts.append(f"<p>auto picks <b>{e(self.auto.path)}</b> ({e(self.auto.source)}): "
-                         f"{e(self.auto.reason)}</p>")
+                         f"{e(self.auto.reason)}{e(self._forward_only_note())}</p>")
         parts.append("</div>")
         return "".join(parts)
 

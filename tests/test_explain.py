@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv import tuner
 
 at = importlib.import_module("fastconv.tuner")
 ex = importlib.import_module("fastconv.explain")
@@ -199,3 +200,16 @@ def test_command_line(capsys):
     text = capsys.readouterr().out
     assert "x=(2, 1, 8, 8) W=(4, 1, 3, 3)" in text and "out (2, 4, 6, 6)" in text
     assert "naive" in text and "auto picks" in text
+
+
+def test_explain_says_where_a_forward_only_call_runs_when_it_differs(monkeypatch):
+    times = {"im2col": {"forward": 30.0, "backward": 10.0},
+             "direct": {"forward": 10.0, "backward": 90.0}}
+    for forward_direct, says in ((10.0, True), (29.0, False)):
+        times["direct"]["forward"] = forward_direct
+        monkeypatch.setattr(tuner, "decide_spec", lambda spec, measure=True, **kw: tuner.Decision(
+            "im2col", "chosen by this test", "cache", tuner.spec_key(spec), times_ms=times))
+        result = fastconv.explain((2, 3, 8, 8), (4, 3, 3, 3), stride=1, pad=1)
+        note = "a forward-only call (conv2d, no_grad) runs direct"
+        assert (note in str(result)) == says
+        assert (note in result._repr_html_()) == says

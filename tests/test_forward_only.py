@@ -97,23 +97,60 @@ def test_forward_only_copies_neither_x_nor_W(path):
     assert kept - only >= x.nbytes + W.nbytes, (kept, only)
 
 
-def test_auto_runs_a_forward_only_call_on_the_training_calls_decision(monkeypatch):
+# (training pick, forward times in ms) -> what a forward-only call runs: the fastest
+# forward when it beats the training pick's forward by MARGIN (10%) or more, else the
+# training pick; a decision with no timings (the static rule's) as it is.
+FORWARD_PICKS = [
+    ("im2col", {"im2col": 30.0, "direct": 15.0, "winograd": 40.0}, "direct"),
+    ("im2col", {"im2col": 30.0, "direct": 28.0, "winograd": 40.0}, "im2col"),
+    ("direct", {"im2col": 30.0, "direct": 15.0, "winograd": 40.0}, "direct"),
+    ("winograd", {"im2col": 20.0, "direct": 10.0, "winograd": 40.0}, "direct"),
+    ("naive", {}, "naive"),
+]
+
+
+@pytest.mark.parametrize("training, forward_ms, expected", FORWARD_PICKS)
+def test_auto_runs_a_forward_only_call_on_the_training_calls_timings(monkeypatch, training,
+                                                                     forward_ms, expected):
     x, W, b, kw = conv_branch("3x3", np.float32, seed=4)
     spec = lowered_spec(x, W, kw)
     asked = []
 
     def decide(spec_asked):
         asked.append(spec_asked)
-        return tuner.Decision("naive", "chosen by this test", "static", tuner.spec_key(spec_asked))
+        times = {p: {"forward": ms, "backward": 100.0} for p, ms in forward_ms.items()}
+        return tuner.Decision(training, "chosen by this test", "measured" if times else "static",
+                              tuner.spec_key(spec_asked), times_ms=times)
 
     monkeypatch.setattr(tuner, "decide_spec", decide)
     monkeypatch.setattr(tuner, "_by_spec", {})
-    assert tuner.choose(as_forward_only(spec)) == "naive"
-    assert tuner.choose(spec) == "naive"
-    # one decision for both: the forward-only call asked for the training call's
-    assert asked == [spec]
+    assert tuner.choose(as_forward_only(spec)) == expected
+    assert tuner.choose(spec) == training
+    # one measurement for both, the training call's, and each answer kept in memory
+    assert asked == [spec, spec]
+    assert tuner.choose(as_forward_only(spec)) == expected
+    assert tuner.choose(spec) == training
+    assert len(asked) == 2
     assert tuner.spec_key(as_forward_only(spec)) == tuner.spec_key(spec)
     assert as_forward_only(as_forward_only(spec), False) == spec
+
+
+def test_conv2d_on_auto_runs_the_forward_pick(monkeypatch):
+    x, W, b, kw = conv_branch("3x3", np.float32, seed=4)
+    times = {"im2col": {"forward": 30.0, "backward": 10.0},
+             "direct": {"forward": 10.0, "backward": 90.0}}
+    monkeypatch.setattr(tuner, "decide_spec", lambda s: tuner.Decision(
+        "im2col", "chosen by this test", "measured", tuner.spec_key(s), times_ms=times))
+    monkeypatch.setattr(tuner, "_by_spec", {})
+    ran = []
+    for name in ("im2col", "direct"):
+        module = backends.get_path(name)
+        monkeypatch.setattr(module, "conv_forward",
+                            lambda *a, _f=module.conv_forward, _n=name: ran.append(_n) or _f(*a))
+    out = fastconv.conv2d(x, W, b, **kw)
+    F.conv_forward(x, W, b, backend="auto", **kw)
+    assert ran == ["direct", "im2col"]
+    assert_close(out, fastconv.conv2d(x, W, b, backend="naive", **kw), "out")
 
 
 # ------------------------------------------------------------------ no_grad
