@@ -79,7 +79,9 @@ def no_grad():
     """Forwards inside keep nothing for a backward, like ``torch.no_grad()``.
 
     ``conv_forward`` (and so ``Convolution.forward``) then copies neither x nor
-    W for a backward; a backward of such a forward raises RuntimeError. For
+    W for a backward; a backward of such a forward raises RuntimeError, and
+    ``backend="auto"`` runs the path with the fastest forward
+    (``fastconv.tuner.forward_pick``). For
     inference and evaluation (``Network.evaluate`` runs under it). Per thread;
     contexts nest (:func:`enable_grad` undoes it inside).
     """
