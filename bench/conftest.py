@@ -59,9 +59,19 @@ untimed first call absorbs what a previous pool leaves spinning.
 import os
 import time
 
-import numpy as np
-import pytest
-from harness import QUICK_BATCH_DIVISOR, make_cases, quick_mode, small_mode
+# torch first, when installed, before fastconv (which harness imports): each library's
+# OpenMP runtime then starts as in a process of its own. Imported after fastconv, torch
+# shares the GNU OpenMP that Numba loaded (the same soname), whose threads fastconv
+# asks to sleep between loops, and its small convolutions took up to 2.3x their own
+# time (fastconv.kernels._jit).
+try:
+    import torch  # noqa: F401
+except ImportError:
+    pass
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from harness import QUICK_BATCH_DIVISOR, make_cases, quick_mode, small_mode  # noqa: E402
 
 # --bench-quick: these pytest-benchmark settings (and harness.QUICK_BATCH_DIVISOR)
 QUICK_OPTIONS = dict(benchmark_min_rounds=3, benchmark_max_time=0.1, benchmark_warmup=False)

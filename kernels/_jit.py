@@ -268,23 +268,34 @@ class ParallelKernel:
 # A library must not choose for the program a layer that aborts valid
 # programs, so fastconv does not force workqueue. It (1) loads the runtime
 # of an installed 'tbb' package, so that Numba's own default order (tbb,
-# then omp, then workqueue) finds it; (2) sets OMP_WAIT_POLICY=PASSIVE, only
-# if the program has not set it, so that where OpenMP is the layer its
-# threads sleep after a loop; (3) where a GNU OpenMP runtime is already in
-# the process, loads Numba's OpenMP layer so that it calls its own runtime
-# (below). A layer the program chose (NUMBA_THREADING_LAYER, numba.config)
-# is kept, and nothing changes once Numba's threads run.
+# then omp, then workqueue) finds it; (2) loads Numba's OpenMP layer at
+# import, bound to its own runtime (below), with OMP_WAIT_POLICY=PASSIVE in
+# the environment while that runtime loads and reads it, unless the program
+# set the variable, so that where OpenMP is the layer its threads sleep
+# after a loop. The variable is then removed again: the OpenMP runtimes of
+# other libraries (torch's) read the environment the program gave them.
+# A layer the program chose (NUMBA_THREADING_LAYER, numba.config) is kept,
+# and nothing changes once Numba's threads run. Where the loader has no
+# RTLD_DEEPBIND (not Linux) the variable is set for the process, as before.
 #
-# (3): torch, for one, brings its own copy of GNU OpenMP and loads it into the
-# global symbol scope at import, where it has read OMP_WAIT_POLICY before
-# fastconv could set it. Numba's OpenMP layer, loaded later, would then
-# resolve its OpenMP calls to that copy, whose threads spin. Measured
-# (2 threads, medians of 9 calls, 4 alternating processes each way): with
-# torch imported before fastconv, im2col forward took 2.8x the time of the
-# other order on an 8x64x56x56 layer (64-72 against 22-27 ms) and 4-6x on
-# LeNet's second layer (8.0 against 1.4-1.9 ms). Loaded with RTLD_DEEPBIND,
-# the layer calls the runtime it was linked against, a copy of its own that
-# reads the environment when it loads: 22-23 and 1.2-1.9 ms again.
+# Bound to its own runtime: torch, for one, brings its own copy of GNU
+# OpenMP and loads it into the global symbol scope at import. Numba's OpenMP
+# layer, loaded after it, would resolve its OpenMP calls to that copy, whose
+# threads spin. Measured (2 threads, medians of 9 calls, 4 alternating
+# processes each way): with torch imported before fastconv, im2col forward
+# took 2.8x the time of the other order on an 8x64x56x56 layer (64-72
+# against 22-27 ms) and 4-6x on LeNet's second layer (8.0 against 1.4-1.9
+# ms). Loaded with RTLD_DEEPBIND, the layer calls the runtime it was linked
+# against, a copy of its own that reads the environment when it loads: 22-23
+# and 1.2-1.9 ms again.
+#
+# Why the variable is not left set: torch's runtime, loaded after fastconv,
+# read it too, and its threads then slept between torch's own calls.
+# Measured (torch 2.13, 2 threads, medians of 21 calls, 6 alternating
+# processes): torch's convolutions took 1.06-1.21x the time of a process
+# without fastconv on five layers (strided 5x5, LeNet's conv2, a 1x1 on
+# 17x17 maps, ResNet's 56x56 3x3; 0.97 on its 7x7 stage), and 0.89-0.99x
+# once the variable was removed before torch's import.
 #
 # Measured here (2 cores shared with several busy users, numpy's OpenBLAS;
 # im2col forward of an 8x64x56x56 float32 layer, 64 3x3 filters, pad 1, as
@@ -394,10 +405,19 @@ def arrange_threads():
     layer = os.environ.get("NUMBA_THREADING_LAYER", numba.config.THREADING_LAYER)
     if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
         _load_tbb_runtime()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if (layer in ("default", "omp", "threadsafe", "forksafe") and hasattr(os, "RTLD_DEEPBIND")
-            and "numba.np.ufunc.omppool" not in sys.modules and _openmp_already_loaded()):
-        _load_openmp_layer_bound_to_its_own_runtime()
+            and "numba.np.ufunc.omppool" not in sys.modules):
+        # Numba's OpenMP runtime reads the policy as it loads, now; the environment
+        # that other libraries' runtimes read (torch's, loaded later) stays the program's
+        program_set = "OMP_WAIT_POLICY" in os.environ
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        try:
+            _load_openmp_layer_bound_to_its_own_runtime()
+        finally:
+            if not program_set:
+                del os.environ["OMP_WAIT_POLICY"]
+    else:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 arrange_threads()

@@ -206,3 +206,30 @@ def test_numbas_openmp_calls_its_own_runtime_after_another_library_loaded_one(tm
                 targets[symbol] = line.split(" to ")[1].split(" [")[0]
     assert targets, "the loader reported no OpenMP binding of Numba's layer"
     assert all(os.path.realpath(t) == os.path.realpath(runtime) for t in targets.values()), targets
+
+
+@pytest.mark.skipif(not hasattr(os, "RTLD_DEEPBIND"), reason="the loader's symbol scopes, as on Linux")
+@pytest.mark.parametrize("program_value", [None, "ACTIVE"])
+def test_numbas_openmp_reads_the_wait_policy_and_the_environment_stays_the_programs(program_value):
+    # Numba's own runtime sleeps between loops (PASSIVE) unless the program said
+    # otherwise; the environment other libraries' runtimes read later is the program's
+    if _numbas_openmp_runtime() is None:
+        pytest.skip("Numba's OpenMP layer does not load GNU OpenMP here")
+    done = _run("""
+        import os
+        import numpy as np
+        import numba
+        import fastconv
+        print(os.environ.get("OMP_WAIT_POLICY"), flush=True)
+        fastconv.conv2d(np.ones((1, 1, 5, 5)), np.ones((2, 1, 3, 3)), backend="direct")
+        print(numba.threading_layer(), flush=True)
+    """, env={"OMP_DISPLAY_ENV": "TRUE", **({"OMP_WAIT_POLICY": program_value} if program_value else {})})
+    assert done.returncode == 0, done.stderr[-3000:]
+    env_value, layer = done.stdout.split()
+    if layer != "omp":
+        pytest.skip(f"Numba runs the {layer} layer here, not OpenMP")
+    assert env_value == str(program_value)
+    # GNU OpenMP prints its settings as it loads (OMP_DISPLAY_ENV): once, Numba's runtime
+    policies = [line.split("=")[1].strip() for line in done.stderr.splitlines()
+                if line.strip().startswith("OMP_WAIT_POLICY")]
+    assert policies == [f"'{program_value or 'PASSIVE'}'"], done.stderr[-3000:]
