@@ -314,22 +314,26 @@ def test_threads_calling_at_once_get_correct_results():
 # and strided runs depend on the band's first and last output rows.
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stride", [(2, 3), (1, 1)])
-@pytest.mark.parametrize("piece", ["one_image", "two_rows", "one_row", "three_positions",
-                                   "one_position"])
-def test_bands_of_a_dilated_convolution_match_naive(dtype, piece, stride, budget):
+@pytest.mark.parametrize("filter_hw", [(3, 2), (1, 4)])
+@pytest.mark.parametrize("piece", ["two_images", "one_image", "two_rows", "one_row",
+                                   "three_positions", "one_position"])
+def test_bands_of_a_dilated_convolution_match_naive(dtype, piece, filter_hw, stride, budget):
     # stride 1 unrolls a tap's row as one run of a plane shifted by its filter
-    # column (``_shifted_planes``); bands may start and end inside output rows
+    # column (``_shifted_planes``); bands may start and end inside output rows.
+    # A one-row filter over whole output rows builds those planes in the unrolled
+    # matrix itself, and col2im folds them from there.
     from fastconv.spec import conv_spec
 
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((2, 2, 11, 13)).astype(dtype)
-    Wt = rng.standard_normal((3, 2, 3, 2)).astype(dtype)
+    x = rng.standard_normal((2, 2, 11, 16)).astype(dtype)
+    Wt = rng.standard_normal((3, 2, *filter_hw)).astype(dtype)
     b = rng.standard_normal(3).astype(dtype)
     spec = conv_spec(x.shape, Wt.shape, stride, (2, 1), dtype, dilation=(2, 3))
     OH, OW = spec.out_hw
     assert OH > 2 and OW > 2, spec.out_hw
-    rows = 2 * 3 * 2 + 1
-    entries = {"one_image": rows * OH * OW, "two_rows": 2 * rows * OW, "one_row": rows * OW,
+    rows = 2 * filter_hw[0] * filter_hw[1] + 1
+    entries = {"two_images": 2 * rows * OH * OW, "one_image": rows * OH * OW,
+               "two_rows": 2 * rows * OW, "one_row": rows * OW,
                "three_positions": 3 * rows, "one_position": 1}[piece]
     budget(entries * np.dtype(dtype).itemsize)
     dout = rng.standard_normal(spec.out_shape).astype(dtype)
