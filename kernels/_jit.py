@@ -268,15 +268,16 @@ class ParallelKernel:
 # A library must not choose for the program a layer that aborts valid
 # programs, so fastconv does not force workqueue. It (1) loads the runtime
 # of an installed 'tbb' package, so that Numba's own default order (tbb,
-# then omp, then workqueue) finds it; (2) loads Numba's OpenMP layer at
-# import, bound to its own runtime (below), with OMP_WAIT_POLICY=PASSIVE in
-# the environment while that runtime loads and reads it, unless the program
-# set the variable, so that where OpenMP is the layer its threads sleep
-# after a loop. The variable is then removed again: the OpenMP runtimes of
-# other libraries (torch's) read the environment the program gave them.
-# A layer the program chose (NUMBA_THREADING_LAYER, numba.config) is kept,
-# and nothing changes once Numba's threads run. Where the loader has no
-# RTLD_DEEPBIND (not Linux) the variable is set for the process, as before.
+# then omp, then workqueue) finds it; (2) otherwise loads Numba's OpenMP
+# layer at import, bound to its own runtime (below), with
+# OMP_WAIT_POLICY=PASSIVE in the environment while that runtime loads and
+# reads it, unless the program set the variable, so that where OpenMP is the
+# layer its threads sleep after a loop. The variable is then removed again:
+# child processes, and OpenMP runtimes of other names, see the program's
+# environment. A layer the program chose (NUMBA_THREADING_LAYER,
+# numba.config) is kept, and nothing changes once Numba's threads run. With
+# the tbb runtime, or where the loader has no RTLD_DEEPBIND (not Linux), the
+# variable is set for the process instead.
 #
 # Bound to its own runtime: torch, for one, brings its own copy of GNU
 # OpenMP and loads it into the global symbol scope at import. Numba's OpenMP
@@ -289,13 +290,15 @@ class ParallelKernel:
 # against, a copy of its own that reads the environment when it loads: 22-23
 # and 1.2-1.9 ms again.
 #
-# Why the variable is not left set: torch's runtime, loaded after fastconv,
-# read it too, and its threads then slept between torch's own calls.
-# Measured (torch 2.13, 2 threads, medians of 21 calls, 6 alternating
-# processes): torch's convolutions took 1.06-1.21x the time of a process
-# without fastconv on five layers (strided 5x5, LeNet's conv2, a 1x1 on
-# 17x17 maps, ResNet's 56x56 3x3; 0.97 on its 7x7 stage), and 0.89-0.99x
-# once the variable was removed before torch's import.
+# The other order has a cost fastconv cannot remove: torch imported after
+# fastconv finds a GNU OpenMP of its soname (libgomp.so.1) already loaded,
+# Numba's, and uses it, threads that sleep between loops included. Measured
+# (torch 2.13, 2 threads, medians of 21 calls, 6 alternating processes):
+# torch's convolutions took 1.77x (strided 5x5), 2.34x (LeNet's conv2),
+# 1.87x (a 1x1 on 17x17 maps), 1.15x (ResNet's 56x56 3x3) and 1.04x (its 7x7
+# stage) the time of a process without fastconv; imported before fastconv,
+# 0.92-1.09x. Hence the README's advice, and the benchmarks' order: torch
+# first.
 #
 # Measured here (2 cores shared with several busy users, numpy's OpenBLAS;
 # im2col forward of an 8x64x56x56 float32 layer, 64 3x3 filters, pad 1, as
@@ -372,15 +375,6 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _openmp_already_loaded():
-    """True when a GNU OpenMP runtime is mapped into this process (Linux; else False)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            return "libgomp" in maps.read()
-    except OSError:
-        return False
-
-
 def _load_openmp_layer_bound_to_its_own_runtime():
     """Import Numba's OpenMP layer with RTLD_DEEPBIND: its OpenMP calls then bind to the
     runtime it was linked against, not to a copy another library put in the global scope
@@ -403,10 +397,9 @@ def arrange_threads():
     if _threads_started():
         return
     layer = os.environ.get("NUMBA_THREADING_LAYER", numba.config.THREADING_LAYER)
-    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
-        _load_tbb_runtime()
-    if (layer in ("default", "omp", "threadsafe", "forksafe") and hasattr(os, "RTLD_DEEPBIND")
-            and "numba.np.ufunc.omppool" not in sys.modules):
+    tbb = layer == "default" and _load_tbb_runtime()
+    if (layer in ("default", "omp", "threadsafe", "forksafe") and not tbb
+            and hasattr(os, "RTLD_DEEPBIND") and "numba.np.ufunc.omppool" not in sys.modules):
         # Numba's OpenMP runtime reads the policy as it loads, now; the environment
         # that other libraries' runtimes read (torch's, loaded later) stays the program's
         program_set = "OMP_WAIT_POLICY" in os.environ
