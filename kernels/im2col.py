@@ -172,25 +172,29 @@ def _shifted_planes(src, xs, FW, dw, ph, pw, r_lo, rows, OW, pitch):
     With FW = 1 and OW the padded width this is the bordered plane of ``_unroll``;
     with stride 1 the unroll takes one plane per filter column, OW the output's.
     Element loops, not slice assignments: those would compile Numba's
-    shape-mismatch message (string formatting), seconds on first use."""
+    shape-mismatch message (string formatting), seconds on first use. Indices
+    into the flat planes, not a view per row: the unroll 0.66x the time on the
+    1x7 layer (planes in place), 0.77x on LeNet's conv2, 0.85-0.91x on ResNet's
+    28x28 to 7x7 stages (paired, 1 thread)."""
     H, W = src.shape
     for fx in range(FW):
         off, j_lo, j_hi = _plane_columns(fx, dw, pw, W, OW)
+        lo, hi, first = np.uint64(j_lo), np.uint64(j_hi), np.uint64(j_lo + off)
         for r in range(rows):
-            row = xs[fx * pitch + r * OW:fx * pitch + (r + 1) * OW]
+            # unsigned indices into the flat planes: no wrap-around test, no view per row
+            base = np.uint64(fx * pitch + r * OW)
             y = r_lo + r - ph
             if y < 0 or y >= H:
-                for j in range(OW):
-                    row[j] = 0
+                for j in range(np.uint64(OW)):
+                    xs[base + j] = 0
                 continue
             xrow = src[y]
-            for j in range(j_lo):
-                row[j] = 0
-            # unsigned indices: no wrap-around test
-            for j in range(np.uint64(j_hi - j_lo)):
-                row[np.uint64(j_lo) + j] = xrow[np.uint64(j_lo + off) + j]
-            for j in range(j_hi, OW):
-                row[j] = 0
+            for j in range(lo):
+                xs[base + j] = 0
+            for j in range(hi - lo):
+                xs[base + lo + j] = xrow[first + j]
+            for j in range(hi, np.uint64(OW)):
+                xs[base + j] = 0
 
 
 @jit
