@@ -164,6 +164,13 @@ def _plane_columns(fx, dw, pw, W, OW):
 
 
 @jit
+def _planes_in_place(FH, sh, sw, p0, width, i_first, rows, OW):
+    """True when a band's shifted planes are its unrolled rows themselves: a one-row
+    filter with stride 1 over whole output rows, where plane fx is tap fx's row."""
+    return sh == 1 and sw == 1 and FH == 1 and p0 == i_first * OW and width == rows * OW
+
+
+@jit
 def _shifted_planes(src, xs, FW, dw, ph, pw, r_lo, rows, OW, pitch):
     """xs[fx*pitch + r*OW + j] = the padded input at row r_lo + r, column j + fx*dw, for
     fx < FW, r < rows, j < OW: zeros in the padding. src: (H, W), one plane of x;
@@ -255,6 +262,8 @@ def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, col, s_im
     width = p1 - p0
     i_first, i_last, r_lo, r_hi, Wp = _band_plane(p0, p1, OW, W, FH, FW, sh, sw, pw, dh, dw)
     rows = r_hi - r_lo
+    in_place = _planes_in_place(FH, sh, sw, p0, width, i_first, rows, OW)
+    shifted = sh == 1 and sw == 1
     for t in prange(n_imgs * C + n_imgs):
         if t >= n_imgs * C:
             # the bias row of ones, one task per image
@@ -265,13 +274,13 @@ def _unroll(x, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, dw, OW, col, s_im
             continue
         ii, c = _task(t, n_imgs, C, s_img, s_row)
         src = x[n0 + ii, c]
-        if sh == 1 and sw == 1 and FH == 1 and p0 == i_first * OW and width == rows * OW:
+        if in_place:
             # a one-row filter over whole output rows: plane fx is tap fx's unrolled
             # row itself, so the planes are built in place (rows s_row apart)
             k0 = ii * s_img + c * FW * s_row
             _shifted_planes(src, col[k0:], FW, dw, ph, pw, r_lo, rows, OW, s_row)
             continue
-        if sh == 1 and sw == 1:
+        if shifted:
             # one plane per filter column, OW cells wide and shifted by that column:
             # position p of tap (fy, fx) reads cell p - i_first*OW + fy*dh*OW of
             # plane fx, so a tap's unrolled row is one run, not a run per output row
@@ -339,10 +348,11 @@ def _col2im(dcol, s_img, s_row, n0, n_imgs, p0, p1, FH, FW, sh, sw, ph, pw, dh, 
     width = p1 - p0
     i_first, i_last, r_lo, r_hi, Wp = _band_plane(p0, p1, OW, W, FH, FW, sh, sw, pw, dh, dw)
     rows = r_hi - r_lo
+    in_place = _planes_in_place(FH, sh, sw, p0, width, i_first, rows, OW)
     shifted = sh == 1 and sw == 1 and FW * rows * OW * dx.itemsize <= _SHIFTED_PLANES_BYTES
     for t in prange(n_imgs * C):
         ii, c = _task(t, n_imgs, C, s_img, s_row)
-        if sh == 1 and sw == 1 and FH == 1 and p0 == i_first * OW and width == rows * OW:
+        if in_place:
             # the mirror of _unroll's in-place planes: dcol's rows are the planes
             k0 = ii * s_img + c * FW * s_row
             _fold_shifted_planes(dcol[k0:], dx[n0 + ii, c], FW, dw, ph, pw, r_lo, rows, OW, s_row)
