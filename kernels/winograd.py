@@ -147,6 +147,26 @@ path's register tile instead (``direct._forward_strips``, then 4 filters by
 96 cells; the channels as taps) took 0.85-1.6x numpy's time on these layers,
 so numpy's batched matmul stays.
 
+The fused forward (``_fused_f4``; float32, F(4x4), where ``_fuses`` allows).
+On large maps the three stages above pass V and M through memory, and the
+products run at 60-80 GFLOP/s. Fused, one iteration takes a band of a few
+tile rows of one image through all three stages: the input transform of its
+tiles into a scratch Vb of at most 1.5 MiB (``FUSED_BYTES``), which stays in
+L2; the products, one block of 8 filters at a time, on the direct path's
+register tile (``direct._forward_strips``: 8 filters by 48 tiles in 24 zmm
+registers, the channels as taps, summed in channel order); and the output
+transform of that block. A band's tiles are rounded up to whole 48-tile
+strips, so the band height is chosen to waste the fewest columns
+(``_fused_rows``), and the path runs fused only where an image's bands
+compute at most 1.5 columns per tile (``FUSED_WASTE``): with 128 channels or
+more, a band of 1.5 MiB holds a single strip. Measured on ResNet-18's stage 1
+(8x64x56x56, float32, 2 threads, medians): the fused correlation 9-10 ms,
+of which the products 4.5-5 ms (about 110 GFLOP/s), the input transform 2-2.7
+ms, the output transform 1.2-2.3 ms; whole layers, fused over unfused, paired
+(4 alternating rounds of 7 calls, two runs): stage 1 0.69-0.71 forward,
+0.81-0.88 backward (dx is fused, dW is not), the VGG-16 block at batch 1
+0.70-0.78 / 0.85-0.88. ``FUSED_WASTE`` has the other shapes measured.
+
 Non-finite values: Winograd mixes the values of a whole tile, so a nan or inf
 in x would spread to outputs of its tile that the naive path leaves finite. To
 propagate non-finite values exactly as the naive path does, every call first
@@ -167,11 +187,13 @@ pooling spec and ``pool_forward``/``pool_backward`` raise ValueError.
 """
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
 from . import im2col
+from .direct import TILE_BYTES, TILE_ROWS, _forward_strips, _strip_cells
 from ._jit import inline_copies, jit, no_library_calls, one_launch_at_a_time, stack_array
 from ._workspace import Workspace
 
@@ -333,9 +355,11 @@ def plan(spec):
     Returns a dict: ``method``, ``tile`` ("F(4x4,3x3)" or "F(2x2,3x3)"),
     ``m`` and ``alpha`` (output block and input tile side), ``tiles_per_image``,
     ``tiles`` (whole batch), ``U_shape`` (a*a, FN, C), ``V_shape`` (a*a, C,
-    tiles), ``M_shape`` (a*a, FN, tiles), ``dx_tile`` and ``dW_tile`` (m used
-    for dx and for dW), and ``fallback`` (when im2col runs instead). Pooling
-    and unsupported specs get a dict saying so.
+    tiles), ``M_shape`` (a*a, FN, tiles), ``fused`` (the forward's three stages
+    run band by band, ``_fused_f4``; V and M then exist a band at a time),
+    ``dx_tile`` and ``dW_tile`` (m used for dx and for dW), and ``fallback``
+    (when im2col runs instead). Pooling and unsupported specs get a dict
+    saying so.
     """
     if not supports(spec):
         return {"method": f"not run by this path (it runs {SCOPE})"}
@@ -350,7 +374,8 @@ def plan(spec):
             "tile": f"F({m}x{m},3x3)", "m": m, "alpha": a,
             "tiles_per_image": th * tw, "tiles": tiles,
             "U_shape": (a * a, FN, C), "V_shape": (a * a, C, tiles),
-            "M_shape": (a * a, FN, tiles), "dx_tile": _tile_for(N, FN, C, spec.x_shape[2:]),
+            "M_shape": (a * a, FN, tiles), "fused": _fuses(m, spec.dtype, C, spec.out_hw),
+            "dx_tile": _tile_for(N, FN, C, spec.x_shape[2:]),
             "dW_tile": _dw_tile_for(N, C, FN, spec.out_hw),
             "fallback": "im2col, for a call whose operands hold nan or inf (or values "
                         "near overflow)"}
@@ -927,6 +952,115 @@ def _output_transform_f4(Mt, AT, th, tw, b, out):
                         orow[x] = full[f0 + x] + bias
 
 
+@jit
+def _fused_band(x, Ub, BT, AT, ph, pw, tw, n, ty0, rt, b, out, buf):
+    """Tile rows ty0 .. ty0 + rt - 1 of image n through the three stages of the F(4x4)
+    correlation into out[n, :, 4*ty0 .. 4*(ty0 + rt) - 1] (``_fused_f4``); buf:
+    scratch of ``_fused_cells`` cells or more, reused from band to band.
+
+    buf holds, one after another: Vb (36, C, pitch), V[kk] of the band's tiles,
+    pitch being the band's tiles rounded up to whole strips of the register
+    tile (the columns past them zero); Mf (36, R, pitch), the products of one
+    block of R filters, which then go through the output transform, and the
+    cells its spare lanes read; the output block ``full``; Y, the band's
+    padded rows in ``_input_transform_f4``'s row-phase layout for one plane.
+    """
+    N, C, H, W = x.shape
+    FN, OH, OW = out.shape[1], out.shape[2], out.shape[3]
+    nfb = Ub.shape[1]
+    R = Ub.shape[2] // C
+    Wr = 4 * (tw + 1)
+    W4 = 4 * tw
+    c_lo = min(Wr, max(0, pw))
+    c_hi = max(c_lo, min(Wr, W + pw))
+    xs = x.reshape(N * C * H * W)
+    Tb = rt * tw
+    strip = TILE_BYTES // R // x.itemsize       # cells per strip (direct._strip_cells)
+    pitch = -(-Tb // strip) * strip
+    TH = rt + 1
+    Rw = np.uint64((TH + 1) * Wr)
+    rows = (np.uint64(0), Rw, np.uint64(2) * Rw, np.uint64(3) * Rw,
+            np.uint64(Wr), Rw + np.uint64(Wr))
+    nv = 36 * C * pitch
+    nm = 36 * R * pitch
+    Vb = buf[:nv]
+    Mf = buf[nv:nv + nm + LANES]
+    full = buf[nv + nm + LANES:nv + nm + LANES + 16 * Tb]
+    y_at = nv + nm + LANES + 16 * Tb
+    Y = buf[y_at:y_at + 4 * (TH + 1) * Wr + 4 * LANES]
+    Y[:] = 0
+    Mf[nm:] = 0
+    for kc in range(36 * C):
+        for v in range(np.uint64(kc * pitch + Tb), np.uint64((kc + 1) * pitch)):
+            Vb[v] = 0
+    two, four, five = BT[3, 3], BT[0, 0], -BT[0, 2]
+    for c in range(C):
+        # rows outside x stay zero: every channel writes the same cells of Y
+        for r in range(4 * rt + 2):
+            xr = 4 * ty0 + r - ph
+            if 0 <= xr < H:
+                s0 = np.uint64(((n * C + c) * H + xr) * W - pw)
+                y0 = np.uint64(((r % 4) * (TH + 1) + r // 4) * Wr)
+                for v in range(np.uint64(c_lo), np.uint64(c_hi)):
+                    Y[y0 + v] = xs[s0 + v]
+        _bt4_plane(Y, rows, rt, rt, tw, two, four, five, Vb, c * pitch, C * pitch)
+    taps = np.arange(C).astype(np.uint64) * np.uint64(pitch)
+    two, four, eight = AT[1, 3], AT[2, 3], AT[3, 3]
+    for fb in range(nfb):
+        for kk in range(36):
+            _forward_strips(Mf[kk * R * pitch:(kk + 1) * R * pitch], Vb, taps, Ub[kk, fb],
+                            kk * C * pitch, True)
+        for r in range(min(R, FN - fb * R)):
+            f = fb * R + r
+            _at4_band(Mf[r * pitch:], R * pitch, Tb, rt * W4, two, four, eight, full)
+            bias = b[f]
+            for yy in range(4 * rt):
+                y = 4 * ty0 + yy
+                if y < OH:
+                    orow = out[n, f, y]
+                    f0 = np.uint64(((yy % 4) * rt + yy // 4) * W4)
+                    for v in range(np.uint64(OW)):
+                        orow[v] = full[f0 + v] + bias
+
+
+def _fused_cells(C, tw, band_rows, itemsize):
+    """Scratch cells ``_fused_band`` needs for bands of ``band_rows`` tile rows."""
+    Tb = band_rows * tw
+    pitch = -(-Tb // _strip_cells(TILE_ROWS, itemsize)) * _strip_cells(TILE_ROWS, itemsize)
+    return 36 * (C + TILE_ROWS) * pitch + LANES + 16 * Tb + 4 * (band_rows + 2) * 4 * (tw + 1) + 4 * LANES
+
+
+# Why faster than the three stages of ``_correlate`` with F(4x4) on large maps: a band
+# of tiles goes through all three while its transformed input and its products
+# sit in L2, where the stages pass V and M (14 MB each on ResNet-18's 56x56
+# stage at batch 8) through memory, and the products run on the direct path's
+# register tile, whose sums over the channels stay in registers.
+@jit(parallel=True)
+def _fused_f4(x, Ub, BT, AT, ph, pw, th, tw, band_rows, b, out, scratch):
+    """out = the F(4x4, 3x3) correlation of x with the filters transformed into Ub, plus
+    b: ``_input_transform_f4``, the products and ``_output_transform_f4`` run on
+    one band of ``band_rows`` tile rows of one image at a time (``_fused_band``).
+
+    x: (N, C, H, W) float32, padded by (ph, pw) (a pad below zero crops); Ub:
+    (36, FNp/R, C*R), U[kk] in blocks of R = ``direct.TILE_ROWS`` filters,
+    weight t*R + r of a block is U[kk, block*R + r, t] (``_blocked_filters``);
+    out: (N, FN, OH, OW); scratch: (lanes, cells), one row per iteration
+    (``_fused_cells``). Iteration ``lane`` runs bands lane, lane + lanes, ...
+    of the batch's N*ceil(th/band_rows) bands on its own scratch row; a band
+    writes only out[n, :, its rows], and each product sums its C terms in
+    channel order, so the results do not depend on the bands or the lanes.
+    """
+    N = x.shape[0]
+    nb = -(-th // band_rows)
+    lanes = scratch.shape[0]
+    for lane in prange(lanes):
+        for task in range(lane, N * nb, lanes):
+            n = task // nb
+            ty0 = (task - n * nb) * band_rows
+            _fused_band(x, Ub, BT, AT, ph, pw, tw, n, ty0, min(band_rows, th - ty0), b, out,
+                        scratch[lane])
+
+
 # Why faster than the one BLAS product it replaces, kron(G, G) @ W.reshape(FN*C, 9).T
 # (0.36x its time for 512 x 512 filters and F(4x4), 0.62x for 256 x 256; on a
 # par for F(2x2) and for 64 x 64): that product's operand is W transposed,
@@ -1045,6 +1179,78 @@ def _slabs(count, rows, cols, dtype, slot, padded):
     return buf, buf[:, :rows * cols].reshape(count, rows, cols)
 
 
+# Bytes of a fused band's transformed input (``_fused_f4``) at most: it stays in
+# L2 (2 MiB per core on the development machine) while the band goes through
+# the stages. Measured, fused correlation, 2 threads, medians of 4 rotated
+# rounds of 9 calls, by tile rows per band: 8x64x56x56 (14 tiles per row) 3
+# rows 9.2-9.8 ms, 5 rows 10.1, 7 rows 10.5, 14 rows (2.2 MB) 11.5;
+# 1x64x224x224 (56 per row) 2 rows (1.3 MB) 15.6-17.1, 3 rows (1.8 MB) 17.1-19.1;
+# 8x128x56x56 3 rows (0.9 MB) 26.8, 5 rows (1.8 MB) 33.7.
+FUSED_BYTES = 1536 * 1024
+# How many columns a fused image may compute per tile at most: its bands' tiles,
+# each rounded up to whole 48-cell strips, over its tiles (``_fused_rows``).
+# Fused over the three stages, float32, 2 threads, paired in one process,
+# medians of 4 alternating rounds of 7 calls (3x3, pad 1, as many filters as
+# channels): columns per tile 1.04-1.29, 0.58-0.77x the time (8x64x56x56,
+# 8x128x56x56, 8x32x56x56, 2x64x56x56, 1x64x112x112, 1x64x224x224), but
+# 1x64x56x56, whose two bands keep one thread each, 1.00; 1.44-1.5, 0.64-0.96x
+# (8x64x40x40, 8x3x32x32 with 32 filters, 8x16x32x32, 8x64x32x32,
+# 8x128x32x32); beyond, 1.09-6.3x (8x64x28x28 1.96 columns per tile,
+# 1x128x112x112 1.71, 8x256x32x32 6.0, 1x256x56x56 3.4, 1x512x28x28 6.9: with
+# 128 channels and more a band of 1.5 MiB holds one strip of tiles).
+FUSED_WASTE = 1.5
+
+
+def _fuses(m, dtype, C, out_hw):
+    """True when the F(m x m) correlation of C channels with output maps ``out_hw``
+    runs fused (``_fused_f4``): F(4x4), float32, and its bands compute at most
+    FUSED_WASTE columns per tile."""
+    if m != 4 or np.dtype(dtype) != np.float32:
+        return False
+    th, tw = _tiles(out_hw, m)
+    strip = _strip_cells(TILE_ROWS, 4)
+    rows = _fused_rows(C, tw, th, 4)
+    columns = (th // rows) * -(-rows * tw // strip) * strip + -(-(th % rows) * tw // strip) * strip
+    return columns <= FUSED_WASTE * th * tw
+
+
+def _blocked_filters(U):
+    """U: (36, FN, C) -> (36, FNp/R, C*R): U[kk] in blocks of R = ``direct.TILE_ROWS``
+    filters (FN padded to FNp with zero filters), weight t*R + r of a block being
+    U[kk, block*R + r, t], as ``direct._forward_strips`` reads a block's weights."""
+    a2, FN, C = U.shape
+    nfb = -(-FN // TILE_ROWS)
+    Ub = np.zeros((a2, nfb * TILE_ROWS, C), dtype=U.dtype)
+    Ub[:, :FN] = U
+    return np.ascontiguousarray(
+        Ub.reshape(a2, nfb, TILE_ROWS, C).transpose(0, 1, 3, 2)).reshape(a2, nfb, C * TILE_ROWS)
+
+
+def _fused_rows(C, tw, th, itemsize, budget=None):
+    """Tile rows per band of ``_fused_f4`` (an image's last band may have fewer).
+
+    A band of ``rows`` tile rows computes its rows*tw tiles rounded up to whole
+    strips of the register tile. Of the heights whose Vb (36 x C x those
+    columns) fits in ``budget`` bytes (FUSED_BYTES), the one whose bands
+    compute the fewest columns over an image, the shortest of equals: smaller
+    bands stay in cache better (measured below).
+    """
+    budget = FUSED_BYTES if budget is None else budget
+    strip = _strip_cells(TILE_ROWS, itemsize)
+
+    def columns(rows):
+        return -(-rows * tw // strip) * strip
+
+    best, cost = 1, None
+    for rows in range(1, th + 1):
+        if rows > 1 and 36 * C * columns(rows) * itemsize > budget:
+            break
+        cells = (th // rows) * columns(rows) + (columns(th % rows) if th % rows else 0)
+        if cost is None or cells < cost:
+            best, cost = rows, cells
+    return best
+
+
 def _input_transform(x, BT, m, pad, th, tw, V, slabs):
     """V = B^T d B of every tile of x (see ``_tile_transform``): F(4x4) on its own
     kernel, which writes V through ``slabs``, the buffer under it."""
@@ -1065,6 +1271,14 @@ def _correlate(x, W, b, pad, out_hw, m):
     P = N * th * tw
     U = _workspace.get(a * a * FN * C, x.dtype, slot=0).reshape(a * a, FN, C)
     _filter_transform(np.ascontiguousarray(W), G, U)
+    if _fuses(m, x.dtype, C, out_hw):
+        rows = _fused_rows(C, tw, th, x.itemsize)
+        lanes = min(N * -(-th // rows), numba.get_num_threads())
+        cells = _fused_cells(C, tw, rows, x.itemsize)
+        scratch = _workspace.get(lanes * cells, x.dtype, slot=3).reshape(lanes, cells)
+        out = np.empty((N, FN, *out_hw), dtype=x.dtype)
+        _fused_f4(x, _blocked_filters(U), BT, AT, pad[0], pad[1], th, tw, rows, b, out, scratch)
+        return out
     # F(2x2)'s general kernels take contiguous (a*a, rows, tiles) arrays: no padding
     Vs, V = _slabs(a * a, C, P, x.dtype, 1, m == 4)
     Ms, Mt = _slabs(a * a, FN, P, x.dtype, 2, m == 4)

@@ -12,6 +12,7 @@ from fastconv import backends, conv2d, tuner
 from fastconv import functional as F
 from fastconv.kernels import winograd
 from fastconv.kernels._jit import JIT_OPTIONS
+from fastconv.spec import conv_spec
 
 pytestmark = pytest.mark.skipif("winograd" not in fastconv.available_backends(),
                                 reason="the winograd path is not in the table")
@@ -438,3 +439,76 @@ def test_tile_stores_stay_loops_not_memmove_calls():
     asm = plane.inspect_asm(plane.signatures[0])
     calls = [line for line in asm.splitlines() if "memmove" in line or "memcpy" in line]
     assert not calls, calls
+
+
+# ------------------------------------------------------- the fused F(4x4) forward
+
+# 9x8 and 9x9 output tiles per image: float32 F(4x4) runs fused (``_fuses``); 11
+# and 9 filters leave a partial block of the register tile, and a budget of
+# one strip's worth splits each image into bands, the last one shorter.
+FUSED_CASES = [((2, 5, 33, 35), 11, 1), ((1, 3, 36, 32), 8, 0), ((2, 4, 34, 31), 9, (2, 3))]
+
+
+def _fused_columns(C, tw, th, budget=None):
+    """Columns the fused bands of one image compute, for the height ``_fused_rows`` picks."""
+    strip = winograd._strip_cells(winograd.TILE_ROWS, 4)
+    rows = winograd._fused_rows(C, tw, th, 4, budget)
+    return sum(-(-min(rows, th - t) * tw // strip) * strip for t in range(0, th, rows))
+
+
+@pytest.mark.parametrize("shape, fn, pad", FUSED_CASES)
+@pytest.mark.parametrize("budget", [None, 36 * 5 * 48 * 4])
+def test_fused_forward_and_dx_match_the_oracle(shape, fn, pad, budget, monkeypatch):
+    if budget is not None:
+        monkeypatch.setattr(winograd, "FUSED_BYTES", budget)
+    _, x, W, b = _arrays(shape, fn, np.float32, seed=fn)
+    N, C, H, Wd = shape
+    ph, pw = (pad, pad) if isinstance(pad, int) else pad
+    out_hw = (H + 2 * ph - 2, Wd + 2 * pw - 2)
+    assert winograd._tile_for(N, C, fn, out_hw) == 4 and winograd._fuses(4, np.float32, C, out_hw)
+    th, tw = winograd._tiles(out_hw, 4)
+    if budget is None:
+        # dx: dout padded by 2 - pad (a crop when pad is 3), fn channels
+        assert winograd._fuses(4, np.float32, fn, (H, Wd))
+    else:
+        assert winograd._fused_rows(C, tw, th, 4) < th, "the budget should split the image"
+    _check_against_oracle(x, W, b, (ph, pw))
+
+
+def test_fused_results_do_not_depend_on_the_bands_and_match_the_three_stages(monkeypatch):
+    """Each product sums its channels in order whatever the band: bit-identical
+    for any band height; equal to the unfused stages within the tolerance."""
+    _, x, W, b = _arrays((2, 6, 37, 30), 10, np.float32, seed=3)
+    monkeypatch.setattr(winograd, "_fuses", lambda *args: True)
+    runs = []
+    for rows in (1, 3, 5, 10):                    # 10 tile rows: 3 leaves a last band of 1
+        monkeypatch.setattr(winograd, "_fused_rows", lambda *args, rows=rows: rows)
+        runs.append(winograd._correlate(x, W, b, (1, 2), (37, 32), 4))
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r, runs[0])
+    monkeypatch.setattr(winograd, "_fuses", lambda *args: False)
+    assert_close(runs[0], winograd._correlate(x, W, b, (1, 2), (37, 32), 4), "three stages")
+
+
+@pytest.mark.parametrize("C, tw, th, budget", [(64, 14, 14, 1536 * 1024), (64, 56, 56, 1536 * 1024),
+                                               (5, 9, 9, 36 * 5 * 48 * 4), (512, 20, 20, 1024)])
+def test_fused_bands_fit_the_budget_and_compute_the_fewest_columns(C, tw, th, budget):
+    strip = winograd._strip_cells(winograd.TILE_ROWS, 4)
+    rows = winograd._fused_rows(C, tw, th, 4, budget)
+    assert rows == 1 or 36 * C * -(-rows * tw // strip) * strip * 4 <= budget
+    fewest = _fused_columns(C, tw, th, budget)
+    for other in range(1, th + 1):
+        fits = 36 * C * -(-other * tw // strip) * strip * 4 <= budget
+        cols = sum(-(-min(other, th - t) * tw // strip) * strip for t in range(0, th, other))
+        assert not fits or cols >= fewest
+
+
+def test_only_float32_f4_with_little_waste_runs_fused():
+    assert winograd._fuses(4, np.float32, 64, (56, 56))      # 3 tile rows: 42 of 48 columns
+    assert _fused_columns(64, 14, 14) <= winograd.FUSED_WASTE * 14 * 14
+    assert not winograd._fuses(4, np.float32, 64, (28, 28))  # 7x7 tiles in 96 columns
+    assert not winograd._fuses(4, np.float32, 256, (56, 56))  # one tile row of 14 per 48 columns
+    assert not winograd._fuses(4, np.float64, 64, (56, 56))
+    assert not winograd._fuses(2, np.float32, 64, (56, 56))
+    assert winograd.plan(conv_spec((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, np.float32))["fused"]
+    assert not winograd.plan(conv_spec((8, 64, 28, 28), (64, 64, 3, 3), 1, 1, np.float32))["fused"]
