@@ -512,3 +512,52 @@ def test_only_float32_f4_with_little_waste_runs_fused():
     assert not winograd._fuses(2, np.float32, 64, (56, 56))
     assert winograd.plan(conv_spec((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, np.float32))["fused"]
     assert not winograd.plan(conv_spec((8, 64, 28, 28), (64, 64, 3, 3), 1, 1, np.float32))["fused"]
+
+
+# ----------------------------------------------------------- the fused F(4x4) dW
+
+# 33 filters: half a block of 64 lanes and one more; 7 channels: a block of
+# DW_ROWS and a partial one. 70 columns of outputs: 18 tiles per row, so a band
+# holds 3 tile rows (DW_BAND_LANES) and the 8 tile rows of an image make 3
+# bands, the last one shorter.
+FUSED_DW_CASES = [((2, 7, 30, 70), 33, 1), ((1, 9, 31, 40), 40, (2, 0)), ((3, 6, 17, 22), 32, 0)]
+
+
+@pytest.mark.parametrize("shape, fn, pad", FUSED_DW_CASES)
+@pytest.mark.parametrize("band_lanes", [None, 1])
+def test_fused_dw_matches_the_oracle(shape, fn, pad, band_lanes, monkeypatch):
+    if band_lanes is not None:                    # bands of one tile row
+        monkeypatch.setattr(winograd, "DW_BAND_LANES", band_lanes)
+    N, C, H, Wd = shape
+    ph, pw = (pad, pad) if isinstance(pad, int) else pad
+    out_hw = (H + 2 * ph - 2, Wd + 2 * pw - 2)
+    if winograd.TILE_BYTES // 4 // winograd.DW_ROWS == 64:      # AVX-512: 64 lanes
+        assert winograd._dw_tile_for(N, C, fn, out_hw) == 4 and winograd._fuses_dw(4, np.float32, C, fn)
+    monkeypatch.setattr(winograd, "_dw_tile_for", lambda *args: 4)
+    monkeypatch.setattr(winograd, "_fuses_dw", lambda *args: True)
+    _, x, W, b = _arrays(shape, fn, np.float32, seed=fn)
+    _check_against_oracle(x, W, b, (ph, pw))
+
+
+def test_fused_dw_matches_the_three_stages_and_repeats_exactly(monkeypatch):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 8, 26, 45)).astype(np.float32)
+    d = rng.standard_normal((3, 40, 26, 45)).astype(np.float32)
+    monkeypatch.setattr(winograd, "_fuses_dw", lambda *args: True)
+    fused = winograd._conv_dw(d, x, (1, 1), 4)
+    np.testing.assert_array_equal(winograd._conv_dw(d, x, (1, 1), 4), fused)
+    monkeypatch.setattr(winograd, "_fuses_dw", lambda *args: False)
+    assert_close(fused, winograd._conv_dw(d, x, (1, 1), 4), "three stages")
+
+
+def test_only_float32_f4_dw_with_its_sums_in_l2_and_enough_filters_runs_fused():
+    lanes = winograd.TILE_BYTES // 4 // winograd.DW_ROWS
+    assert winograd._fuses_dw(4, np.float32, 64, lanes)
+    assert winograd._fuses_dw(4, np.float32, 64, lanes // 2)
+    assert not winograd._fuses_dw(4, np.float32, 64, lanes // 2 - 1)       # most lanes idle
+    assert not winograd._fuses_dw(4, np.float32, winograd.DW_ROWS - 1, lanes)
+    assert not winograd._fuses_dw(4, np.float32, 256, 256)                  # X: 9.4 MB
+    assert not winograd._fuses_dw(4, np.float64, 64, 64)
+    assert not winograd._fuses_dw(2, np.float32, 64, 64)
+    p = winograd.plan(conv_spec((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, np.float32))
+    assert p["dW_tile"] == 4 and p["dW_fused"] is True
