@@ -1377,10 +1377,7 @@ def _fuses(m, dtype, C, out_hw):
     if m != 4 or np.dtype(dtype) != np.float32:
         return False
     th, tw = _tiles(out_hw, m)
-    strip = _strip_cells(TILE_ROWS, 4)
-    rows = _fused_rows(C, tw, th, 4)
-    columns = (th // rows) * -(-rows * tw // strip) * strip + -(-(th % rows) * tw // strip) * strip
-    return columns <= FUSED_WASTE * th * tw
+    return _band_columns(_fused_rows(C, tw, th, 4), tw, th, 4) <= FUSED_WASTE * th * tw
 
 
 # dW runs fused where a lane's sums X (36 x FN x C, filters rounded up to a block
@@ -1418,26 +1415,27 @@ def _blocked_filters(U):
         Ub.reshape(a2, nfb, TILE_ROWS, C).transpose(0, 1, 3, 2)).reshape(a2, nfb, C * TILE_ROWS)
 
 
+def _band_columns(rows, tw, th, itemsize):
+    """Columns the fused bands of ``rows`` tile rows compute over an image of th x tw
+    tiles: each band's tiles rounded up to whole strips of the register tile."""
+    strip = _strip_cells(TILE_ROWS, itemsize)
+    return sum(-(-min(rows, th - t) * tw // strip) * strip for t in range(0, th, rows))
+
+
 def _fused_rows(C, tw, th, itemsize, budget=None):
     """Tile rows per band of ``_fused_f4`` (an image's last band may have fewer).
 
-    A band of ``rows`` tile rows computes its rows*tw tiles rounded up to whole
-    strips of the register tile. Of the heights whose Vb (36 x C x those
-    columns) fits in ``budget`` bytes (FUSED_BYTES), the one whose bands
-    compute the fewest columns over an image, the shortest of equals: smaller
-    bands stay in cache better (measured below).
+    Of the heights whose Vb (36 x C x the band's columns) fits in ``budget``
+    bytes (FUSED_BYTES), the one whose bands compute the fewest columns over an
+    image (``_band_columns``), the shortest of equals: smaller bands stay in
+    cache better (the measurements at FUSED_BYTES).
     """
     budget = FUSED_BYTES if budget is None else budget
-    strip = _strip_cells(TILE_ROWS, itemsize)
-
-    def columns(rows):
-        return -(-rows * tw // strip) * strip
-
     best, cost = 1, None
     for rows in range(1, th + 1):
-        if rows > 1 and 36 * C * columns(rows) * itemsize > budget:
+        if rows > 1 and 36 * C * _band_columns(rows, tw, rows, itemsize) * itemsize > budget:
             break
-        cells = (th // rows) * columns(rows) + (columns(th % rows) if th % rows else 0)
+        cells = _band_columns(rows, tw, th, itemsize)
         if cost is None or cells < cost:
             best, cost = rows, cells
     return best

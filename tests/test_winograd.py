@@ -450,7 +450,8 @@ FUSED_CASES = [((2, 5, 33, 35), 11, 1), ((1, 3, 36, 32), 8, 0), ((2, 4, 34, 31),
 
 
 def _fused_columns(C, tw, th, budget=None):
-    """Columns the fused bands of one image compute, for the height ``_fused_rows`` picks."""
+    """Columns the fused bands of one image compute, for the height ``_fused_rows`` picks
+    (each band's tiles rounded up to whole strips, counted here band by band)."""
     strip = winograd._strip_cells(winograd.TILE_ROWS, 4)
     rows = winograd._fused_rows(C, tw, th, 4, budget)
     return sum(-(-min(rows, th - t) * tw // strip) * strip for t in range(0, th, rows))
