@@ -44,8 +44,10 @@ class CompileNotice(UserWarning):
 # Numba cache, the README example and `fastconv train`): im2col 7-10 s, direct
 # 19 s without dx and 31 s with it, CPU pooling 5-7 s, winograd 12 s (about
 # 6 s more with its F(4x4) transform kernels, measured later the same day;
-# 22 and 29 s, two runs, once its filter transforms had become loops too).
-COMPILE_SECONDS = {"im2col": 9, "direct": 30, "cpu_pooling": 6, "winograd": 25, "cuda": 10}
+# 22 and 29 s, two runs, once its filter transforms had become loops too;
+# 58 s, forward 21 and backward 37, once its fused kernels had come, which
+# compile the direct path's register tiles into themselves).
+COMPILE_SECONDS = {"im2col": 9, "direct": 30, "cpu_pooling": 6, "winograd": 55, "cuda": 10}
 _noticed = set()
 
 
