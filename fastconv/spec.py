@@ -139,6 +139,10 @@ POOL_DEFAULTS = dict(ceil_mode=False, count_include_pad=True, divisor_override=N
 # ------------------------------------------------------------------- builders
 
 def _shape(value, name: str, layout: str) -> tuple[int, ...]:
+    if isinstance(value, np.ndarray) and value.ndim > 1:
+        # an array where its shape belongs: name the shape, not thousands of values
+        raise ValueError(f"{name} must be a 4-tuple {layout}, got an array of shape "
+                         f"{value.shape}; pass its .shape")
     if not isinstance(value, (tuple, list)) or len(value) != 4:
         raise ValueError(f"{name} must be a 4-tuple {layout}, got {value!r}")
     dims = tuple(_as_int(v, name) for v in value)

@@ -186,6 +186,9 @@ def test_text_and_html():
     (((2, 3, 8, 8), (4, 3, 3, 3)), {"dtype": "int32"}, TypeError, "float32 or float64"),
     (((2, 3, 8, 8), (4, 3, 3, 3)), {"stride": 0}, ValueError, "stride must be >= 1"),
     (((2, 3, 8, 8.0), (4, 3, 3, 3)), {}, TypeError, "must be an int"),
+    ((np.zeros((2, 3, 8, 8)), (4, 3, 3, 3)), {}, ValueError,
+     r"x_shape must be a 4-tuple \(N, C, H, W\), got an array of shape \(2, 3, 8, 8\); pass its .shape$"),
+    (((2, 3, 8, 8), np.ones((4, 3, 3, 3))), {}, ValueError, r"w_shape .* array of shape \(4, 3, 3, 3\)"),
 ])
 def test_bad_arguments_are_named(args, kwargs, error, match):
     with pytest.raises(error, match=match):
