@@ -208,7 +208,8 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from . import im2col
-from .direct import DW_ROWS, TILE_BYTES, TILE_ROWS, _dw_lanes_tile, _forward_strips, _strip_cells
+from .direct import (DW_ROWS, TILE_BYTES, TILE_ROWS, _dw_lanes_tile, _forward_strips, _lanes_per_block,
+                     _strip_cells)
 from ._jit import inline_copies, jit, no_library_calls, one_launch_at_a_time, stack_array
 from ._workspace import Workspace
 
@@ -1057,7 +1058,8 @@ def _fused_band(x, Ub, BT, AT, ph, pw, tw, n, ty0, rt, b, out, buf):
 def _fused_cells(C, tw, band_rows, itemsize):
     """Scratch cells ``_fused_band`` needs for bands of ``band_rows`` tile rows."""
     Tb = band_rows * tw
-    pitch = -(-Tb // _strip_cells(TILE_ROWS, itemsize)) * _strip_cells(TILE_ROWS, itemsize)
+    strip = _strip_cells(TILE_ROWS, itemsize)
+    pitch = -(-Tb // strip) * strip
     return 36 * (C + TILE_ROWS) * pitch + LANES + 16 * Tb + 4 * (band_rows + 2) * 4 * (tw + 1) + 4 * LANES
 
 
@@ -1093,19 +1095,17 @@ def _fused_f4(x, Ub, BT, AT, ph, pw, th, tw, band_rows, b, out, scratch):
 
 
 @jit
-def _band_dout(dout, AT, tw, n, ty0, rt, Y, tmp, Et):
+def _band_dout(dout, AT, tw, n, ty0, rt, F, pitch, Y, tmp, Et):
     """E^T of F(4x4) for the tiles of tile rows ty0 .. ty0 + rt - 1 of image n of dout
     (N, FN, OH, OW): (A e A^T)[kk] of filter fb*F + l, tile t of the band at
-    Et[((kk*nfb + fb)*T + t)*F + l], T = Et.size // (36*nfb*F) >= rt*tw; zero
-    in the lanes past FN. F = TILE_BYTES / itemsize / ``direct.DW_ROWS`` lanes
-    (a block of filters), nfb blocks. Y: scratch of 4*rt*4*tw + 4*LANES cells or
+    Et[((kk*nfb + fb)*pitch + t)*F + l], pitch >= rt*tw; zero in the lanes past
+    FN. F: lanes of a block of filters (``direct._lanes_per_block``), nfb
+    blocks. Y: scratch of 4*rt*4*tw + 4*LANES cells or
     more (``_dout_transform_f4``'s row-phase layout for one map); tmp: 36*F*rt*tw
     cells, a block's transforms filter by filter before they are transposed.
     """
     N, FN, OH, OW = dout.shape
-    F = TILE_BYTES // dout.itemsize // DW_ROWS
     nfb = -(-FN // F)
-    T = Et.size // (36 * nfb * F)
     Tb = rt * tw
     Wr = 4 * tw
     Rr = np.uint64(rt * Wr)
@@ -1131,7 +1131,7 @@ def _band_dout(dout, AT, tw, n, ty0, rt, Y, tmp, Et):
         # transpose: a tile's F lanes in one run; the F source runs stay in L1 from
         # one tile to the next
         for kk in range(36):
-            e0 = np.uint64((kk * nfb + fb) * T) * uF
+            e0 = np.uint64((kk * nfb + fb) * pitch) * uF
             for t in range(np.uint64(Tb)):
                 q = np.uint64(kk * Tb) + t
                 o = e0 + t * uF
@@ -1162,9 +1162,8 @@ def _fused_dw_f4(x, dout, BT, AT, ph, pw, th, tw, band_rows, cols, scratch, X):
     each tile's terms added in band order: the sum over lanes is the caller's.
     """
     N, C = x.shape[:2]
-    FN = dout.shape[1]
-    F = TILE_BYTES // x.itemsize // DW_ROWS
-    nfb = -(-FN // F)
+    nfb = X.shape[2]
+    F = X.shape[4] // DW_ROWS
     ncb = cols.shape[0]
     pitch = band_rows * tw
     nb = -(-th // band_rows)
@@ -1185,7 +1184,7 @@ def _fused_dw_f4(x, dout, BT, AT, ph, pw, th, tw, band_rows, cols, scratch, X):
             ty0 = (task - n * nb) * band_rows
             rt = min(band_rows, th - ty0)
             _band_input(x, BT, ph, pw, tw, n, ty0, rt, pitch, Vb, Y)
-            _band_dout(dout, AT, tw, n, ty0, rt, Y, tmp, Et)
+            _band_dout(dout, AT, tw, n, ty0, rt, F, pitch, Y, tmp, Et)
             for kk in range(36):
                 for fb in range(nfb):
                     for cb in range(ncb):
@@ -1194,9 +1193,9 @@ def _fused_dw_f4(x, dout, BT, AT, ph, pw, th, tw, band_rows, cols, scratch, X):
                                        (kk * nfb + fb) * pitch * F, 0, rt * tw)
 
 
-def _fused_dw_cells(C, FN, tw, band_rows, itemsize):
+def _fused_dw_cells(C, FN, tw, band_rows, dtype):
     """Scratch cells per lane of ``_fused_dw_f4``: Vb, E^T, Y and tmp."""
-    F = TILE_BYTES // itemsize // DW_ROWS
+    F = _lanes_per_block(dtype)
     pitch = band_rows * tw
     return (36 * C * pitch + 36 * -(-FN // F) * F * pitch
             + 4 * (band_rows + 2) * 4 * (tw + 1) + 4 * LANES + 36 * F * pitch)
@@ -1206,12 +1205,12 @@ def _fused_dw(dout, x, pad, th, tw):
     """dW products X: (36, FN, C) of F(4x4), fused (``_fused_dw_f4``)."""
     N, C = x.shape[:2]
     FN = dout.shape[1]
-    F = TILE_BYTES // x.itemsize // DW_ROWS
+    F = _lanes_per_block(x.dtype)
     nfb = -(-FN // F)
     ncb = -(-C // DW_ROWS)
     rows = max(1, min(th, DW_BAND_LANES // (tw + 1)))
     lanes = min(N * -(-th // rows), numba.get_num_threads())
-    cells = _fused_dw_cells(C, FN, tw, rows, x.itemsize)
+    cells = _fused_dw_cells(C, FN, tw, rows, x.dtype)
     scratch = _workspace.get(lanes * cells, x.dtype, slot=3).reshape(lanes, cells)
     channels = np.minimum(np.arange(ncb * DW_ROWS), C - 1).reshape(ncb, DW_ROWS)
     cols = (channels * rows * tw).astype(np.uint64)
@@ -1398,7 +1397,7 @@ def _fuses_dw(m, dtype, C, FN):
     of lanes and X of one lane within DW_FUSED_BYTES."""
     if m != 4 or np.dtype(dtype) != np.float32:
         return False
-    F = TILE_BYTES // 4 // DW_ROWS
+    F = _lanes_per_block(np.float32)
     X = 36 * -(-FN // F) * F * -(-C // DW_ROWS) * DW_ROWS * 4
     return C >= DW_ROWS and 2 * FN >= F and X <= DW_FUSED_BYTES
 

@@ -532,7 +532,7 @@ def test_fused_dw_matches_the_oracle(shape, fn, pad, band_lanes, monkeypatch):
     N, C, H, Wd = shape
     ph, pw = (pad, pad) if isinstance(pad, int) else pad
     out_hw = (H + 2 * ph - 2, Wd + 2 * pw - 2)
-    if winograd.TILE_BYTES // 4 // winograd.DW_ROWS == 64:      # AVX-512: 64 lanes
+    if winograd._lanes_per_block(np.float32) == 64:                 # AVX-512: 64 lanes
         assert winograd._dw_tile_for(N, C, fn, out_hw) == 4 and winograd._fuses_dw(4, np.float32, C, fn)
     monkeypatch.setattr(winograd, "_dw_tile_for", lambda *args: 4)
     monkeypatch.setattr(winograd, "_fuses_dw", lambda *args: True)
@@ -552,7 +552,7 @@ def test_fused_dw_matches_the_three_stages_and_repeats_exactly(monkeypatch):
 
 
 def test_only_float32_f4_dw_with_its_sums_in_l2_and_enough_filters_runs_fused():
-    lanes = winograd.TILE_BYTES // 4 // winograd.DW_ROWS
+    lanes = winograd._lanes_per_block(np.float32)
     assert winograd._fuses_dw(4, np.float32, 64, lanes)
     assert winograd._fuses_dw(4, np.float32, 64, lanes // 2)
     assert not winograd._fuses_dw(4, np.float32, 64, lanes // 2 - 1)       # most lanes idle
